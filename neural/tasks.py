@@ -1,0 +1,372 @@
+"""Tasks: verifiable built-in problems, user data files, the split, batching, curriculum.
+
+Every example is a prompt (`input`) and a reference answer (`output`). Formats:
+
+| name | prompt | answer | difficulty knob (default) |
+|---|---|---|---|
+| `addition` | `"012+345="` (operands zero-padded to `digits`) | `"357"` (plain sum) | digits (3) |
+| `reverse` | `"abcd="` | `"dcba"` | max string length (6) |
+| `sort` | `"dbca="` | `"abcd"` | max string length (6) |
+| `copy` | `"abcd="` | `"abcd"` | max string length (6) |
+| `jsonl:PATH` | field `input` | field `output` | none |
+| `text:PATH` | `""` | a chunk of the text (at most `chunk_bytes` UTF-8 bytes) | none |
+
+Strings of the letter tasks are drawn from `a`-`z` with lengths uniform in 1..difficulty.
+Answer tasks are scored by exact match of the decoded answer; `text` tasks (kind "text") by
+per-token loss. The split is by content hash (sha256 of input and output), so it is the same
+on every machine and for every seed, and an example never moves between splits when the
+data set grows.
+
+Token layout of one training row: `BOS prompt answer EOS`, then PAD. Training batches are
+right-padded (causal attention never looks at later positions, so no mask is needed);
+decoding batches (`make_prompt_batch`) are left-padded so that every row's next token is in
+the last column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import IGNORE_INDEX
+from .tokenizer import ByteTokenizer
+
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train, valid, test
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+class DataError(Exception):
+    """A data file or task name that cannot be used; `str()` is one line, `file:line: what`."""
+
+    def __init__(self, message: str, filename: str | None = None, line: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.filename = filename
+        self.line = line
+
+    def __str__(self) -> str:
+        if self.filename is None:
+            return self.message
+        if self.line is None:
+            return f"{self.filename}: {self.message}"
+        return f"{self.filename}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Example:
+    input: str  # the prompt, e.g. "012+345="
+    output: str  # the reference answer, e.g. "357"
+
+
+@dataclass
+class Task:
+    """A named data set, split three ways by content hash."""
+
+    name: str
+    kind: str  # "answer" (exact-match scored) or "text" (loss scored)
+    train: list[Example]
+    valid: list[Example]
+    test: list[Example]
+    difficulty: int | None = None  # None for file tasks
+
+    def split(self, name: str) -> list[Example]:
+        """The examples of split `name` ("train", "valid" or "test")."""
+        if name not in ("train", "valid", "test"):
+            raise ValueError(f"unknown split {name!r}; expected train, valid or test")
+        return getattr(self, name)
+
+
+def split_of(example: Example, fractions: Sequence[float] = SPLIT_FRACTIONS) -> str:
+    """The split an example belongs to, from the sha256 of its content."""
+    digest = hashlib.sha256(json.dumps([example.input, example.output]).encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    if u < fractions[0]:
+        return "train"
+    if u < fractions[0] + fractions[1]:
+        return "valid"
+    return "test"
+
+
+def split_examples(name: str, kind: str, examples: Sequence[Example],
+                   difficulty: int | None = None) -> Task:
+    """Build a Task by hashing each example into its split (order kept within a split)."""
+    parts: dict[str, list[Example]] = {"train": [], "valid": [], "test": []}
+    for ex in examples:
+        parts[split_of(ex)].append(ex)
+    return Task(name=name, kind=kind, difficulty=difficulty, **parts)
+
+
+# ----------------------------------------------------------------------------------------
+# built-in tasks
+
+
+@dataclass(frozen=True)
+class BuiltinTask:
+    """A generator of verifiable examples with one integer difficulty knob."""
+
+    name: str
+    make: Callable[[random.Random, int], Example]  # (rng, difficulty) -> one example
+    space: Callable[[int], int]  # difficulty -> number of distinct examples (caps `size`)
+    default_difficulty: int
+    min_difficulty: int = 1
+    max_difficulty: int = 32
+    doc: str = ""
+
+
+def _addition(rng: random.Random, digits: int) -> Example:
+    a, b = rng.randrange(10**digits), rng.randrange(10**digits)
+    return Example(f"{a:0{digits}d}+{b:0{digits}d}=", str(a + b))
+
+
+def _letters(rng: random.Random, max_len: int) -> str:
+    n = rng.randint(1, max_len)
+    return "".join(rng.choice(LETTERS) for _ in range(n))
+
+
+def _reverse(rng, n):
+    s = _letters(rng, n)
+    return Example(s + "=", s[::-1])
+
+
+def _sort(rng, n):
+    s = _letters(rng, n)
+    return Example(s + "=", "".join(sorted(s)))
+
+
+def _copy(rng, n):
+    s = _letters(rng, n)
+    return Example(s + "=", s)
+
+
+def _strings_space(n: int) -> int:
+    return sum(len(LETTERS) ** k for k in range(1, n + 1))
+
+
+BUILTIN_TASKS: dict[str, BuiltinTask] = {
+    t.name: t
+    for t in [
+        BuiltinTask("addition", _addition, lambda d: 100**d, 3, 1, 12,
+                    "sum of two zero-padded d-digit numbers"),
+        BuiltinTask("reverse", _reverse, _strings_space, 6, 1, 32, "string reversed"),
+        BuiltinTask("sort", _sort, _strings_space, 6, 1, 32, "letters in sorted order"),
+        BuiltinTask("copy", _copy, _strings_space, 6, 1, 32, "string repeated"),
+    ]
+}
+DEFAULT_SIZE = 20_000  # examples generated for a built-in task, before the split
+
+
+def generate(name: str, difficulty: int, size: int, seed: int) -> list[Example]:
+    """`size` distinct examples of built-in task `name` (fewer if the space is smaller)."""
+    spec = BUILTIN_TASKS[name]
+    if not spec.min_difficulty <= difficulty <= spec.max_difficulty:
+        raise DataError(f"difficulty {difficulty} of task {name!r} is outside "
+                        f"{spec.min_difficulty}..{spec.max_difficulty}")
+    if size < 1:
+        raise DataError(f"size must be at least 1, got {size}")
+    target = min(size, spec.space(difficulty))
+    rng = random.Random(f"{name}:{difficulty}:{seed}")
+    seen: dict[Example, None] = {}
+    attempts = 0
+    while len(seen) < target and attempts < 50 * size:
+        seen.setdefault(spec.make(rng, difficulty), None)
+        attempts += 1
+    return list(seen)
+
+
+# ----------------------------------------------------------------------------------------
+# file tasks
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise DataError(f"cannot read file: {e.strerror}", path) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+
+
+def read_jsonl(path: str) -> list[Example]:
+    """Examples from a JSON Lines file, one object with string `input` and `output` per line.
+
+    Blank lines are skipped; anything else that is not such an object raises DataError
+    naming `path:line` (never a silent drop)."""
+    examples = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, lineno) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object with 'input' and 'output', found "
+                            f"{type(obj).__name__}", path, lineno)
+        for key in ("input", "output"):
+            if key not in obj:
+                raise DataError(f"missing field '{key}'", path, lineno)
+            if not isinstance(obj[key], str):
+                raise DataError(f"field '{key}' must be a string, found "
+                                f"{type(obj[key]).__name__}", path, lineno)
+        examples.append(Example(obj["input"], obj["output"]))
+    if not examples:
+        raise DataError("no examples", path)
+    return examples
+
+
+def read_text_chunks(path: str, chunk_bytes: int = 64) -> list[Example]:
+    """Examples `Example("", chunk)` from a plain text file: each non-blank line cut into
+    pieces of at most `chunk_bytes` UTF-8 bytes (never inside a character)."""
+    examples = []
+    for line in _read_text(path).splitlines():
+        line = line.strip()
+        piece, size = [], 0
+        for ch in line:
+            n = len(ch.encode("utf-8"))
+            if size + n > chunk_bytes and piece:
+                examples.append(Example("", "".join(piece)))
+                piece, size = [], 0
+            piece.append(ch)
+            size += n
+        if piece:
+            examples.append(Example("", "".join(piece)))
+    if not examples:
+        raise DataError("no text", path)
+    return examples
+
+
+def get_task(name: str, *, difficulty: int | None = None, size: int | None = None,
+             seed: int = 0, chunk_bytes: int = 64) -> Task:
+    """The task called `name`: "addition", "reverse", "sort", "copy", "jsonl:PATH" or
+    "text:PATH". `difficulty`, `size` (examples before the split) and `seed` apply to
+    built-in tasks; `chunk_bytes` to text files. Raises DataError for an unknown name or a
+    bad file."""
+    if name.startswith("jsonl:"):
+        return split_examples(name, "answer", read_jsonl(name[len("jsonl:"):]))
+    if name.startswith("text:"):
+        return split_examples(name, "text", read_text_chunks(name[len("text:"):], chunk_bytes))
+    if name not in BUILTIN_TASKS:
+        known = ", ".join([*BUILTIN_TASKS, "jsonl:PATH", "text:PATH"])
+        raise DataError(f"unknown task {name!r}; expected one of {known}")
+    spec = BUILTIN_TASKS[name]
+    d = spec.default_difficulty if difficulty is None else int(difficulty)
+    examples = generate(name, d, DEFAULT_SIZE if size is None else size, seed)
+    return split_examples(name, "answer", examples, difficulty=d)
+
+
+# ----------------------------------------------------------------------------------------
+# curriculum
+
+
+@dataclass
+class Curriculum:
+    """Edge-of-chaos curriculum: keeps valid success inside [low, high] by moving difficulty.
+
+    After each evaluation call `update(success)`: above `high` the task gets one step harder,
+    below `low` one step easier, inside the band it stays. `task()` builds the current task.
+    """
+
+    name: str  # a built-in task
+    difficulty: int | None = None  # current level; None = the task's default
+    low: float = 0.55
+    high: float = 0.75
+    size: int | None = None
+    seed: int = 0
+    history: list[tuple[float, int]] = field(default_factory=list)  # (success, new level)
+
+    def __post_init__(self):
+        if self.name not in BUILTIN_TASKS:
+            raise DataError(f"curriculum needs a built-in task, not {self.name!r}")
+        if not 0.0 <= self.low < self.high <= 1.0:
+            raise ValueError(f"need 0 <= low < high <= 1, got {self.low}, {self.high}")
+        if self.difficulty is None:
+            self.difficulty = BUILTIN_TASKS[self.name].default_difficulty
+
+    def update(self, success: float) -> int:
+        """Record a valid success rate in [0, 1]; return the (possibly new) difficulty."""
+        spec = BUILTIN_TASKS[self.name]
+        if success > self.high:
+            self.difficulty = min(self.difficulty + 1, spec.max_difficulty)
+        elif success < self.low:
+            self.difficulty = max(self.difficulty - 1, spec.min_difficulty)
+        self.history.append((float(success), self.difficulty))
+        return self.difficulty
+
+    def task(self) -> Task:
+        return get_task(self.name, difficulty=self.difficulty, size=self.size, seed=self.seed)
+
+
+# ----------------------------------------------------------------------------------------
+# batching
+
+
+@dataclass
+class Batch:
+    """Teacher-forcing rows `BOS prompt answer EOS`, right-padded with PAD."""
+
+    ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) bool, True = real token
+    answer_mask: torch.Tensor  # (B, T) bool, True = answer token (EOS included)
+
+    def __len__(self):
+        return self.ids.size(0)
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """Model inputs (B, T-1): every position but the last."""
+        return self.ids[:, :-1]
+
+    def targets(self, answer_only: bool = True) -> torch.Tensor:
+        """Next-token targets (B, T-1) for `inputs`, IGNORE_INDEX where no loss is taken:
+        at padding and, with answer_only, at prompt tokens."""
+        keep = self.answer_mask if answer_only else self.attention_mask
+        return self.ids[:, 1:].masked_fill(~keep[:, 1:], IGNORE_INDEX)
+
+    def select(self, index: torch.Tensor) -> Batch:
+        """Rows `index`, trimmed to the longest of them."""
+        mask = self.attention_mask[index]
+        width = int(mask.sum(1).max())
+        return Batch(self.ids[index, :width], mask[:, :width], self.answer_mask[index, :width])
+
+
+def make_batch(tokenizer: ByteTokenizer, examples: Sequence[Example], block_size: int) -> Batch:
+    """Encode examples as right-padded teacher-forcing rows. The model reads at most
+    `block_size` of them (the final EOS is only a target, so rows may be block_size + 1 long);
+    a longer example raises ValueError."""
+    rows, answer_lens = [], []
+    for ex in examples:
+        prompt = tokenizer.encode(ex.input, bos=True)
+        answer = tokenizer.encode(ex.output, eos=True)
+        if len(prompt) + len(answer) - 1 > block_size:
+            raise ValueError(f"example {ex.input[:20]!r}... has {len(prompt) + len(answer)} "
+                             f"tokens, more than block_size {block_size} + 1")
+        rows.append(prompt + answer)
+        answer_lens.append((len(prompt), len(answer)))
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    answer_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (row, (p, a)) in enumerate(zip(rows, answer_lens, strict=True)):
+        ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = True
+        answer_mask[i, p : p + a] = True
+    return Batch(ids, attention_mask, answer_mask)
+
+
+def make_prompt_batch(tokenizer: ByteTokenizer, prompts: Sequence[str]):
+    """Left-padded `BOS prompt` rows for decoding: (ids (B, T) long, attention_mask (B, T)
+    bool). The next token of every row is predicted at the last column."""
+    rows = [tokenizer.encode(p, bos=True) for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = True
+    return ids, mask

@@ -1,0 +1,187 @@
+"""Training (AdamW, warmup + cosine, clipping, Grokfast, an extra loss) and greedy evaluation.
+
+The co-evolution loop passes `extra_loss(model, batch) -> scalar tensor` (the answer-token
+loss under the champion program's relaxed distribution); the step loss is
+`lm_loss + extra_lambda * extra_loss`. With extra_lambda = 0 the callable is never called and
+training is plain language modelling. This module never imports engine_dsl.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .tasks import Batch, Example, make_batch, make_prompt_batch
+from .tokenizer import ByteTokenizer
+
+ExtraLoss = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # optimizer steps; the cosine schedule reaches min_lr here
+    batch_size: int = 64  # rows per step, drawn with replacement from the train split
+    learning_rate: float = 3e-3  # peak, after warmup
+    min_lr: float = 3e-4  # floor of the cosine schedule
+    warmup_steps: int = 100  # linear ramp from learning_rate / warmup_steps
+    weight_decay: float = 0.1  # AdamW, matrices only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    answer_only: bool = True  # LM loss on answer tokens only; False = prompt + answer
+    grokfast_alpha: float = 0.98  # EMA decay of the slow-gradient filter, in [0, 1)
+    grokfast_lambda: float = 0.0  # slow gradient added back x this factor; 0 = off
+    extra_lambda: float = 0.0  # weight of the extra loss; 0 = plain training
+    seed: int = 0  # batch sampling
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Learning rate of step `step` (0-based): linear warmup, cosine decay to min_lr."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    if step >= config.steps:
+        return config.min_lr
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
+    return config.min_lr + coeff * (config.learning_rate - config.min_lr)
+
+
+class Trainer:
+    """Trains a GPT on a list of examples; `step()` runs one optimizer step.
+
+    State needed for an exact resume: the model, `optimizer`, `grokfast_ema`, `generator`
+    (batch sampling), `step_num`, and the global RNGs; `neural.checkpoint` saves all of it.
+    """
+
+    def __init__(self, model, tokenizer: ByteTokenizer, train_examples: Sequence[Example],
+                 config: TrainConfig | None = None, extra_loss: ExtraLoss | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config = config or TrainConfig()
+        if config.extra_lambda != 0 and extra_loss is None:
+            raise ValueError("extra_lambda is not 0 but no extra_loss callable was given")
+        self.extra_loss = extra_loss
+        if not train_examples:
+            raise ValueError("no training examples")
+        # the whole train split, encoded once; each step indexes rows out of it
+        self.data = make_batch(tokenizer, train_examples, model.config.block_size)
+        self.optimizer = model.configure_optimizer(
+            config.weight_decay, config.learning_rate, (config.beta1, config.beta2))
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.grokfast_ema: list[torch.Tensor] | None = None
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step_num = 0  # steps done so far
+
+    def sample_batch(self) -> Batch:
+        """The next training batch (advances the sampling generator)."""
+        index = torch.randint(len(self.data), (self.config.batch_size,),
+                              generator=self.generator)
+        return self.data.select(index)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(total, lm_loss, extra_loss or None) of one batch, with gradients."""
+        _, lm_loss = self.model(batch.inputs, batch.targets(self.config.answer_only))
+        if self.config.extra_lambda == 0:
+            return lm_loss, lm_loss, None
+        extra = self.extra_loss(self.model, batch)
+        return lm_loss + self.config.extra_lambda * extra, lm_loss, extra
+
+    def _grokfast(self):
+        alpha, lamb = self.config.grokfast_alpha, self.config.grokfast_lambda
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.grokfast_ema is None:
+            self.grokfast_ema = [g.detach().clone() for g in grads]
+        else:
+            torch._foreach_lerp_(self.grokfast_ema, grads, 1.0 - alpha)
+        torch._foreach_add_(grads, self.grokfast_ema, alpha=lamb)
+
+    def step(self) -> dict:
+        """One optimizer step; returns its metrics."""
+        cfg = self.config
+        lr = lr_at(cfg, self.step_num)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.sample_batch()
+        self.model.train()
+        loss, lm_loss, extra = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grokfast_lambda != 0:
+            self._grokfast()
+        grad_norm = None
+        if cfg.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip,
+                                                             foreach=True))
+        self.optimizer.step()
+        self.step_num += 1
+        return {"step": self.step_num, "loss": loss.item(), "lm_loss": lm_loss.item(),
+                "extra_loss": None if extra is None else extra.item(), "lr": lr,
+                "grad_norm": grad_norm}
+
+    def train(self, steps: int | None = None, *, callback: Callable[[dict], None] | None = None
+              ) -> list[dict]:
+        """Run `steps` steps (default: up to config.steps); metrics of each step."""
+        steps = self.config.steps - self.step_num if steps is None else steps
+        history = []
+        for _ in range(max(0, steps)):
+            metrics = self.step()
+            history.append(metrics)
+            if callback is not None:
+                callback(metrics)
+        return history
+
+
+@torch.no_grad()
+def greedy_decode(model, tokenizer: ByteTokenizer, prompts: Sequence[str],
+                  max_new_tokens: int, *, batch_size: int = 256) -> list[str]:
+    """Greedy answers to `prompts`, each up to its first EOS or max_new_tokens tokens.
+    Batched with left padding; one KV-cached `forward_step` per new token."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = make_prompt_batch(tokenizer, prompts[start:start + batch_size])
+            out = model.forward_step(ids, attention_mask=mask)
+            done = torch.zeros(ids.size(0), dtype=torch.bool)
+            new_tokens = []
+            for _ in range(max_new_tokens):
+                nxt = out.logits[:, -1].argmax(dim=-1)  # (B,)
+                nxt = nxt.masked_fill(done, tokenizer.eos_id)
+                new_tokens.append(nxt)
+                done |= nxt == tokenizer.eos_id
+                if bool(done.all()) or len(new_tokens) == max_new_tokens:
+                    break
+                mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
+                out = model.forward_step(nxt[:, None], attention_mask=mask, cache=out.cache)
+            rows = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[]] * len(ids)
+            answers.extend(tokenizer.decode(r, stop_at_eos=True) for r in rows)
+    finally:
+        if was_training:
+            model.train()
+    return answers
+
+
+def greedy_accuracy(model, tokenizer: ByteTokenizer, examples: Sequence[Example],
+                    max_new_tokens: int | None = None, *, batch_size: int = 256) -> float:
+    """Fraction of examples whose greedy answer equals `output` exactly (0.0 if none).
+    max_new_tokens defaults to the longest reference answer in bytes + 1 (for EOS)."""
+    if not examples:
+        return 0.0
+    if max_new_tokens is None:
+        max_new_tokens = max(len(ex.output.encode("utf-8")) for ex in examples) + 1
+    answers = greedy_decode(model, tokenizer, [ex.input for ex in examples], max_new_tokens,
+                            batch_size=batch_size)
+    return sum(a == ex.output for a, ex in zip(answers, examples, strict=True)) / len(examples)

@@ -1,0 +1,150 @@
+"""The GPT satisfies the small model protocol: KV cache, padding, logit lens, head gates."""
+
+import pytest
+import torch
+
+from neural import GPT, GPTConfig, KVCache, StepOutput
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=16))
+    # non-trivial biases and norms so masking mistakes show up in the logits
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return m.eval()
+
+
+def ids_of(batch, length, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, length), generator=g)
+
+
+def test_protocol_attributes_and_output_shapes(model):
+    """forward_step returns (B,T,V) logits, L residual streams (B,T,C) and a cache."""
+    out = model.forward_step(ids_of(3, 5))
+    assert isinstance(out, StepOutput) and isinstance(out.cache, KVCache)
+    assert (model.n_layer, model.n_head, model.vocab_size) == (2, 2, 259)
+    assert out.logits.shape == (3, 5, 259)
+    assert len(out.residuals) == 2 and all(r.shape == (3, 5, 16) for r in out.residuals)
+
+
+def test_lens_of_last_residual_equals_logits(model):
+    """lens(residuals[-1]) is exactly the final logits; lens of earlier blocks has shape V."""
+    out = model.forward_step(ids_of(2, 7))
+    assert torch.equal(model.lens(out.residuals[-1]), out.logits)
+    assert model.lens(out.residuals[0]).shape == out.logits.shape
+
+
+def test_training_forward_matches_forward_step(model):
+    """forward(ids) gives the same logits as forward_step(ids)."""
+    ids = ids_of(2, 9)
+    logits, loss = model(ids)
+    assert loss is None
+    assert torch.allclose(logits, model.forward_step(ids).logits, atol=ATOL)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("prompt_len,steps", [(1, 6), (4, 3), (9, 12)])
+def test_kv_cache_incremental_equals_full_forward(model, batch, prompt_len, steps):
+    """Feeding a prompt then one token at a time through the cache gives the logits of one
+    full forward over the whole sequence, at every position."""
+    ids = ids_of(batch, prompt_len + steps, seed=prompt_len)
+    full = model.forward_step(ids).logits
+    out = model.forward_step(ids[:, :prompt_len])
+    pieces = [out.logits]
+    for t in range(prompt_len, prompt_len + steps):
+        out = model.forward_step(ids[:, t : t + 1], cache=out.cache)
+        pieces.append(out.logits)
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=ATOL)
+
+
+def test_kv_cache_chunks_of_several_tokens(model):
+    """The cache also accepts several new tokens per call."""
+    ids = ids_of(2, 10)
+    full = model.forward_step(ids).logits
+    a = model.forward_step(ids[:, :3])
+    b = model.forward_step(ids[:, 3:7], cache=a.cache)
+    c = model.forward_step(ids[:, 7:], cache=b.cache)
+    assert torch.allclose(torch.cat([a.logits, b.logits, c.logits], 1), full, atol=ATOL)
+
+
+def test_cache_can_be_continued_twice(model):
+    """A cache is not consumed: continuing it two ways gives two independent answers."""
+    ids = ids_of(1, 6)
+    out = model.forward_step(ids[:, :4])
+    x = model.forward_step(ids[:, 4:5], cache=out.cache).logits
+    model.forward_step(ids[:, 5:6], cache=out.cache)
+    assert torch.equal(model.forward_step(ids[:, 4:5], cache=out.cache).logits, x)
+
+
+@pytest.mark.parametrize("lengths", [[5, 2, 8], [1, 7], [3, 3]])
+def test_left_padded_batch_equals_unpadded_rows(model, lengths):
+    """Each row of a left-padded batch, prompt and cached continuation alike, has the logits
+    of that row run alone without padding (positions count real tokens only)."""
+    width, steps = max(lengths), 4
+    rows = [ids_of(1, n + steps, seed=n)[0] for n in lengths]
+    ids = torch.full((len(rows), width), 258)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        ids[i, width - n :] = row[:n]
+        mask[i, width - n :] = True
+    out = model.forward_step(ids, attention_mask=mask)
+    got = [out.logits[:, -1]]
+    for t in range(steps):
+        mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.bool)], 1)
+        nxt = torch.stack([row[n + t] for row, n in zip(rows, lengths, strict=True)])[:, None]
+        out = model.forward_step(nxt, attention_mask=mask, cache=out.cache)
+        got.append(out.logits[:, -1])
+    got = torch.stack(got, 1)  # (B, steps + 1, V)
+    for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        alone = model.forward_step(row[None]).logits[0, n - 1 :]
+        assert torch.allclose(got[i], alone, atol=ATOL), f"row {i}"
+        assert torch.isfinite(out.logits).all()
+
+
+def test_head_gates_of_one_are_no_gates(model):
+    """Gates of 1.0 (shape (L,H) or (B,L,H)) leave the output unchanged."""
+    ids = ids_of(2, 6)
+    plain = model.forward_step(ids).logits
+    assert torch.allclose(model.forward_step(ids, head_gates=torch.ones(2, 2)).logits, plain,
+                          atol=ATOL)
+    assert torch.allclose(model.forward_step(ids, head_gates=torch.ones(2, 2, 2)).logits,
+                          plain, atol=ATOL)
+
+
+def test_head_gates_are_differentiable_and_matter(model):
+    """Closing a head changes the logits, and gradients flow into the gates."""
+    ids = ids_of(2, 6)
+    gates = torch.full((2, 2), 0.5, requires_grad=True)
+    out = model.forward_step(ids, head_gates=gates)
+    out.logits.square().mean().backward()
+    assert gates.grad is not None and gates.grad.abs().sum() > 0
+    closed = torch.ones(2, 2)
+    closed[0, 1] = 0.0
+    assert not torch.allclose(model.forward_step(ids, head_gates=closed).logits,
+                              model.forward_step(ids).logits, atol=1e-4)
+
+
+def test_per_row_head_gates_apply_to_their_row(model):
+    """(B,L,H) gates: row b's logits equal a (L,H) call with row b's gates."""
+    ids = ids_of(2, 5)
+    gates = torch.rand(2, 2, 2, generator=torch.Generator().manual_seed(3))
+    both = model.forward_step(ids, head_gates=gates).logits
+    for b in range(2):
+        one = model.forward_step(ids[b : b + 1], head_gates=gates[b]).logits
+        assert torch.allclose(both[b : b + 1], one, atol=ATOL)
+
+
+def test_bad_shapes_are_clear_errors(model):
+    """Wrong mask or gate shapes and too-long inputs raise ValueError with the shapes."""
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.forward_step(ids_of(1, 3), attention_mask=torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="head_gates"):
+        model.forward_step(ids_of(1, 3), head_gates=torch.ones(3, 2))
+    with pytest.raises(ValueError, match="block_size"):
+        model.forward_step(ids_of(1, 33))

@@ -1,0 +1,141 @@
+"""Tasks: formats, deterministic disjoint splits, file errors naming file:line, curriculum."""
+
+import json
+
+import pytest
+import torch
+
+from neural import (
+    IGNORE_INDEX,
+    ByteTokenizer,
+    Curriculum,
+    DataError,
+    Example,
+    get_task,
+    make_batch,
+    make_prompt_batch,
+    split_of,
+)
+
+
+@pytest.mark.parametrize("name", ["addition", "reverse", "sort", "copy"])
+def test_builtin_split_is_deterministic_and_disjoint(name):
+    """The same arguments give the same three splits; no example is in two splits; the
+    split of an example depends only on its content."""
+    a = get_task(name, size=500, seed=1)
+    b = get_task(name, size=500, seed=1)
+    assert (a.train, a.valid, a.test) == (b.train, b.valid, b.test)
+    sets = [set(a.train), set(a.valid), set(a.test)]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert len(a.train) > len(a.valid) > 0 and len(a.test) > 0
+    other = get_task(name, size=500, seed=2)
+    for split in ("train", "valid", "test"):
+        for ex in other.split(split):
+            assert split_of(ex) == split
+
+
+def test_builtin_answers_are_correct():
+    """addition: zero-padded operands, plain sum; reverse, sort, copy do what they say."""
+    for ex in get_task("addition", difficulty=2, size=50).train:
+        a, b = ex.input.rstrip("=").split("+")
+        assert len(a) == len(b) == 2 and int(ex.output) == int(a) + int(b)
+    for ex in get_task("reverse", size=50).train:
+        assert ex.output == ex.input[:-1][::-1]
+    for ex in get_task("sort", size=50).train:
+        assert ex.output == "".join(sorted(ex.input[:-1]))
+    for ex in get_task("copy", size=50).train:
+        assert ex.output == ex.input[:-1]
+
+
+def test_difficulty_knob():
+    """Difficulty sets the digits of addition and the maximum length of letter tasks."""
+    assert get_task("addition", difficulty=5, size=20).train[0].input.index("+") == 5
+    assert max(len(e.output) for e in get_task("copy", difficulty=2, size=200).train) == 2
+    with pytest.raises(DataError, match="difficulty"):
+        get_task("addition", difficulty=0)
+
+
+def test_small_space_is_exhausted_not_looped_forever():
+    """A size larger than the task's space gives every distinct example once."""
+    t = get_task("addition", difficulty=1, size=10_000)
+    assert len(t.train) + len(t.valid) + len(t.test) == 100
+
+
+def test_unknown_task_is_data_error():
+    """An unknown name is a DataError listing the known ones."""
+    with pytest.raises(DataError, match="unknown task 'nope'.*addition"):
+        get_task("nope")
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_jsonl_task(tmp_path):
+    """jsonl:PATH reads input/output objects, skipping blank lines."""
+    rows = [{"input": f"q{i}", "output": f"a{i}"} for i in range(40)]
+    p = write(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
+    t = get_task(f"jsonl:{p}")
+    assert sorted(t.train + t.valid + t.test, key=lambda e: int(e.input[1:])) == [
+        Example(r["input"], r["output"]) for r in rows]
+    assert t.kind == "answer"
+
+
+@pytest.mark.parametrize("lines,line,message", [
+    (['{"input": "a", "output": "b"}', '{"input": "a"}'], 2, "missing field 'output'"),
+    (['{"output": "b"}'], 1, "missing field 'input'"),
+    (['{"input": "a", "output": "b"}', "", '{"input": "a", "output": "b"'], 3, "invalid JSON"),
+    (['[1, 2]'], 1, "expected a JSON object"),
+    (['{"input": 1, "output": "b"}'], 1, "field 'input' must be a string"),
+])
+def test_jsonl_errors_name_file_and_line(tmp_path, lines, line, message):
+    """A malformed line or missing field is a DataError whose str starts with file:line."""
+    p = write(tmp_path / "data.jsonl", "\n".join(lines) + "\n")
+    with pytest.raises(DataError) as info:
+        get_task(f"jsonl:{p}")
+    assert str(info.value).startswith(f"{p}:{line}: {message}")
+    assert (info.value.filename, info.value.line) == (p, line)
+
+
+def test_missing_file_is_data_error(tmp_path):
+    """A missing file is a DataError naming it."""
+    with pytest.raises(DataError, match="nothere.jsonl: cannot read file"):
+        get_task(f"jsonl:{tmp_path / 'nothere.jsonl'}")
+
+
+def test_text_task_chunks(tmp_path):
+    """text:PATH gives examples with empty input and chunks of at most chunk_bytes bytes
+    that together are the file's non-blank lines."""
+    text = "hello world, this is a line\n\nünïcödé " * 3 + "\n"
+    p = write(tmp_path / "t.txt", text)
+    t = get_task(f"text:{p}", chunk_bytes=10)
+    everything = t.train + t.valid + t.test
+    assert t.kind == "text" and all(e.input == "" for e in everything)
+    assert all(len(e.output.encode()) <= 10 for e in everything)
+
+
+def test_curriculum_moves_toward_the_band():
+    """Success above 75% raises difficulty, below 55% lowers it, inside the band keeps it."""
+    c = Curriculum("addition", difficulty=3)
+    assert c.update(0.9) == 4
+    assert c.update(0.65) == 4
+    assert c.update(0.2) == 3
+    assert c.update(0.0) == 2
+    assert c.task().difficulty == 2
+    low = Curriculum("copy", difficulty=1)
+    assert low.update(0.0) == 1  # clamped at the minimum
+
+
+def test_make_batch_masks():
+    """Rows are BOS prompt answer EOS, right-padded; targets keep answer tokens only (or all
+    real tokens with answer_only=False)."""
+    tok = ByteTokenizer()
+    b = make_batch(tok, [Example("1+2=", "3"), Example("10+20=", "30")], block_size=16)
+    assert b.ids[0].tolist() == [256, *b"1+2=", *b"3", 257, 258, 258, 258]
+    tgt = b.targets(answer_only=True)
+    assert tgt[0].tolist() == [IGNORE_INDEX] * 4 + [ord("3"), 257] + [IGNORE_INDEX] * 3
+    assert (b.targets(answer_only=False)[1] != IGNORE_INDEX).all()
+    assert b.select(torch.tensor([0])).ids.shape == (1, 7)
+    ids, mask = make_prompt_batch(tok, ["ab", "abcd"])
+    assert ids[0].tolist() == [258, 258, 256, 97, 98] and mask[0].tolist() == [0, 0, 1, 1, 1]
