@@ -60,8 +60,9 @@ def _decode(text: str | bytes, filename: str) -> str:
     except UnicodeDecodeError as e:
         line = text.count(b"\n", 0, e.start) + 1
         col = e.start - (text.rfind(b"\n", 0, e.start) + 1) + 1
+        shown = text.decode("utf-8", errors="replace").splitlines()[line - 1]
         raise DslError(f"file is not valid UTF-8 (byte 0x{text[e.start]:02x})",
-                       filename, line, col) from None
+                       filename, line, col, shown) from None
 
 
 def _nearest(name: str, candidates) -> str:

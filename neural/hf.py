@@ -69,18 +69,19 @@ class HFModel(nn.Module):
         super().__init__()
         self.hf = hf_model
         config = hf_model.config
-        for blocks_path, norm_path, proj_path in _LAYOUTS:
-            blocks = _get(hf_model, blocks_path)
-            norm = _get(hf_model, norm_path)
+        for layout in _LAYOUTS:
+            blocks, norm = _get(hf_model, layout[0]), _get(hf_model, layout[1])
             if blocks is not None and norm is not None:
+                proj_path = layout[2]
                 break
         else:
             raise TypeError(f"unsupported Hugging Face model {type(hf_model).__name__}: "
                             f"expected GPT-2 style (transformer.h, transformer.ln_f) or Llama "
                             f"style (model.layers, model.norm) modules")
-        self.blocks = list(blocks)
-        self.final_norm = norm
-        self.head = hf_model.get_output_embeddings()
+        # plain references, not submodules: their parameters already live under self.hf
+        object.__setattr__(self, "blocks", list(blocks))
+        object.__setattr__(self, "final_norm", norm)
+        object.__setattr__(self, "head", hf_model.get_output_embeddings())
         self.n_layer = len(self.blocks)
         self.n_head = int(getattr(config, "num_attention_heads", None) or config.n_head)
         self.vocab_size = int(config.vocab_size)

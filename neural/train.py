@@ -1,5 +1,9 @@
 """Training (AdamW, warmup + cosine, clipping, Grokfast, an extra loss) and greedy evaluation.
 
+Batches (`neural.tasks.Batch`) are right-padded rows `BOS prompt answer EOS`: the model reads
+`batch.inputs` (B, T-1), and logits[:, t] predicts `batch.ids[:, t + 1]`; the answer tokens
+among those targets are `batch.answer_mask[:, 1:]`. No attention mask is needed for them.
+
 The co-evolution loop passes `extra_loss(model, batch) -> scalar tensor` (the answer-token
 loss under the champion program's relaxed distribution); the step loss is
 `lm_loss + extra_lambda * extra_loss`. With extra_lambda = 0 the callable is never called and
@@ -72,16 +76,20 @@ class Trainer:
         if config.extra_lambda != 0 and extra_loss is None:
             raise ValueError("extra_lambda is not 0 but no extra_loss callable was given")
         self.extra_loss = extra_loss
-        if not train_examples:
-            raise ValueError("no training examples")
-        # the whole train split, encoded once; each step indexes rows out of it
-        self.data = make_batch(tokenizer, train_examples, model.config.block_size)
+        self.set_examples(train_examples)  # encoded once; each step indexes rows out of it
         self.optimizer = model.configure_optimizer(
             config.weight_decay, config.learning_rate, (config.beta1, config.beta2))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.grokfast_ema: list[torch.Tensor] | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step_num = 0  # steps done so far
+
+    def set_examples(self, train_examples: Sequence[Example]) -> None:
+        """Train on new examples from the next step on (e.g. after a curriculum moved the
+        difficulty); optimizer and schedule carry on."""
+        if not train_examples:
+            raise ValueError("no training examples")
+        self.data = make_batch(self.tokenizer, train_examples, self.model.config.block_size)
 
     def sample_batch(self) -> Batch:
         """The next training batch (advances the sampling generator)."""

@@ -1,0 +1,125 @@
+"""Benchmark: evaluating a population of P decoding programs on N prompts.
+
+Three contenders decode the same number of tokens (no stop token, so every row generates
+--tokens tokens) on the same model and prompts:
+
+* batched: `engine_dsl.decode` of all P programs x N prompts at once (one KV-cached forward
+  per step for every row, common random numbers) - what `evolution.DecodeEvaluator` runs;
+* floor: a bare batched KV-cached greedy decode of P x N rows with no program at all;
+* naive: program by program (`engine_dsl.decoders.decode_each`), N rows per decode.
+
+Goals: batched / floor <= 1.5; naive / batched >= 10. Programs: the shipped seeds plus
+random typed programs from the GP generator, vote/best-of wrappers removed (so every program
+has exactly N rows). Medians of --repeats runs.
+
+    .venv/bin/python bench/population.py            # P=64, N=256
+    .venv/bin/python bench/population.py --programs 8 --prompts 32 --repeats 1   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import engine_dsl  # noqa: E402
+from engine_dsl.decoders import decode_each  # noqa: E402
+from evolution.bridge import SearchSpace, to_expr  # noqa: E402
+from evolution.generation import ConstantSampler, random_individual  # noqa: E402
+from evolution.tuning import rewrap_base  # noqa: E402
+from neural import GPT, ByteTokenizer, GPTConfig, get_task  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def programs(n: int, model, seed: int = 0) -> list:
+    """The shipped seeds (wrappers removed) then random programs, n in all."""
+    out = []
+    for f in sorted((ROOT / "programs").glob("*.scm")):
+        for d in engine_dsl.read(f.read_text(), str(f)):
+            out.append(rewrap_base(d.body))
+    space = SearchSpace.for_model(model)
+    rng, sampler = random.Random(seed), ConstantSampler(space)
+    while len(out) < n:
+        out.append(rewrap_base(to_expr(random_individual(rng, sampler, (2, 5)))))
+    return out[:n]
+
+
+@torch.no_grad()
+def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad: int):
+    """Bare batched KV-cached greedy decoding of `copies` x len(prompts) rows."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = True
+    ids, mask = ids.repeat(copies, 1), mask.repeat(copies, 1)
+    out = model.forward_step(ids, attention_mask=mask)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    for _ in range(tokens - 1):
+        mask = torch.cat((mask, torch.ones_like(nxt, dtype=torch.bool)), 1)
+        out = model.forward_step(nxt, attention_mask=mask, cache=out.cache)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--programs", type=int, default=64)
+    ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--tokens", type=int, default=8, help="new tokens per answer")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-naive", action="store_true", help="the naive loop is the slowest")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig()).eval()
+    tok = ByteTokenizer()
+    examples = get_task("addition", difficulty=3, size=4 * args.prompts).train[: args.prompts]
+    prompts = [tok.encode(e.input, bos=True) for e in examples]
+    progs = programs(args.programs, model)
+    kw = dict(max_new_tokens=args.tokens, stop_token=None, seed=0, pad_token=tok.pad_id)
+
+    engine_dsl.decode(model, progs[:2], prompts[:4], **kw)  # warm-up
+    t_batched, t_floor, t_naive = [], [], []
+    for _ in range(args.repeats):
+        t_floor.append(timed(lambda: floor_decode(model, prompts, len(progs), args.tokens,
+                                                  tok.pad_id)))
+        t_batched.append(timed(lambda: engine_dsl.decode(model, progs, prompts, **kw)))
+        if not args.skip_naive:
+            t_naive.append(timed(lambda: decode_each(model, progs, prompts, **kw)))
+    b, f = statistics.median(t_batched), statistics.median(t_floor)
+    res = {"programs": len(progs), "prompts": len(prompts), "tokens": args.tokens,
+           "threads": args.threads, "batched_s": round(b, 3), "floor_s": round(f, 3),
+           "batched_over_floor": round(b / f, 2)}
+    if t_naive:
+        n = statistics.median(t_naive)
+        res.update(naive_s=round(n, 3), naive_over_batched=round(n / b, 2))
+    print(json.dumps(res))
+    print(f"batched/floor = {res['batched_over_floor']} (goal <= 1.5)"
+          + (f"; naive/batched = {res['naive_over_batched']} (goal >= 10)" if t_naive else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

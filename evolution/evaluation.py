@@ -1,0 +1,305 @@
+"""Population evaluation: many programs over one shared model computation, and parallel maps.
+
+Programs only transform logits, so the model work is shared:
+
+* `LikelihoodEvaluator` (teacher-forced objective): one forward over a data set of token
+  sequences, cached (final logits, every block's residual stream, histories); each program
+  is then a cheap transform of the cached rows, scored by the mean log-likelihood of the
+  observed next tokens. Used by tuning, the tuning benchmark and the recovery benchmark.
+* `DecodeEvaluator` (answer tasks): `engine_dsl.decode` over the whole list of programs x
+  prompts, one batched KV-cached forward per decoding step, with common random numbers (the
+  same per-prompt seeds for every program), so scores are paired comparisons.
+
+`ProcessMap` and `RayMap` are drop-in `toolbox.map`s for the per-individual work (tuning).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine_dsl.nodes import Apply, Expr, walk
+
+SMOOTHING = 1e-4  # likelihood: the program's distribution is mixed with this much uniform
+
+
+# --- decoders as distributions ---------------------------------------------------------------
+
+
+def sampling_logits(decoder: Expr) -> tuple[str, Expr, int]:
+    """(kind, Logits expression, repeats) of a Decoder: kind is "sample" or "greedy";
+    vote/best-of wrappers multiply `repeats` (their answer distribution is approximated by
+    the inner decoder's per-token distribution)."""
+    repeats, e = 1, decoder
+    while isinstance(e, Apply) and e.op in ("vote", "best-of"):
+        repeats *= e.args[0].value
+        e = e.args[1]
+    if not (isinstance(e, Apply) and e.op in ("sample", "greedy")):
+        raise ValueError(f"not a Decoder expression: {e!r}")
+    return e.op, e.args[0], repeats
+
+
+def forward_cost(decoder: Expr) -> float:
+    """Model forward tokens per answer token: repeats x (1 + one extra pass per `gated`)."""
+    _, logits_expr, repeats = sampling_logits(decoder)
+    gated = sum(1 for n in walk(logits_expr) if isinstance(n, Apply) and n.op == "gated")
+    return float(repeats * (1 + gated))
+
+
+# --- cached teacher-forced rows ------------------------------------------------------------
+
+
+class _Frozen:
+    """Within the block the model's parameters take no gradient (tuning moves program
+    constants only; the model is layer 1's business)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self.flags:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+
+
+class FrozenLens:
+    """The model's logit lens, differentiable in its input only (picklable)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, residual: torch.Tensor) -> torch.Tensor:
+        with _Frozen(self.model):
+            return self.model.lens(residual)
+
+
+class GatedForward:
+    """gates (L, H) -> (R, V): the logits of a head-gated forward pass at the cached rows
+    (a picklable callable, so cached rows can be shipped to worker processes)."""
+
+    def __init__(self, model, ids: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor):
+        self.model, self.ids, self.seq, self.pos = model, ids, seq, pos
+
+    def __call__(self, gates: torch.Tensor) -> torch.Tensor:
+        with _Frozen(self.model):
+            out = self.model.forward_step(self.ids, head_gates=gates)
+        return out.logits[self.seq, self.pos]
+
+
+@dataclass
+class CachedRows:
+    """One row per scored position of a data set (R rows)."""
+
+    logits: torch.Tensor  # (R, V) final-layer logits predicting the target
+    residuals: tuple[torch.Tensor, ...]  # L tensors (R, C)
+    history: torch.Tensor  # (R, T) ids of the sequence up to the position, -1 = padding
+    targets: torch.Tensor  # (R,) the observed next token
+    gated: GatedForward | None  # gates (L, H) -> (R, V) logits (None: no model)
+    lens: Callable[[torch.Tensor], torch.Tensor] | None
+    n_layer: int
+    n_head: int
+
+    def sources(self) -> dict:
+        """Keyword sources for a compiled program (`LogitsProgram.__call__`)."""
+        return dict(logits=self.logits, residuals=list(self.residuals), history=self.history,
+                    lens=self.lens, gated=self.gated, n_layer=self.n_layer, n_head=self.n_head)
+
+    def subset(self, index: torch.Tensor) -> CachedRows:
+        """The rows at `index` (gated passes are still computed whole, then indexed)."""
+        g = self.gated
+        gated = None if g is None else GatedForward(g.model, g.ids, g.seq[index], g.pos[index])
+        return CachedRows(self.logits[index], tuple(r[index] for r in self.residuals),
+                          self.history[index], self.targets[index], gated, self.lens,
+                          self.n_layer, self.n_head)
+
+    def __len__(self) -> int:
+        return self.targets.numel()
+
+
+@torch.no_grad()
+def cache_rows(model, ids: torch.Tensor, score_mask: torch.Tensor) -> CachedRows:
+    """Run `model` once over right-padded sequences `ids` (S, T) and keep one row per
+    position t where `score_mask[:, t + 1]` marks token t + 1 as scored (predicted at t)."""
+    S, T = ids.shape
+    out = model.forward_step(ids)
+    pos = score_mask[:, 1:].nonzero(as_tuple=False)  # (R, 2) of (sequence, position)
+    si, ti = pos[:, 0], pos[:, 1]
+    hist = ids.new_full((len(si), T), -1)
+    keep = torch.arange(T)[None, :] <= ti[:, None]  # (R, T)
+    hist[keep] = ids[si][keep]
+    return CachedRows(out.logits[si, ti], tuple(r[si, ti] for r in out.residuals), hist,
+                      ids[si, ti + 1], GatedForward(model, ids, si, ti), FrozenLens(model),
+                      model.n_layer, model.n_head)
+
+
+def program_scores(logits_expr: Expr | None, rows: CachedRows, *, mode: str = "exact",
+                   program=None, sharpness: float | None = None) -> torch.Tensor:
+    """(R, V) scores of a compiled Logits program on the cached rows."""
+    import engine_dsl
+
+    f = program if program is not None else engine_dsl.compile_expr(logits_expr)
+    extra = {} if sharpness is None else {"sharpness": sharpness}
+    return f(mode=mode, **rows.sources(), **extra).float()
+
+
+def _log_probs(scores: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "greedy":  # a point mass on the argmax
+        logp = torch.full_like(scores, -math.inf)
+        return logp.scatter_(1, scores.argmax(-1, keepdim=True), 0.0)
+    return torch.log_softmax(scores, dim=-1)
+
+
+def _smooth(logp: torch.Tensor, smoothing: float, V: int) -> torch.Tensor:
+    """log((1 - s) p + s / V), elementwise on log-probabilities."""
+    if smoothing <= 0:
+        return logp
+    return torch.log(torch.exp(logp) * (1 - smoothing) + smoothing / V)
+
+
+def program_log_probs(logits_expr: Expr | None, kind: str, rows: CachedRows, *,
+                      mode: str = "exact", program=None, smoothing: float = SMOOTHING,
+                      sharpness: float | None = None) -> torch.Tensor:
+    """(R, V) log-probabilities of the next token under a program (smoothed with uniform)."""
+    scores = program_scores(logits_expr, rows, mode=mode, program=program, sharpness=sharpness)
+    return _smooth(_log_probs(scores, kind), smoothing, scores.size(-1))
+
+
+def target_log_probs(logits_expr: Expr | None, kind: str, rows: CachedRows, *,
+                     mode: str = "exact", program=None, smoothing: float = SMOOTHING,
+                     sharpness: float | None = None) -> torch.Tensor:
+    """(R,) smoothed log-probability of each row's observed next token."""
+    scores = program_scores(logits_expr, rows, mode=mode, program=program, sharpness=sharpness)
+    lp = _log_probs(scores, kind).gather(1, rows.targets[:, None]).squeeze(1)
+    return _smooth(lp, smoothing, scores.size(-1))
+
+
+class LikelihoodEvaluator:
+    """Score = mean log-likelihood of the data's next tokens under each Decoder program
+    (its per-step distribution, exact mode, smoothed); cost = `forward_cost`."""
+
+    def __init__(self, rows: CachedRows, smoothing: float = SMOOTHING):
+        self.rows = rows
+        self.smoothing = smoothing
+
+    def log_likelihood(self, decoder: Expr) -> float:
+        kind, logits_expr, _ = sampling_logits(decoder)
+        lp = target_log_probs(logits_expr, kind, self.rows, smoothing=self.smoothing)
+        return float(lp.mean())
+
+    @torch.no_grad()
+    def __call__(self, decoders: Sequence[Expr]) -> list[tuple[float, float]]:
+        return [(self.log_likelihood(d), forward_cost(d)) for d in decoders]
+
+
+def mean_kl(teacher: Expr, student: Expr, rows: CachedRows, smoothing: float = 1e-6) -> float:
+    """Mean over rows of KL(teacher || student) of the per-step distributions (exact mode;
+    the student is smoothed by `smoothing` so a dropped token costs a large finite amount)."""
+    with torch.no_grad():
+        tk, te, _ = sampling_logits(teacher)
+        sk, se, _ = sampling_logits(student)
+        lp = program_log_probs(te, tk, rows, smoothing=0.0)
+        lq = program_log_probs(se, sk, rows, smoothing=smoothing)
+        p = lp.exp()
+        terms = torch.where(p > 0, p * (lp - lq), torch.zeros_like(p))
+        return float(terms.sum(-1).mean())
+
+
+# --- decoding many programs at once ----------------------------------------------------------
+
+
+class DecodeEvaluator:
+    """Answer-task scores from one batched decode of every program x prompt
+    (`engine_dsl.decode`: one KV-cached forward per step for all rows, common random
+    numbers: the same per-prompt draws for every program, so scores are paired).
+
+    prompts: token id lists; references: what `score_fn(answers, references)` compares the
+    answers (lists of `Decoding`) with (default: exact match of the token lists).
+    Score per program = score_fn; cost = mean model forward positions per answer.
+    """
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], references: Sequence,
+                 score_fn=None, seed: int = 0, **decode_options):
+        self.model, self.prompts, self.references = model, list(prompts), list(references)
+        self.score_fn = score_fn or exact_match
+        self.seed = seed
+        self.decode_options = decode_options
+
+    @torch.no_grad()
+    def __call__(self, decoders: Sequence[Expr]) -> list[tuple[float, float]]:
+        import engine_dsl
+
+        answers = engine_dsl.decode(self.model, list(decoders), self.prompts, seed=self.seed,
+                                    **self.decode_options)
+        return [(float(self.score_fn(a, self.references)),
+                 sum(d.cost for d in a) / max(len(a), 1)) for a in answers]
+
+
+def exact_match(answers: Sequence, references: Sequence) -> float:
+    """Fraction of answers whose tokens equal the reference token list."""
+    return sum(list(a.tokens) == list(r) for a, r in zip(answers, references, strict=True)) \
+        / max(len(answers), 1)
+
+
+# --- parallel maps ---------------------------------------------------------------------------
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class ProcessMap:
+    """`map(fn, items)` over a pool of worker processes (results in order). `fn` and the
+    items must pickle (evolution's individuals and callables do). Use as `toolbox.map`."""
+
+    def __init__(self, workers: int = 2, threads_per_worker: int = 1, start_method: str = "spawn"):
+        import multiprocessing as mp
+
+        self.pool = mp.get_context(start_method).Pool(workers, _init_worker,
+                                                      (threads_per_worker,))
+
+    def __call__(self, fn, items):
+        return self.pool.map(fn, list(items), chunksize=1)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RayMap:
+    """`map(fn, items)` as Ray tasks, for more than one machine (optional extra: `ray`).
+    `address=None` starts or joins a local Ray instance."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, **init_options):
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - depends on the optional extra
+            raise ImportError("RayMap needs Ray: pip install 'echo-forge[ray]'") from e
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, num_cpus=num_cpus, **init_options)
+
+        @ray.remote
+        def _call(fn, item):
+            return fn(item)
+
+        self._call = _call
+
+    def __call__(self, fn, items):
+        ref = self.ray.put(fn)
+        return self.ray.get([self._call.remote(ref, item) for item in items])
+
+    def close(self) -> None:
+        self.ray.shutdown()

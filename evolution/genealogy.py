@@ -1,0 +1,56 @@
+"""Genealogy: who came from whom, by which operator; a networkx DiGraph saved as GraphML.
+
+Nodes are individual ids with attributes (operator, generation, program text and, once
+evaluated, score, cost, size); edges run parent -> child.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+
+from engine_dsl.files import atomic_write
+from engine_dsl.printer import expr_to_scheme
+
+from .bridge import to_expr
+
+
+class Lineage:
+    """The family tree of a run."""
+
+    def __init__(self, graph: nx.DiGraph | None = None):
+        self.graph = graph if graph is not None else nx.DiGraph()
+
+    def record(self, ind) -> None:
+        """Add (or update) an individual and the edges from its parents."""
+        attrs = {"operator": ind.operator, "generation": int(ind.generation),
+                 "program": expr_to_scheme(to_expr(ind)), "size": len(ind)}
+        if ind.fitness.valid:
+            score, cost, _ = ind.fitness.values
+            attrs.update(score=float(score), cost=float(cost))
+        self.graph.add_node(ind.id, **attrs)
+        for p in ind.parents:
+            if p not in self.graph:
+                self.graph.add_node(p)
+            self.graph.add_edge(p, ind.id)
+
+    def parents(self, id_: str) -> list[str]:
+        return sorted(self.graph.predecessors(id_))
+
+    def ancestors(self, id_: str) -> set[str]:
+        return nx.ancestors(self.graph, id_)
+
+    def __contains__(self, id_: str) -> bool:
+        return id_ in self.graph
+
+    def __len__(self) -> int:
+        return self.graph.number_of_nodes()
+
+    def write_graphml(self, path: str | Path) -> None:
+        """Write atomically (a crash leaves the old file or the new one, whole)."""
+        atomic_write(path, "\n".join(nx.generate_graphml(self.graph)) + "\n")
+
+    @classmethod
+    def read_graphml(cls, path: str | Path) -> Lineage:
+        return cls(nx.DiGraph(nx.read_graphml(path)))

@@ -1,0 +1,103 @@
+"""Selection: NSGA-II survival, the Pareto-front hall of fame, tournaments with parsimony.
+
+Fitness values are (score, cost, size) with weights (+1, -1, -1) (see `bridge.Fitness`).
+DEAP's `selNSGA2` draws no random numbers; the tournaments here take an explicit
+`random.Random` instead of DEAP's global-`random` versions.
+"""
+
+from __future__ import annotations
+
+import random
+
+from deap import tools
+from deap.tools.emo import assignCrowdingDist
+
+from .bridge import tree_key
+
+
+def select_nsga2(individuals: list, k: int) -> list:
+    """The k survivors of NSGA-II (non-dominated sorting, then crowding distance)."""
+    return tools.selNSGA2(individuals, k)
+
+
+def hall_of_fame() -> tools.ParetoFront:
+    """The Pareto front of every individual seen; two programs are the same when their
+    trees (structure and constants) are equal."""
+    return tools.ParetoFront(similar=lambda a, b: tree_key(a) == tree_key(b))
+
+
+def pareto_ranks(individuals: list) -> dict[int, tuple[int, float]]:
+    """id(ind) -> (front index, -crowding distance): smaller is better."""
+    fronts = tools.sortNondominated(individuals, len(individuals))
+    out = {}
+    for r, front in enumerate(fronts):
+        assignCrowdingDist(front)
+        for ind in front:
+            out[id(ind)] = (r, -ind.fitness.crowding_dist)
+    return out
+
+
+def select_parents_nsga2(individuals: list, k: int, rng: random.Random) -> list:
+    """k parents by binary tournaments on (Pareto rank, crowding distance)."""
+    ranks = pareto_ranks(individuals)
+    chosen = []
+    for _ in range(k):
+        a, b = rng.choice(individuals), rng.choice(individuals)
+        ka, kb = ranks[id(a)], ranks[id(b)]
+        chosen.append(a if ka < kb else b if kb < ka else (a if rng.random() < 0.5 else b))
+    return chosen
+
+
+def _score_key(ind) -> tuple[float, float]:
+    score, cost = ind.fitness.values[0], ind.fitness.values[1]
+    return (score, -cost)
+
+
+def select_double_tournament(individuals: list, k: int, rng: random.Random,
+                             fitness_size: int = 3, parsimony_size: float = 1.4,
+                             replace: bool = True) -> list:
+    """Luke & Panait's double tournament (DEAP's selDoubleTournament, fitness first): each
+    pick is a size tournament between two winners of fitness tournaments (score up, then
+    cost down); the smaller wins with probability parsimony_size / 2. replace=False picks
+    k distinct individuals."""
+    pool = list(individuals)
+    chosen = []
+
+    def fitness_winner():
+        aspirants = [pool[rng.randrange(len(pool))] for _ in range(fitness_size)]
+        return max(aspirants, key=_score_key)
+
+    for _ in range(min(k, len(pool)) if not replace else k):
+        a, b = fitness_winner(), fitness_winner()
+        if len(a) > len(b):
+            a, b = b, a
+        prob = 0.5 if len(a) == len(b) else parsimony_size / 2
+        win = a if rng.random() < prob else b
+        chosen.append(win)
+        if not replace:
+            pool = [i for i in pool if i is not win]
+    return chosen
+
+
+def select_survivors(individuals: list, k: int, rng: random.Random, kind: str = "nsga2",
+                     fitness_size: int = 3, parsimony_size: float = 1.4) -> list:
+    """The k individuals that make the next generation, all distinct objects.
+
+    "nsga2": NSGA-II. "tournament": the best score (elitism), then double tournaments
+    without replacement."""
+    if kind == "nsga2":
+        return select_nsga2(individuals, k)
+    if kind != "tournament":
+        raise ValueError(f"unknown selection {kind!r}")
+    best = max(individuals, key=_score_key)
+    rest = [i for i in individuals if i is not best]
+    return [best, *select_double_tournament(rest, k - 1, rng, fitness_size, parsimony_size,
+                                            replace=False)][:k]
+
+
+def select_parents(individuals: list, k: int, rng: random.Random, kind: str = "nsga2",
+                   fitness_size: int = 3, parsimony_size: float = 1.4) -> list:
+    """k parents for variation (with replacement)."""
+    if kind == "nsga2":
+        return select_parents_nsga2(individuals, k, rng)
+    return select_double_tournament(individuals, k, rng, fitness_size, parsimony_size)

@@ -1,0 +1,122 @@
+"""Simplify evolved programs without changing what they do (exact mode).
+
+Rewrites run bottom-up to a fixpoint. Each rule keeps the exact-mode output of its
+Logits/Real/Bool form (up to float rounding where constants merge) and every Decoder's
+answers; `tests/evolution/test_evo_simplify.py` checks this on random logits.
+
+Logits
+  (temperature (temperature L a) b)      -> (temperature L a*b)      a, b literals, same fixedness
+  (temperature L 1.0)                    -> L
+  (repetition-penalty L 1.0)             -> L
+  (top-k L k), k >= vocabulary size      -> L
+  (top-k (top-k L a) b)                  -> (top-k L min(a, b))
+  (min-p (min-p L a) b)                  -> (min-p L max(a, b))
+  (layer n_layer)                        -> logits
+  (if c A A)                             -> A
+  (if #t A B) -> A, (if #f A B) -> B, (if (not c) A B) -> (if c B A)
+Bool
+  (not (not c)) -> c, (not #t) -> #f, (and c c) / (or c c) -> c,
+  (and #t c) -> c, (and #f c) -> #f, (or #f c) -> c, (or #t c) -> #t,
+  (< x y), (> x y) of two literals -> #t / #f
+Decoder
+  (greedy T) -> (greedy L) where T is temperature/top-k/top-p/min-p of L (all keep the
+  argmax, and greedy reads nothing else)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from engine_dsl.nodes import Apply, BoolConst, CountConst, Expr, RealConst
+
+from .bridge import SearchSpace
+
+ARGMAX_KEEPING = ("temperature", "top-k", "top-p", "min-p")
+
+
+def simplify(expr: Expr, space: SearchSpace | None = None, max_rounds: int = 50) -> Expr:
+    """The simplified form of `expr` (a fixpoint of the rules above). `space` gives the
+    vocabulary size and depth for the rules that need them (skipped when None)."""
+    for _ in range(max_rounds):
+        new = _rewrite(expr, space)
+        if new == expr:
+            return new
+        expr = new
+    return expr
+
+
+def _rewrite(e: Expr, space: SearchSpace | None) -> Expr:
+    if not isinstance(e, Apply) or not e.args:
+        return e
+    e = replace(e, args=tuple(_rewrite(a, space) for a in e.args))
+    return _rule(e, space)
+
+
+def _lit(e, cls=RealConst) -> bool:
+    return isinstance(e, cls)
+
+
+def _is_one(e) -> bool:
+    return isinstance(e, RealConst) and e.value == 1.0
+
+
+def _rule(e: Apply, space: SearchSpace | None) -> Expr:
+    op, a = e.op, e.args
+    if op == "temperature":
+        inner, t = a
+        if _is_one(t):
+            return inner
+        if (isinstance(inner, Apply) and inner.op == "temperature" and _lit(t)
+                and _lit(inner.args[1]) and inner.args[1].fixed == t.fixed):
+            return Apply("temperature", (inner.args[0],
+                                         RealConst(inner.args[1].value * t.value, t.fixed)))
+    elif op == "repetition-penalty":
+        if _is_one(a[1]):
+            return a[0]
+    elif op == "top-k":
+        inner, k = a
+        if space is not None and k.value >= space.vocab_size:
+            return inner
+        if isinstance(inner, Apply) and inner.op == "top-k":
+            return Apply("top-k", (inner.args[0],
+                                   CountConst(min(k.value, inner.args[1].value))))
+    elif op == "min-p":
+        inner, p = a
+        if isinstance(inner, Apply) and inner.op == "min-p" and _lit(p) and _lit(inner.args[1]) \
+                and p.fixed == inner.args[1].fixed:
+            return Apply("min-p", (inner.args[0],
+                                   RealConst(max(p.value, inner.args[1].value), p.fixed)))
+    elif op == "layer":
+        if space is not None and a[0].value == space.n_layer:
+            return Apply("logits")
+    elif op == "if":
+        c, x, y = a
+        if x == y:
+            return x
+        if _lit(c, BoolConst):
+            return x if c.value else y
+        if isinstance(c, Apply) and c.op == "not":
+            return Apply("if", (c.args[0], y, x))
+    elif op == "not":
+        (c,) = a
+        if isinstance(c, Apply) and c.op == "not":
+            return c.args[0]
+        if _lit(c, BoolConst):
+            return BoolConst(not c.value)
+    elif op in ("and", "or"):
+        x, y = a
+        if x == y:
+            return x
+        absorbing = op == "or"  # #t absorbs `or`, #f absorbs `and`
+        for lit, other in ((x, y), (y, x)):
+            if _lit(lit, BoolConst):
+                return lit if lit.value == absorbing else other
+    elif op in ("<", ">"):
+        x, y = a
+        if _lit(x) and _lit(y):
+            return BoolConst(x.value < y.value if op == "<" else x.value > y.value)
+    elif op == "greedy":
+        (x,) = a
+        if isinstance(x, Apply) and x.op in ARGMAX_KEEPING:
+            return Apply("greedy", (x.args[0],))
+    return e

@@ -1,0 +1,2 @@
+;; expect: 2:19: unknown '#' syntax
+(define a (greedy #z))

@@ -1,0 +1,2 @@
+;; expect: 2:19: bytevector
+(define a (greedy #u8(1 2)))

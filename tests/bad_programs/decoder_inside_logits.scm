@@ -1,0 +1,2 @@
+;; expect: 2:19: of type Decoder
+(define a (greedy (sample logits)))

@@ -1,0 +1,2 @@
+;; expect: 2:1: dotted list
+(define a . (greedy logits))

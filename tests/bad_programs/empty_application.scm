@@ -1,0 +1,2 @@
+;; expect: 2:19: empty list
+(define a (greedy ()))

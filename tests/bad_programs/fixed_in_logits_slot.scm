@@ -1,0 +1,2 @@
+;; expect: 2:19: expected Logits, found (fixed ...)
+(define a (greedy (fixed 0.5)))

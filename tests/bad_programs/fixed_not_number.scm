@@ -1,0 +1,2 @@
+;; expect: 2:33: 'fixed' takes one number
+(define a (sample (top-p logits (fixed logits))))

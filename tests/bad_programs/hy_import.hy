@@ -1,0 +1,3 @@
+;; expect: 2:1: expected a definition '(setv NAME EXPR)'
+(import os)
+(os.system "echo pwned")

@@ -1,0 +1,2 @@
+;; expect: 2:37: Hy keyword
+(setv a (sample (temperature logits :hot)))

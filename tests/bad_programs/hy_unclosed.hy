@@ -1,0 +1,3 @@
+;; expect: 2:1: unclosed '('
+(setv a
+  (greedy logits)

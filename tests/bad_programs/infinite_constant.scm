@@ -1,0 +1,2 @@
+;; expect: 2:39: must be finite
+(define a (sample (temperature logits +inf.0)))

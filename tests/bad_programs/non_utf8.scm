@@ -1,0 +1,2 @@
+;; expect: 2:19: not valid UTF-8
+(define a (greedy ÿþ logits))

@@ -1,0 +1,2 @@
+;; expect: 2:1: expected a definition '(define NAME EXPR)'
+(greedy logits)

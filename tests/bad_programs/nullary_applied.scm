@@ -1,0 +1,2 @@
+;; expect: 2:19: takes no arguments
+(define a (greedy (logits)))

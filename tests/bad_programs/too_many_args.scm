@@ -1,0 +1,2 @@
+;; expect: 2:19: takes 1 argument
+(define a (greedy (entropy logits logits)))

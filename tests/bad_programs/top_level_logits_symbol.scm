@@ -1,0 +1,2 @@
+;; expect: 2:11: expected Decoder, found 'logits'
+(define a logits)

@@ -1,0 +1,2 @@
+;; expect: 2:20: did you mean 'top-p'
+(define a (sample (top-q logits 0.9)))

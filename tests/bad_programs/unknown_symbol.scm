@@ -1,0 +1,2 @@
+;; expect: 2:19: did you mean 'logits'
+(define a (greedy logit))

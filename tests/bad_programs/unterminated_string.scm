@@ -1,0 +1,3 @@
+;; expect: 3:1: unterminated string
+(define a (greedy logits))
+"never closed

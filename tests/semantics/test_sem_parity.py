@@ -1,0 +1,202 @@
+"""Exact mode keeps the same tokens as the Hugging Face warpers, and the registry and kernel
+table agree."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+
+import engine_dsl
+from engine_dsl import PRIMITIVES, semantics
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids spin-waits on a busy 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 40
+
+
+def test_every_primitive_has_an_exact_and_a_relaxed_kernel():
+    """KERNELS and PRIMITIVES name the same primitives with the same arities."""
+    assert semantics.check_kernels() == []
+    assert set(semantics.KERNELS) == set(PRIMITIVES)
+
+
+def test_a_missing_kernel_is_reported(monkeypatch):
+    monkeypatch.delitem(semantics.KERNELS, "top-p")
+    assert any("top-p" in p for p in semantics.check_kernels())
+
+
+def make_logits(seed: int, B: int, V: int, kind: str) -> torch.Tensor:
+    """Random logits of a kind: normal, ties (small integers), -inf entries, tiny, huge."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, V, generator=g)
+    if kind == "ties":
+        x = torch.randint(-2, 3, (B, V), generator=g).float()
+    elif kind == "uniform":
+        x = torch.zeros(B, V)
+    elif kind == "inf":
+        drop = torch.rand(B, V, generator=g) < 0.5
+        drop[:, 0] = False  # at least one finite score per row
+        x = x.masked_fill(drop, float("-inf"))
+    elif kind == "tiny":
+        x = x * 1e-6
+    elif kind == "huge":
+        x = x * 1e4
+    return x
+
+
+KINDS = ["normal", "ties", "uniform", "inf", "tiny", "huge"]
+VOCABS = st.sampled_from([2, 3, 5, 17, 64, 256, 1000])
+
+
+def hf_warper(op: str, arg):
+    return {"top-k": lambda: TopKLogitsWarper(int(arg)),
+            "top-p": lambda: TopPLogitsWarper(arg),
+            "min-p": lambda: MinPLogitsWarper(arg),
+            "typical": lambda: TypicalLogitsWarper(arg),
+            "temperature": lambda: TemperatureLogitsWarper(arg),
+            "repetition-penalty": lambda: RepetitionPenaltyLogitsProcessor(arg)}[op]()
+
+
+def ours(op: str, arg, x, history=None):
+    text = f"({op} logits {arg})"
+    return engine_dsl.logits_fn(text)(x, history=history)
+
+
+probs = st.sampled_from([0.05, 0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.99, 0.3333])
+
+
+@settings(max_examples=EXAMPLES)
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 4), V=VOCABS, kind=st.sampled_from(KINDS),
+       op=st.sampled_from(["top-p", "min-p", "typical"]), p=probs)
+def test_probability_truncations_match_transformers(seed, B, V, kind, op, p):
+    """top-p, min-p and typical keep exactly the tokens the HF warper keeps, same values."""
+    x = make_logits(seed, B, V, kind)
+    want = hf_warper(op, p)(None, x.clone())
+    assert torch.equal(ours(op, p, x), want)
+
+
+@settings(max_examples=EXAMPLES)
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 4), V=VOCABS, kind=st.sampled_from(KINDS),
+       k=st.integers(1, 1200))
+def test_top_k_matches_transformers_ties_kept(seed, B, V, kind, k):
+    x = make_logits(seed, B, V, kind)
+    want = TopKLogitsWarper(k)(None, x.clone())
+    assert torch.equal(ours("top-k", k, x), want)
+
+
+@settings(max_examples=EXAMPLES)
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 4), V=VOCABS, kind=st.sampled_from(KINDS),
+       r=st.sampled_from([1.0, 1.05, 1.2, 2.0, 10.0]), T=st.integers(1, 30))
+def test_repetition_penalty_matches_transformers(seed, B, V, kind, r, T):
+    """Positive scores divided, negative multiplied, once per token of prompt + answer."""
+    x = make_logits(seed, B, V, kind)
+    ids = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+    want = RepetitionPenaltyLogitsProcessor(r)(ids, x.clone())
+    assert torch.equal(ours("repetition-penalty", r, x, ids), want)
+
+
+def test_repetition_penalty_ignores_padding():
+    """History padding (ids < 0, or history_mask False) penalises nothing."""
+    x = make_logits(1, 2, 10, "normal")
+    hist = torch.tensor([[-1, -1, 3, 4], [5, 5, 6, 7]])
+    f = engine_dsl.logits_fn("(repetition-penalty logits 1.5)")
+    got = f(x, history=hist)
+    for row, ids in enumerate([[3, 4], [5, 5, 6, 7]]):
+        want = RepetitionPenaltyLogitsProcessor(1.5)(torch.tensor([ids]), x[row:row + 1].clone())
+        assert torch.equal(got[row:row + 1], want)
+    masked = f(x, history=torch.tensor([[9, 9, 3, 4], [5, 5, 6, 7]]),
+               history_mask=torch.tensor([[False, False, True, True], [True] * 4]))
+    assert torch.equal(masked, got)
+
+
+def hf_chain(ops):
+    return LogitsProcessorList([hf_warper(op, arg) for op, arg in ops])
+
+
+def program_of(ops):
+    text = "logits"
+    for op, arg in ops:
+        text = f"({op} {text} {arg})"
+    return text
+
+
+CHAIN_STEPS = st.lists(
+    st.one_of(st.tuples(st.just("temperature"), st.sampled_from([0.5, 0.8, 1.0, 1.7])),
+              st.tuples(st.just("top-k"), st.integers(1, 60)),
+              st.tuples(st.just("top-p"), probs),
+              st.tuples(st.just("min-p"), probs)),
+    min_size=2, max_size=5)
+
+
+@settings(max_examples=EXAMPLES * 2)
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 6), V=VOCABS, kind=st.sampled_from(KINDS),
+       ops=CHAIN_STEPS)
+def test_fused_chains_match_transformers(seed, B, V, kind, ops):
+    """A fused run of temperature/top-k/top-p/min-p equals HF's processors applied in turn."""
+    x = make_logits(seed, B, V, kind)
+    want = hf_chain(ops)(None, x.clone())
+    f = engine_dsl.logits_fn(program_of(ops))
+    assert torch.equal(f(x), want)
+    unfused = engine_dsl.compile_expr(f.expr, fuse=False)
+    assert torch.equal(unfused(x), want)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "inf", "huge"])
+def test_benchmark_chain_matches_transformers_at_gpt2_vocabulary(kind):
+    """The benchmark's chain, V = 50257 (GPT-2), with a 64-token history."""
+    x = make_logits(7, 3, 50257, kind) * 3
+    ids = torch.randint(0, 50257, (3, 64), generator=torch.Generator().manual_seed(3))
+    ops = [("repetition-penalty", 1.2), ("temperature", 0.8), ("top-k", 40), ("top-p", 0.9)]
+    want = hf_chain(ops)(ids, x.clone())
+    assert torch.equal(engine_dsl.logits_fn(program_of(ops))(x, history=ids), want)
+
+
+@pytest.mark.parametrize("op,arg", [("top-p", 0.9), ("min-p", 0.05), ("typical", 0.9),
+                                    ("top-k", 50)])
+def test_single_truncations_at_gpt2_vocabulary(op, arg):
+    x = make_logits(11, 2, 50257, "normal") * 2
+    assert torch.equal(ours(op, arg, x), hf_warper(op, arg)(None, x.clone()))
+
+
+def test_top_p_keeps_the_token_that_crosses_p():
+    """probabilities .5 .3 .2, p = .6: the .3 token crosses .6 and is kept."""
+    x = torch.tensor([[0.5, 0.3, 0.2]]).log()
+    out = ours("top-p", 0.6, x)
+    assert torch.isfinite(out).tolist() == [[True, True, False]]
+
+
+def test_top_k_keeps_ties_at_the_kth_score():
+    x = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0]])
+    assert torch.isfinite(ours("top-k", 2, x)).tolist() == [[True, False, True, True, False]]
+
+
+def test_min_p_is_relative_to_the_top_probability():
+    x = torch.tensor([[0.5, 0.3, 0.04, 0.16]]).log()
+    out = ours("min-p", 0.1, x)  # bar: 0.05
+    assert torch.isfinite(out).tolist() == [[True, True, False, True]]
+
+
+def test_per_row_real_arguments():
+    """A Real computed per row (here max-prob) acts row by row."""
+    x = torch.tensor([[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    f = engine_dsl.logits_fn("(top-p logits (max-prob logits))")
+    kept = torch.isfinite(f(x)).sum(-1).tolist()
+    assert kept[0] == 1 and kept[1] == 1  # row 2: p = .25 -> only the crossing token
