@@ -1,0 +1,237 @@
+"""The resolved configuration of a run: nested dataclasses, read from TOML and `--set key=value`.
+
+    [run]        seed, generations, mode, seed programs
+    [task]       which task and how hard
+    [loop]       co-evolution: training steps per generation, lambda, evaluation sizes
+    [model]      neural.GPTConfig
+    [train]      neural.TrainConfig
+    [evolution]  evolution.config.EvolutionConfig (with [evolution.limits])
+
+Unknown keys and ill-typed values are errors naming the key (`ConfigError`), never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neural.model import GPTConfig
+from neural.train import TrainConfig
+
+from .config import EvolutionConfig
+
+MODES = ("hybrid", "phase1", "phased")
+
+
+class ConfigError(Exception):
+    """A bad configuration file, key or value; str() is the one-line message."""
+
+
+@dataclass
+class RunSection:
+    seed: int = 0  # every random draw of the run flows from this one seed
+    generations: int = 4  # co-evolution generations after the pre-training
+    mode: str = "hybrid"  # hybrid | phase1 (structure frozen) | phased (see LoopSection)
+    seeds: list[str] = field(default_factory=list)  # seed program files; empty: programs/ shipped
+
+
+@dataclass
+class TaskSection:
+    name: str = "addition"  # addition | reverse | sort | copy | jsonl:PATH | text:PATH
+    difficulty: int | None = None  # None: the task's default
+    size: int | None = None  # examples to generate for built-in tasks; None: the task's default
+    curriculum: bool = False  # edge-of-chaos: move difficulty to keep valid success in 55-75%
+
+
+@dataclass
+class LoopSection:
+    pretrain_steps: int = 1200  # model-alone training before generation 1 (phase 0)
+    train_steps: int = 100  # model training per generation (layer 1)
+    program_lambda: float = 0.1  # weight of the champion program's relaxed answer loss
+    valid_prompts: int = 48  # prompts of the valid split scoring every program
+    test_prompts: int = 200  # prompts of the test split in the final report
+    max_new_tokens: int = 6  # answer length cap
+    bootstrap: int = 1000  # resamples for the 95% intervals of the final report
+    phased_model_generations: int = 1  # mode=phased: generations training the model alone
+    phased_program_generations: int = 2  # ... then evolving programs with the model frozen
+
+
+@dataclass
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    loop: LoopSection = field(default_factory=LoopSection)
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+
+    def validate(self) -> None:
+        if self.run.mode not in MODES:
+            raise ConfigError(f"run.mode must be one of {', '.join(MODES)}, found "
+                              f"'{self.run.mode}'")
+        for key in ("generations",):
+            if getattr(self.run, key) < 0:
+                raise ConfigError(f"run.{key} must be >= 0")
+        for key in ("pretrain_steps", "train_steps", "max_new_tokens", "valid_prompts",
+                    "test_prompts", "bootstrap"):
+            if getattr(self.loop, key) < 0:
+                raise ConfigError(f"loop.{key} must be >= 0")
+        if self.loop.program_lambda < 0:
+            raise ConfigError("loop.program_lambda must be >= 0")
+
+
+# --- dict <-> dataclass ---------------------------------------------------------------------
+
+
+def to_dict(obj) -> dict:
+    """A TOML-ready dict (None values left out: TOML has no null)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = to_dict(v)
+        elif v is not None:
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from `data`, checking every key and value type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a table, found {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{(where + '.') if where else ''}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{full}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, full)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from None
+
+
+def _coerce(hint, value, key: str):
+    if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(value):
+            return value
+        return from_dict(hint, value, key)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, found {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, found {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, found {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, found {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, found {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key} must have {len(args)} entries, found {len(value)}")
+            return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
+        inner = args[0] if args else Any
+        items = [_coerce(inner, v, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, found {value!r}")
+        kt, vt = args or (Any, Any)
+        return {_coerce(kt, k, key): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+    return value
+
+
+# --- files and --set ------------------------------------------------------------------------
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not valid UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def apply_set(data: dict, assignment: str) -> None:
+    """Apply one `dotted.key=value` (value in TOML syntax; bare words are strings)."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, found '{assignment}'")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    *parents, leaf = key.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{p}' is not a table")
+    node[leaf] = value
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dict | None = None
+            ) -> RunConfig:
+    """defaults <- config file <- command-line flags <- --set, checked and validated."""
+    data: dict = load_toml(config_file) if config_file else {}
+    data = merge(data, overrides or {})
+    for s in sets:
+        apply_set(data, s)
+    cfg = from_dict(RunConfig, data)
+    cfg.validate()
+    return cfg
+
+
+def dump_toml(cfg: RunConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(cfg))
