@@ -1,13 +1,14 @@
 """Benchmark: the truncation chain, ours (exact mode) against transformers' processors.
 
-    .venv/bin/python bench/primitives.py [--repeats 200] [--threads 2] [--write]
+    .venv/bin/python bench/primitives.py [--repeats 200] [--threads 1] [--write]
 
 Chain: (top-p (top-k (temperature (repetition-penalty logits 1.2) 0.8) 40) 0.9), against
 LogitsProcessorList([RepetitionPenalty(1.2), Temperature(0.8), TopK(40), TopP(0.9)]) on the
 same inputs (random logits, a 64-token history per row), at [256 x 256] and [64 x 50257].
-Reports the median time of repeated runs and the ratio ours / theirs (goal <= 0.5), after
-checking that both give the same result. `--write` replaces the "## Primitives" section of
-docs/BENCHMARKS.md with the table. Not a test: timings depend on the machine.
+Reports the median time of repeated, interleaved runs and the ratio ours / theirs
+(goal <= 0.5), after checking that both give the same result. `--write` replaces the
+"## Primitives" section of docs/BENCHMARKS.md with the table. Not a test: timings
+depend on the machine.
 """
 
 from __future__ import annotations
@@ -43,15 +44,19 @@ def _theirs():
                                 TopKLogitsWarper(40), TopPLogitsWarper(0.9)])
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(fns, repeats: int) -> list[float]:
+    """Median wall time of each function; runs are interleaved (a, b, a, b, ...) so that a
+    change in machine load affects both sides alike."""
     for _ in range(max(3, repeats // 10)):  # warm up
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def run(repeats: int) -> list[dict]:
@@ -67,8 +72,9 @@ def run(repeats: int) -> list[dict]:
             if not torch.equal(a, b):
                 raise SystemExit(f"results differ at [{B} x {V}]")
             reps = repeats if V < 10_000 else max(repeats // 4, 20)
-            t_ours = _median_seconds(lambda x=logits, h=history: ours(x, history=h), reps)
-            t_theirs = _median_seconds(lambda x=logits, h=history: theirs(h, x.clone()), reps)
+            t_ours, t_theirs = _median_seconds(
+                [lambda x=logits, h=history: ours(x, history=h),
+                 lambda x=logits, h=history: theirs(h, x.clone())], reps)
         rows.append(dict(shape=f"{B} x {V}", ours_ms=t_ours * 1e3, theirs_ms=t_theirs * 1e3,
                          ratio=t_ours / t_theirs))
     return rows
@@ -83,7 +89,9 @@ def table(rows: list[dict], command: str) -> str:
         f"Chain `{CHAIN}` in exact mode against `transformers` {transformers.__version__} "
         "`LogitsProcessorList` of RepetitionPenalty(1.2), Temperature(0.8), TopK(40), "
         "TopP(0.9); same inputs (logits ~ 3 N(0,1), 64 history tokens per row), identical "
-        "outputs checked. Median of repeated runs; goal: ratio <= 0.5.",
+        "outputs checked. Median of repeated runs, ours and theirs interleaved; goal: ratio "
+        "<= 0.5. Measured on a shared 2-core machine with other jobs running, one torch "
+        "thread (with 2 threads on a busy machine, OpenMP spin-waits dominate both sides).",
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -98,9 +106,13 @@ def table(rows: list[dict], command: str) -> str:
     lines += [
         "",
         "How: the compiled module fuses the run temperature/top-k/top-p into one `topk(k+1)` "
-        "of the penalised scores; temperature and top-p then work on the 40 survivors only "
-        "(ties at the k-th score, or a tie or near-tie at the top-p cut, fall back to the "
-        "unfused kernels, which follow transformers operation by operation).",
+        "of the penalised scores (on integer keys with the floats' order when V <= 8192, "
+        "where torch's topk is faster on ints); temperature and top-p then work on the 40 "
+        "survivors only, in the order topk returned them, with no full-vocabulary sort. Ties "
+        "at the k-th score, or a tie or near-tie (1e-6) at the top-p cut, fall back to the "
+        "unfused kernels, which follow transformers operation by operation, so the kept set "
+        "is always the same as theirs. Repetition penalty is a gather/scatter over the "
+        "history ids.",
         "",
     ]
     return "\n".join(lines)
@@ -125,12 +137,14 @@ def write_section(text: str, path: Path = ROOT / "docs" / "BENCHMARKS.md") -> No
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: stable figures on a shared machine)")
     ap.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = run(args.repeats)
-    command = "python bench/primitives.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = ".venv/bin/python bench/primitives.py " + " ".join(given)
     text = table(rows, command.strip())
     print(text)
     if args.write:

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 import engine_dsl  # noqa: E402
 from engine_dsl import Type  # noqa: E402
-from evolution.bridge import SearchSpace, individual, to_expr  # noqa: E402
+from evolution.bridge import SearchSpace, WeightsConstant, individual, to_expr  # noqa: E402
 from evolution.evaluation import CachedRows, LikelihoodEvaluator  # noqa: E402
 from evolution.generation import ConstantSampler  # noqa: E402
 from evolution.tuning import LikelihoodTuner  # noqa: E402
@@ -42,14 +42,19 @@ TEACHERS = [
     "(sample (temperature logits 0.6))",
     "(sample (repetition-penalty (temperature logits 0.6) 1.4))",
     "(sample (mix (repetition-penalty (temperature logits 0.6) 1.4) logits 0.7))",
+    "(sample (temperature (layer-mix #(1.0 -0.5 0.3 2.0)) 0.8))",
 ]
+N_LAYER, WIDTH = 4, 16
 
 
 def teacher_rows(teacher: str, n: int, V: int, seed: int) -> CachedRows:
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, V, generator=g) * 2.5
     history = torch.randint(0, V, (n, 12), generator=g)
-    rows = CachedRows(logits, (), history, torch.zeros(n, dtype=torch.long), None, None, 1, 1)
+    residuals = tuple(torch.randn(n, WIDTH, generator=g) for _ in range(N_LAYER))
+    head = torch.randn(WIDTH, V, generator=g)
+    rows = CachedRows(logits, residuals, history, torch.zeros(n, dtype=torch.long), None,
+                      Lens(head), N_LAYER, 1)
     body = engine_dsl.read_expr(teacher, Type.DECODER).args[0]
     with torch.no_grad():
         scores = engine_dsl.compile_expr(body)(**rows.sources())
@@ -57,11 +62,21 @@ def teacher_rows(teacher: str, n: int, V: int, seed: int) -> CachedRows:
     return rows
 
 
+class Lens:
+    """A stand-in logit lens: a fixed linear map of the residual stream."""
+
+    def __init__(self, head: torch.Tensor):
+        self.head = head
+
+    def __call__(self, residual: torch.Tensor) -> torch.Tensor:
+        return residual @ self.head
+
+
 def randomise(expr, rng: random.Random, sampler: ConstantSampler):
     """The same structure with every tunable constant drawn afresh."""
     ind = individual(expr)
     for i, node in enumerate(ind):
-        if hasattr(node, "fixed") and not node.fixed:
+        if (hasattr(node, "fixed") and not node.fixed) or isinstance(node, WeightsConstant):
             ind[i] = sampler.terminal(node.ret, rng)
     return to_expr(ind)
 
@@ -119,7 +134,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    sampler = ConstantSampler(SearchSpace(vocab_size=args.vocab))
+    sampler = ConstantSampler(SearchSpace(n_layer=N_LAYER, vocab_size=args.vocab))
     results = []
     for t_i, teacher in enumerate(TEACHERS):
         rows = teacher_rows(teacher, args.rows, args.vocab, seed=t_i)

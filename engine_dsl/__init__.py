@@ -37,9 +37,13 @@ _LAZY = {
     "logits_fn": "compile",
     "compile_expr": "compile",
     "LogitsProgram": "compile",
+    "write_back": "compile",
+    "Sources": "semantics",
     "decode": "decoders",
+    "decode_each": "decoders",
     "Decoding": "decoders",
     "tune": "tuning",
+    "TuneBatch": "tuning",
 }
 
 

@@ -108,7 +108,7 @@ class _Fixed(_Node):
     def run(self, env):
         if env.mode == "exact":
             return sem.clamp_to_domain(self.value, self.domain)
-        return getattr(env.program, self.name)
+        return sem.clamp_to_domain(getattr(env.program, self.name), self.domain)
 
 
 class _Weights(_Node):
@@ -265,10 +265,13 @@ class LogitsProgram(nn.Module):
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        src = sources if sources is not None else sem.Sources()
-        if logits is not None or history is not None or more:
-            src = replace(src, **more, **({"logits": logits} if logits is not None else {}),
-                          **({"history": history} if history is not None else {}))
+        if sources is None:
+            src = sem.Sources(logits=logits, history=history, **more)
+        else:
+            src = sources
+            if logits is not None or history is not None or more:
+                src = replace(src, **more, **({"logits": logits} if logits is not None else {}),
+                              **({"history": history} if history is not None else {}))
         ctx = sem.Context(src, float(sharpness))
         out = self._root.run(_Env(mode, ctx, self))
         if isinstance(out, (bool, int, float)):

@@ -38,6 +38,10 @@ class LanguageModel(Protocol):
       * head_gates: None, or (L, H) / (B, L, H) multipliers of each attention head's output
         (already in [0, 1]; the caller applies the sigmoid). Differentiable.
     `lens(residual)`: final norm + LM head applied to a residual stream (..., C) -> (..., V).
+
+    Optional: `select_cache(cache, index) -> cache`, the cache of rows `index` (a LongTensor).
+    Decoders use it to share a prompt's prefix across programs and to drop finished rows; a
+    cache made only of batch-first tensors works without it (see engine_dsl.decoders).
     """
 
     n_layer: int

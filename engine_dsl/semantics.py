@@ -304,6 +304,13 @@ def _penalise(s, r):
 
 
 def repetition_penalty_exact(ctx, x, r):
+    ids = ctx.need("history")
+    if ctx.sources.history_mask is None and ids.dim() == 2 and ids.numel() \
+            and ids.dtype == torch.long and ids.device == x.device:
+        lo, hi = torch.aminmax(ids)
+        if int(lo) >= 0 and int(hi) < x.size(-1):  # no padding: skip the extra column
+            xp = x.clone()
+            return xp.scatter_(1, ids, _penalise(x.gather(1, ids), _col(r, x)))
     ids = _history_ids(ctx, x)
     xp = F.pad(x, (0, 1))
     xp.scatter_(1, ids, _penalise(xp.gather(1, ids), _col(r, x)))
@@ -621,6 +628,19 @@ def truncation_chain(ctx, x: torch.Tensor, steps: Sequence[tuple[str, Any]]) -> 
     return out
 
 
+_INT_KEY_MAX_V = 8192  # below this, topk on integer keys beats topk on floats (measured)
+_INT_OF = {torch.float32: (torch.int32, 31), torch.float64: (torch.int64, 63)}
+
+
+def _order_key(x: torch.Tensor) -> torch.Tensor:
+    """Integers in the same order as the (non-NaN) floats x; torch.topk is faster on them."""
+    if x.dtype not in _INT_OF:
+        return x
+    int_dtype, bits = _INT_OF[x.dtype]
+    i = x.contiguous().view(int_dtype)
+    return i ^ ((i >> bits) & ((1 << bits) - 1))  # negative floats: flip the magnitude bits
+
+
 def _chain_fast(x: torch.Tensor, steps) -> torch.Tensor | None:
     B, V = x.shape
     first_cut = next((i for i, (op, _) in enumerate(steps) if op != "temperature"), None)
@@ -630,7 +650,9 @@ def _chain_fast(x: torch.Tensor, steps) -> torch.Tensor | None:
     if op0 == "top-k" and int(k0) + 1 < V:
         # candidates: the k+1 best raw scores (temperatures before it keep the order)
         k = max(int(k0), 1)
-        vals, idx = torch.topk(x, k + 1, dim=-1, sorted=True)  # descending
+        keys = _order_key(x) if V <= _INT_KEY_MAX_V else x
+        idx = torch.topk(keys, k + 1, dim=-1, sorted=True).indices  # descending
+        vals = x.gather(1, idx)
         scaled = vals[:, k - 1 : k + 1]
         for _, t in steps[:first_cut]:
             scaled = scaled / _col(t, scaled)
@@ -649,6 +671,8 @@ def _chain_fast(x: torch.Tensor, steps) -> torch.Tensor | None:
             k = min(max(int(arg), 1), K)
             vals = vals.masked_fill(vals < vals[:, K - k : K - k + 1], NEG_INF)
         elif op == "top-p":
+            if K < 2:
+                continue  # a lone survivor always stays
             cum = vals.softmax(dim=-1).cumsum(dim=-1)
             cut = _one_minus(arg, vals)
             remove = cum <= cut
@@ -657,11 +681,9 @@ def _chain_fast(x: torch.Tensor, steps) -> torch.Tensor | None:
             n_removed = remove.sum(-1, keepdim=True)
             at = n_removed.clamp(min=1, max=K - 1)
             first_kept = vals.gather(1, at)
-            last_removed = vals.gather(1, at - 1)
-            near = (cum - cut).abs() < _CUT_SLACK
-            risky = ((n_removed > 0) & (n_removed < K) & (first_kept == last_removed)
-                     & torch.isfinite(first_kept))
-            if bool(risky.any()) or bool(near.any()):
+            risky = (first_kept == vals.gather(1, at - 1)) & (n_removed > 0) \
+                & torch.isfinite(first_kept)
+            if bool(risky.any() | ((cum - cut).abs() < _CUT_SLACK).any()):
                 return None
             vals = vals.masked_fill(remove, NEG_INF)
         elif op == "min-p":
@@ -675,3 +697,4 @@ def _chain_fast(x: torch.Tensor, steps) -> torch.Tensor | None:
         else:  # pragma: no cover - guarded by CHAIN_OPS
             raise ValueError(op)
     return torch.full_like(x, NEG_INF).scatter_(1, idx, vals)
+

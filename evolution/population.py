@@ -14,7 +14,6 @@ expression with its real constants tuned (see `tuning`). Everything random draws
 
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -315,7 +314,3 @@ def evolve_generation(pop: Population, evaluate: Evaluate, toolbox: base.Toolbox
         for ind in parents:
             pop.lineage.record(ind)
     return Population(list(survivors), gen, pop.serial, pop.lineage, pop.hall_of_fame)
-
-
-def clone(ind: Individual) -> Individual:
-    return copy.deepcopy(ind)

@@ -200,3 +200,12 @@ def test_per_row_real_arguments():
     f = engine_dsl.logits_fn("(top-p logits (max-prob logits))")
     kept = torch.isfinite(f(x)).sum(-1).tolist()
     assert kept[0] == 1 and kept[1] == 1  # row 2: p = .25 -> only the crossing token
+
+
+def test_integer_order_keys_sort_like_the_floats():
+    x = torch.tensor([[float("-inf"), -3.5, -0.0, 0.0, 1e-30, -1e-30, 2.0, float("inf"), 7.0]])
+    for dtype in (torch.float32, torch.float64):
+        xs = x.to(dtype)
+        keys = semantics._order_key(xs)
+        order = torch.sort(keys, stable=True).indices
+        assert torch.equal(xs[0, order[0]], torch.sort(xs, stable=True).values[0])

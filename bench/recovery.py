@@ -1,0 +1,206 @@
+"""Benchmark: can evolution recover the program that generated a data set?
+
+For each teacher program file in --teachers: decode a fixed small trained model with the
+teacher on held-out text prompts (`engine_dsl.decode`), and keep prompt + answer as a data
+set; evolve from the shipped seed programs (never the teacher) with the likelihood objective
+(`evolution.LikelihoodEvaluator`: mean log-likelihood of the answer tokens under each
+program, cached teacher-forced rows) and gradient-tuned constants (`LikelihoodTuner`).
+
+The champion (best score, then lowest cost) is simplified (`evolution.simplify`); it is
+recovered *symbolically* when it has the teacher's structure with every constant within 5%
+(relative), and *behaviourally* when its mean KL(teacher || champion) per step on held-out
+contexts is below 0.01. One line per teacher, then `recovery: K/N symbolic, M/N behavioural`.
+
+    .venv/bin/python bench/recovery.py --teachers bench/teachers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import engine_dsl  # noqa: E402
+from engine_dsl import Apply, BoolConst, CountConst, RealConst, WeightsConst  # noqa: E402
+from evolution.bridge import SearchSpace, to_expr  # noqa: E402
+from evolution.config import EvolutionConfig  # noqa: E402
+from evolution.evaluation import LikelihoodEvaluator, cache_rows, mean_kl  # noqa: E402
+from evolution.population import build_toolbox, evolve_generation, initial_population  # noqa: E402
+from evolution.simplify import simplify  # noqa: E402
+from evolution.tuning import LikelihoodTuner  # noqa: E402
+from neural import GPT, ByteTokenizer, GPTConfig, TrainConfig, Trainer, get_task  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_model(steps: int, seed: int):
+    """A fixed small model: 2 blocks x 2 heads, trained briefly on text (deterministic)."""
+    torch.manual_seed(seed)
+    text = _corpus()
+    task = get_task(f"text:{text}", chunk_bytes=48)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=96))
+    Trainer(model, ByteTokenizer(), task.train,
+            TrainConfig(steps=steps, batch_size=32, answer_only=False, seed=seed)).train()
+    return model.eval(), task
+
+
+def _corpus() -> str:
+    """The project's own sources and docs as one text file (in a temporary folder)."""
+    path = Path(tempfile.gettempdir()) / "echo-forge-recovery-corpus.txt"
+    parts = [p.read_text() for p in sorted(ROOT.glob("docs/*.md"))]
+    parts += [p.read_text() for p in sorted(ROOT.glob("engine_dsl/*.py"))]
+    path.write_text("\n".join(parts))
+    return str(path)
+
+
+def teacher_data(model, teacher, prompts: list[list[int]], tokens: int, seed: int):
+    """Sequences prompt + teacher answer (right-padded) and the mask of answer positions."""
+    tok = ByteTokenizer()
+    answers = engine_dsl.decode(model, teacher, prompts, max_new_tokens=tokens,
+                                stop_token=tok.eos_id, seed=seed, pad_token=tok.pad_id)
+    seqs = [p + a.tokens + ([tok.eos_id] if a.stopped else []) for p, a in zip(prompts, answers,
+                                                                               strict=True)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, len(p): len(s)] = True
+    return ids, mask
+
+
+def shape(e):
+    """The structure of an expression with its real and count constants abstracted."""
+    if isinstance(e, Apply):
+        return (e.op, tuple(shape(a) for a in e.args))
+    if isinstance(e, BoolConst):
+        return ("bool", e.value)
+    return type(e).__name__
+
+
+def constants(e) -> list[float]:
+    out = []
+    for n in engine_dsl.walk(e):
+        if isinstance(n, (RealConst, CountConst)):
+            out.append(float(n.value))
+        elif isinstance(n, WeightsConst):
+            out.extend(n.values)
+    return out
+
+
+def symbolic_match(champion, teacher, tolerance: float = 0.05) -> bool:
+    if shape(champion) != shape(teacher):
+        return False
+    return all(abs(c - t) <= tolerance * abs(t) for c, t in
+               zip(constants(champion), constants(teacher), strict=True))
+
+
+class SafeEvaluator:
+    """A program that fails to run (e.g. a Weights length for another model) scores -inf."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, exprs):
+        out = []
+        for e in exprs:
+            try:
+                (r,) = self.inner([e])
+                out.append(r if math.isfinite(r[0]) else (-1e9, r[1]))
+            except Exception:  # noqa: BLE001 - any run-time failure disqualifies the program
+                out.append((-1e9, 1e9))
+        return out
+
+
+def champion_of(individuals, tolerance: float = 1e-3):
+    """The best score; among those within `tolerance` nats of it, the lowest cost, then the
+    smallest (the likelihood cannot see vote/best-of, so their cost must break the tie)."""
+    best = max(i.fitness.values[0] for i in individuals)
+    near = [i for i in individuals if i.fitness.values[0] >= best - tolerance]
+    return min(near, key=lambda i: (i.fitness.values[1], i.fitness.values[2],
+                                    -i.fitness.values[0]))
+
+
+def recover(path: Path, model, space, prompts, args) -> dict:
+    (teacher_def,) = engine_dsl.read(path.read_text(), str(path))
+    teacher = teacher_def.body
+    n_train = len(prompts) * 3 // 4
+    ids, mask = teacher_data(model, teacher, prompts, args.tokens, args.seed)
+    rows = cache_rows(model, ids[:n_train], mask[:n_train])
+    held_out = cache_rows(model, ids[n_train:], mask[n_train:])
+
+    seeds = [d for f in sorted((ROOT / "programs").glob("*.scm"))
+             for d in engine_dsl.read(f.read_text(), str(f))]
+    evaluate = SafeEvaluator(LikelihoodEvaluator(rows))
+    seeds = [d for d in seeds if evaluate([d.body])[0][0] > -1e9]  # runnable on this model
+    cfg = EvolutionConfig(population_size=args.population, tune_steps=args.tune_steps,
+                          tune_lr=0.1, seed=args.seed)
+    tb = build_toolbox(cfg, space)
+    tuner = LikelihoodTuner(rows, steps=cfg.tune_steps, lr=cfg.tune_lr, batch=512)
+    rng = random.Random(args.seed)
+    t0 = time.perf_counter()
+    pop = initial_population(tb, rng, seeds)
+    generations = 0
+    for _ in range(args.generations):
+        pop = evolve_generation(pop, evaluate, tb, rng, tune=tuner)
+        generations += 1
+        if time.perf_counter() - t0 > args.time_per_teacher:
+            break
+    champion = simplify(to_expr(champion_of(pop.individuals)), space)
+    teacher_s = simplify(teacher, space)
+    kl = mean_kl(teacher, champion, held_out)
+    return {"teacher": path.stem, "champion": engine_dsl.expr_to_scheme(champion),
+            "symbolic": symbolic_match(champion, teacher_s), "kl": kl,
+            "behavioural": kl < 0.01, "generations": generations,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teachers", default=str(ROOT / "bench" / "teachers"))
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--tokens", type=int, default=24, help="answer tokens per prompt")
+    ap.add_argument("--population", type=int, default=32)
+    ap.add_argument("--generations", type=int, default=12)
+    ap.add_argument("--tune-steps", type=int, default=15)
+    ap.add_argument("--time-per-teacher", type=float, default=120.0, help="seconds")
+    ap.add_argument("--train-steps", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    model, task = train_model(args.train_steps, args.seed)
+    space = SearchSpace.for_model(model)
+    tok = ByteTokenizer()
+    prompts = [tok.encode(e.output[:12], bos=True) for e in task.valid[: args.prompts]]
+    files = sorted(Path(args.teachers).glob("*.scm"))
+    results = []
+    for path in files:
+        r = recover(path, model, space, prompts, args)
+        results.append(r)
+        print(f"{r['teacher']}: symbolic={'yes' if r['symbolic'] else 'no'} "
+              f"behavioural={'yes' if r['behavioural'] else 'no'} kl={r['kl']:.4f} "
+              f"champion={r['champion']} ({r['generations']} generations, {r['seconds']} s)",
+              flush=True)
+    n = len(results)
+    k = sum(r["symbolic"] for r in results)
+    m = sum(r["behavioural"] for r in results)
+    if os.environ.get("RECOVERY_JSON"):
+        Path(os.environ["RECOVERY_JSON"]).write_text(json.dumps(results, indent=2))
+    print(f"recovery: {k}/{n} symbolic, {m}/{n} behavioural")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

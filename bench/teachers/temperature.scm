@@ -1,0 +1,2 @@
+;; Plain sampling at a calibrated temperature.
+(define temperature-teacher (sample (temperature logits 0.7)))

@@ -1,0 +1,2 @@
+;; Top-k truncation.
+(define top-k-teacher (sample (top-k logits 12)))

@@ -1,0 +1,2 @@
+;; Locally typical sampling.
+(define typical-teacher (sample (typical logits 0.85)))
