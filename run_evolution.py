@@ -58,12 +58,110 @@ def cmd_fmt(args) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
+def _user_errors():
+    """The exception types that mean bad input (exit 1 with their message)."""
+    from engine_dsl import DslError
+    from evolution.rundir import RunError
+    from evolution.settings import ConfigError
+    from neural import CheckpointError, DataError
+
+    return (DslError, RunError, ConfigError, DataError, CheckpointError)
+
+
+def cmd_evolve(args) -> int:
+    import torch
+    from rich.console import Console
+
+    from evolution.loop import CoEvolution
+    from evolution.rundir import RunDir
+    from evolution.settings import resolve
+
+    console = Console(stderr=True)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    if args.resume:
+        rundir = RunDir(args.resume)
+        rundir.require_run()
+        cfg = resolve(str(rundir.config), args.set or [])
+        run = CoEvolution(cfg, rundir, console)
+        run.resume()
+        console.print(f"resuming {rundir.path} at generation {run.next_generation}")
+    else:
+        overrides = {}
+        flags = {("run", "generations"): args.generations, ("run", "seed"): args.seed,
+                 ("run", "mode"): args.mode, ("task", "name"): args.task,
+                 ("evolution", "population_size"): args.population,
+                 ("loop", "train_steps"): args.train_steps}
+        for (section, key), value in flags.items():
+            if value is not None:
+                overrides.setdefault(section, {})[key] = value
+        cfg = resolve(args.config, args.set or [], overrides)
+        out = args.out or _default_out(cfg)
+        rundir = RunDir(out)
+        run = CoEvolution(cfg, rundir, console)
+        run.start(seed_files=args.seeds, model_from=args.model_from)
+        console.print(f"run directory: {rundir.path}  (task {cfg.task.name}, "
+                      f"{cfg.run.generations} generations, mode {cfg.run.mode})")
+
+    def show(entry):
+        v = entry["valid"]
+        c = entry["champion"]
+        src = c["source"] if len(c["source"]) <= 70 else c["source"][:67] + "..."
+        print(f"gen {entry['generation']:>3}  best {v['champion']:.3f}  greedy {v['greedy']:.3f}"
+              f"  cost {c['cost']:.1f}  size {c['size']:>2}  {src}", flush=True)
+
+    try:
+        report = run.run(on_generation=show)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the last finished generation is checkpointed; continue "
+                      f"with: python run_evolution.py evolve --resume {rundir.path}")
+        return 130
+    _print_report(report)
+    print(f"run directory: {rundir.path}")
+    return EXIT_OK
+
+
+def _default_out(cfg) -> str:
+    base = Path("runs") / f"{cfg.task.name.replace(':', '-').replace('/', '_')}-seed{cfg.run.seed}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return str(out)
+
+
+def _print_report(report: dict) -> None:
+    print(f"final report ({report['task']}, champion: {report['champion_source']})")
+    print(f"  {'program':<32} {'valid':>22} {'test':>22}")
+    for name, splits in report["programs"].items():
+        cells = []
+        for split in ("valid", "test"):
+            r = splits[split]
+            cells.append(f"{r['score']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
+        print(f"  {name:<32} {cells[0]:>22} {cells[1]:>22}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_evolution.py",
         description="Co-evolve a small transformer and the Lisp program that decodes it.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("evolve", help="run co-evolution (the default command)")
+    p.add_argument("--out", metavar="DIR", help="new run directory (default: runs/TASK-seedK)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    p.add_argument("--task", help="addition | reverse | sort | copy | jsonl:PATH | text:PATH")
+    p.add_argument("--generations", type=int, metavar="N")
+    p.add_argument("--population", type=int, metavar="P")
+    p.add_argument("--train-steps", type=int, metavar="S", help="model steps per generation")
+    p.add_argument("--seed", type=int, metavar="K")
+    p.add_argument("--mode", choices=("hybrid", "phase1", "phased"))
+    p.add_argument("--config", metavar="FILE", help="TOML configuration")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set evolution.cxpb=0.6")
+    p.add_argument("--seeds", nargs="+", metavar="FILE", help="seed program files")
+    p.add_argument("--model-from", metavar="DIR", help="start from the model of run DIR")
+    p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser("check", help="read and type-check program files")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -81,12 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["evolve", *argv]  # evolve is the default command
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
+    if args.command == "evolve" and args.resume and (args.out or args.seeds or args.model_from):
+        parser.error("--resume continues a run as configured; it takes no --out, --seeds or "
+                     "--model-from")
     try:
         return args.func(args)
+    except _user_errors() as e:
+        print(f"error: {e}" if "error:" not in str(e) else e, file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

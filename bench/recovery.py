@@ -6,7 +6,8 @@ set; evolve from the shipped seed programs (never the teacher) with the likeliho
 (`evolution.LikelihoodEvaluator`: mean log-likelihood of the answer tokens under each
 program, cached teacher-forced rows) and gradient-tuned constants (`LikelihoodTuner`).
 
-The champion (best score, then lowest cost) is simplified (`evolution.simplify`); it is
+The champion (best score; within 1e-3 nats of it, the lowest cost, from the final
+population and the Pareto hall of fame) is simplified (`evolution.simplify`); it is
 recovered *symbolically* when it has the teacher's structure with every constant within 5%
 (relative), and *behaviourally* when its mean KL(teacher || champion) per step on held-out
 contexts is below 0.01. One line per teacher, then `recovery: K/N symbolic, M/N behavioural`.
@@ -156,7 +157,7 @@ def recover(path: Path, model, space, prompts, args) -> dict:
         generations += 1
         if time.perf_counter() - t0 > args.time_per_teacher:
             break
-    champion = simplify(to_expr(champion_of(pop.individuals)), space)
+    champion = simplify(to_expr(champion_of([*pop.individuals, *pop.hall_of_fame])), space)
     teacher_s = simplify(teacher, space)
     kl = mean_kl(teacher, champion, held_out)
     return {"teacher": path.stem, "champion": engine_dsl.expr_to_scheme(champion),

@@ -1,0 +1,533 @@
+"""The co-evolution loop (DESIGN §3): per generation, train the transformer through the
+champion program, vary and tune the programs, evaluate, select, record.
+
+    run = CoEvolution(config, RunDir("runs/x"), seeds)
+    run.start()          # or run.resume()
+    run.run()            # every generation, then the final test-split report
+
+Generation 0 is the model's pre-training (then the first population is scored). Modes:
+`hybrid` (default) trains the model and evolves the programs every generation; `phase1`
+freezes program structure (the population is the seeds, their constants are tuned and the
+model trains); `phased` trains the model alone for `loop.phased_model_generations`, then
+evolves programs with the model frozen for `loop.phased_program_generations`, then both.
+
+Every generation ends with `_commit`: the files of DESIGN §4, then `checkpoint/latest.json`.
+Everything random flows from `run.seed` (python `random.Random` for evolution, the trainer's
+generator for batches, `seed + generation` for decoding draws), so a resumed run replays the
+same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+import engine_dsl
+from engine_dsl import Apply, Definition, DslError, Expr, WeightsConst
+from engine_dsl.files import read_file
+from engine_dsl.printer import expr_to_scheme, to_scheme
+from neural import GPT, ByteTokenizer, Curriculum, DataError, Trainer, get_task
+from neural.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from neural.tasks import Example, make_batch
+
+from . import report
+from .bridge import SearchSpace, to_definition, to_expr, to_tree
+from .evaluation import CachedRows, DecodeEvaluator, LikelihoodEvaluator, cache_rows
+from .genealogy import Lineage
+from .population import (
+    Population,
+    build_toolbox,
+    evaluate_population,
+    evolve_generation,
+    initial_population,
+)
+from .rundir import RunDir, RunError
+from .settings import RunConfig, dump_toml
+from .tuning import LikelihoodTuner
+
+GREEDY = Apply("greedy", (Apply("logits"),))
+PROGRAMS_DIR = Path(__file__).resolve().parent.parent / "programs"
+TUNE_EXAMPLES = 256  # train examples whose answer tokens tune constants each generation
+
+
+def default_seed_files(mode: str) -> list[Path]:
+    """The shipped seed programs (`phase1` mode: the seeds' Phase 1 engine alone)."""
+    if mode == "phase1":
+        return [PROGRAMS_DIR / "phase1.scm"]
+    return sorted(p for p in PROGRAMS_DIR.iterdir() if p.suffix in (".scm", ".hy"))
+
+
+def read_seeds(paths, limits) -> list[Definition]:
+    """Definitions of the seed files, in order; DslError for bad or unreadable files."""
+    defs: list[Definition] = []
+    for path in paths:
+        defs.extend(read_file(path, limits))
+    if not defs:
+        raise RunError("no seed programs: the seed files hold no definitions")
+    return defs
+
+
+def fit_to_model(d: Definition, n_layer: int, n_head: int) -> Definition:
+    """A seed adapted to the model: Weights literals resized to n_layer (layer-mix) or
+    n_layer x n_head (gated) by repeating or truncating; `(layer k)` beyond the model is an
+    error naming the seed's position."""
+
+    def go(e: Expr) -> Expr:
+        if not isinstance(e, Apply):
+            return e
+        if e.op == "layer" and e.args[0].value > n_layer:
+            raise DslError.at(e.span, f"(layer {e.args[0].value}) but the model has "
+                                      f"{n_layer} blocks")
+        if e.op in ("layer-mix", "gated"):
+            n = n_layer if e.op == "layer-mix" else n_layer * n_head
+            w = e.args[0]
+            if len(w.values) != n:
+                values = tuple(w.values[i % len(w.values)] for i in range(n))
+                return replace(e, args=(WeightsConst(values, w.span),))
+            return e
+        return replace(e, args=tuple(go(a) for a in e.args))
+
+    return replace(d, body=go(d.body))
+
+
+# --- the program's loss inside model training ------------------------------------------------
+
+
+class ChampionLoss:
+    """`extra_loss(model, batch)`: NLL of the batch's answer tokens under the champion
+    program's relaxed distribution, differentiable in the model (the program's constants
+    stay as they are). Layer 1's hook for "the loss passes through the champion"."""
+
+    def __init__(self, decoder: Expr, sharpness: float = 30.0):
+        self.sharpness = sharpness
+        self.set(decoder)
+
+    def set(self, decoder: Expr) -> None:
+        from engine_dsl.decoders import plan as decoder_plan
+
+        plan = decoder_plan(decoder)
+        self.logits_expr = plan.logits_expr
+        self.module = engine_dsl.compile_expr(plan.logits_expr).requires_grad_(False)
+
+    def __call__(self, model, batch) -> torch.Tensor:
+        ids, mask = batch.inputs, batch.attention_mask[:, :-1]
+        targets = batch.targets(answer_only=True)
+        out = model.forward_step(ids, attention_mask=mask)
+        si, ti = (targets != -100).nonzero(as_tuple=True)
+        T = ids.size(1)
+        hist = torch.where(torch.arange(T)[None, :] <= ti[:, None], ids[si], -1)
+
+        def gated(gates):
+            return model.forward_step(ids, attention_mask=mask, head_gates=gates).logits[si, ti]
+
+        scores = self.module(logits=out.logits[si, ti], history=hist, mode="relaxed",
+                             sharpness=self.sharpness,
+                             residuals=[r[si, ti] for r in out.residuals], lens=model.lens,
+                             gated=gated, n_layer=model.n_layer, n_head=model.n_head)
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        return -logp.gather(1, targets[si, ti][:, None]).mean()
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationResult:
+    entry: dict
+    champion_source: str
+
+
+class CoEvolution:
+    def __init__(self, config: RunConfig, rundir: RunDir, console=None):
+        self.cfg = config
+        self.dir = rundir
+        self.console = console
+        self.tokenizer = ByteTokenizer()
+        torch.manual_seed(config.run.seed)
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def _task(self, difficulty: int | None):
+        t = self.cfg.task
+        return get_task(t.name, difficulty=difficulty, size=t.size, seed=self.cfg.run.seed)
+
+    def _schedule(self):
+        """The trainer's settings: the cosine schedule spans the whole run's steps."""
+        loop = self.cfg.loop
+        total = loop.pretrain_steps + self.cfg.run.generations * loop.train_steps
+        return replace(self.cfg.train, steps=max(total, 1), extra_lambda=0.0,
+                       seed=self.cfg.run.seed)
+
+    def _check_task(self):
+        for name in ("train", "valid", "test"):
+            if not self.task.split(name):
+                raise DataError(f"task {self.task.name!r} has an empty {name} split; "
+                                "give it more examples")
+
+    def start(self, seed_files: list[str] | None = None, model_from: str | None = None) -> None:
+        """A new run: directory, config, seeds, model, pre-training state (generation 0)."""
+        cfg = self.cfg
+        files = [Path(s) for s in (seed_files or cfg.run.seeds)] or default_seed_files(
+            cfg.run.mode)
+        seeds = read_seeds(files, cfg.evolution.limits)
+        self.task = self._task(cfg.task.difficulty)
+        self._check_task()
+        self.difficulty = self.task.difficulty
+        if model_from:
+            model = load_model(str(RunDir(model_from).model), tokenizer=self.tokenizer)
+            self.cfg.model = model.config
+        else:
+            model = GPT(cfg.model)
+        seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
+        cfg.run.seeds = [str(f) for f in files]
+        # everything was read and checked: only now does the run directory appear
+        self.dir.create()
+        self.dir.write(self.dir.config, dump_toml(cfg))
+        for f in files:
+            self.dir.write(self.dir.seeds / f.name, f.read_bytes())
+        self.seeds = seeds
+        self.champion_loss = ChampionLoss(GREEDY)
+        self.trainer = Trainer(model, self.tokenizer, self.task.train, self._schedule(),
+                               extra_loss=self.champion_loss)
+        self.rng = random.Random(cfg.run.seed)
+        self.next_generation = 0
+        self.population: Population | None = None
+
+    def resume(self) -> None:
+        """Continue the run in `self.dir` from its last committed generation."""
+        self.dir.require_run()
+        latest = self.dir.latest()
+        if latest is None:
+            raise RunError(f"{self.dir.path}: no committed generation to resume from; "
+                           "start it again with --out")
+        ckpt, state = latest
+        self.difficulty = state["difficulty"]
+        self.task = self._task(self.difficulty)
+        seeds = read_seeds(sorted(self.dir.seeds.iterdir()), self.cfg.evolution.limits)
+        self.champion_loss = ChampionLoss(engine_dsl.read_expr(state["champion"],
+                                                               engine_dsl.Type.DECODER))
+        self.trainer = load_checkpoint(str(ckpt / "trainer"), self.task.train,
+                                       extra_loss=self.champion_loss, tokenizer=self.tokenizer)
+        model = self.trainer.model
+        self.seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
+        self.rng = random.Random()
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.population = None
+        if state.get("population") is not None:
+            lineage = Lineage.read_graphml(ckpt / "lineage.graphml")
+            self.population = Population.from_dict(state["population"], lineage)
+        self.next_generation = state["next_generation"]
+        self.dir.truncate_log(state["log_lines"])
+
+    # --- the pieces of a generation ---------------------------------------------------------
+
+    @property
+    def model(self) -> GPT:
+        return self.trainer.model
+
+    def _space(self) -> SearchSpace:
+        return SearchSpace.for_model(self.model, self.cfg.evolution.limits)
+
+    def _toolbox(self):
+        evo = self.cfg.evolution
+        if self.cfg.run.mode == "phase1":  # the population is the seeds, structure frozen
+            evo = replace(evo, population_size=len(self.seeds), mutant_fraction=0.0)
+        # the model moves between generations, so survivors are scored again on it
+        evo = replace(evo, reevaluate_parents=True, seed=self.cfg.run.seed)
+        return build_toolbox(evo, self._space())
+
+    def _train(self, steps: int, label: str, program_lambda: float) -> dict | None:
+        if steps <= 0:
+            return None
+        self.trainer.config.extra_lambda = program_lambda
+        history = []
+        with self._progress(label, steps) as advance:
+            for _ in range(steps):
+                history.append(self.trainer.step())
+                advance()
+        last = history[-10:]
+        return {"steps": steps, "step": self.trainer.step_num,
+                "loss": sum(h["lm_loss"] for h in last) / len(last),
+                "program_loss": (sum(h["extra_loss"] for h in last) / len(last)
+                                 if last[-1]["extra_loss"] is not None else None)}
+
+    def _progress(self, label: str, total: int):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def bar():
+            if self.console is None:
+                yield lambda: None
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            with Progress("[progress.description]{task.description}", BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
+                          transient=True) as progress:
+                task = progress.add_task(label, total=total)
+                yield lambda: progress.advance(task)
+
+        return bar()
+
+    def _prompts(self, examples: list[Example]) -> list[list[int]]:
+        return [self.tokenizer.encode(e.input, bos=True) for e in examples]
+
+    def _answer_evaluator(self, examples: list[Example], seed: int) -> DecodeEvaluator:
+        refs = [e.output for e in examples]
+        tok = self.tokenizer
+
+        def score(answers, references):
+            return sum(tok.decode(a.tokens) == r for a, r in zip(answers, references,
+                                                                   strict=True)) / len(answers)
+
+        return DecodeEvaluator(self.model, self._prompts(examples), refs, score_fn=score,
+                               seed=seed, max_new_tokens=self.cfg.loop.max_new_tokens,
+                               stop_token=tok.eos_id, pad_token=tok.pad_id)
+
+    def _rows(self, examples: list[Example]) -> CachedRows:
+        """Teacher-forced rows at the answer tokens (text tasks: every token) of examples."""
+        batch = make_batch(self.tokenizer, examples, self.model.config.block_size)
+        mask = batch.answer_mask if self.task.kind == "answer" else batch.attention_mask
+        self.model.eval()
+        return cache_rows(self.model, batch.ids, mask)
+
+    def _evaluator(self, split: str, generation: int):
+        examples = self._examples(split)
+        if self.task.kind == "answer":
+            return self._answer_evaluator(examples, seed=self.cfg.run.seed * 1000 + generation)
+        return LikelihoodEvaluator(self._rows(examples))
+
+    def _examples(self, split: str) -> list[Example]:
+        n = self.cfg.loop.valid_prompts if split == "valid" else self.cfg.loop.test_prompts
+        return self.task.split(split)[:n]
+
+    def _tuner(self) -> LikelihoodTuner | None:
+        evo = self.cfg.evolution
+        if evo.tune_steps == 0:
+            return None
+        rows = self._rows(self.task.train[:TUNE_EXAMPLES])
+        return LikelihoodTuner(rows, steps=evo.tune_steps, lr=evo.tune_lr)
+
+    def _evolves(self, g: int) -> bool:
+        loop, mode = self.cfg.loop, self.cfg.run.mode
+        return mode != "phased" or g > loop.phased_model_generations
+
+    def _trains_model(self, g: int) -> bool:
+        loop, mode = self.cfg.loop, self.cfg.run.mode
+        if mode != "phased":
+            return True
+        a, b = loop.phased_model_generations, loop.phased_program_generations
+        return not (a < g <= a + b)
+
+    # --- generations --------------------------------------------------------------------
+
+    def generation(self, g: int) -> dict:
+        """Run generation g (0 = pre-training and the first population) and commit it."""
+        t0 = time.perf_counter()
+        timings = {}
+        model_info = None
+        if g == 0:
+            model_info = self._train(self.cfg.loop.pretrain_steps, "pre-training", 0.0)
+        elif self._trains_model(g):
+            self.champion_loss.set(to_expr(self.population.champion()))
+            model_info = self._train(self.cfg.loop.train_steps, f"gen {g} training",
+                                     self.cfg.loop.program_lambda)
+        timings["train_s"] = time.perf_counter() - t0
+        self.model.eval()
+
+        t1 = time.perf_counter()
+        evaluator = self._evaluator("valid", g)
+        toolbox = self._toolbox()
+        with torch.no_grad():
+            greedy_score, greedy_cost = evaluator([GREEDY])[0]
+        if g == 0:
+            self.population = initial_population(toolbox, self.rng, self.seeds)
+            evaluate_population(self.population, evaluator)
+        elif self._evolves(g):
+            tuner = self._tuner()
+            if self.cfg.run.mode == "phase1":
+                self.population = self._retune(self.population, evaluator, tuner, toolbox, g)
+            else:
+                self.population = evolve_generation(self.population, evaluator, toolbox,
+                                                    self.rng, tune=tuner)
+        else:  # model-only generation: re-score the programs on the changed model
+            for ind in self.population:
+                del ind.fitness.values
+            self.population.generation = g
+            evaluate_population(self.population, evaluator)
+        timings["evolve_s"] = time.perf_counter() - t1
+        timings["total_s"] = time.perf_counter() - t0
+
+        champion = self.population.champion()
+        entry = self._log_entry(g, champion, greedy_score, greedy_cost, model_info, timings)
+        self._curriculum(entry)
+        self._commit(g, entry, champion)
+        return entry
+
+    def _retune(self, pop: Population, evaluator, tuner, toolbox, g: int) -> Population:
+        """phase1: the same programs, every one's constants tuned again, scored again."""
+        if tuner is not None:
+            for ind in pop.individuals:
+                tuned = tuner(to_expr(ind), self.rng.getrandbits(31))
+                ind[0:len(ind)] = to_tree(tuned)
+        for ind in pop.individuals:
+            del ind.fitness.values
+        pop.generation = g
+        evaluate_population(pop, evaluator)
+        return pop
+
+    def _curriculum(self, entry: dict) -> None:
+        if not self.cfg.task.curriculum or self.task.kind != "answer":
+            return
+        cur = Curriculum(self.cfg.task.name, difficulty=self.difficulty, size=self.cfg.task.size,
+                         seed=self.cfg.run.seed)
+        new = cur.update(entry["valid"]["champion"])
+        entry["difficulty"] = new
+        if new != self.difficulty:
+            self.difficulty = new
+            self.task = cur.task()
+            self._check_task()
+            self.trainer.set_examples(self.task.train)
+
+    def _log_entry(self, g, champion, greedy_score, greedy_cost, model_info, timings) -> dict:
+        pop = self.population
+        scored = [i for i in pop if i.fitness.valid]
+        scores = [i.fitness.values[0] for i in scored]
+        costs = [i.fitness.values[1] for i in scored]
+        sizes = [int(i.fitness.values[2]) for i in scored]
+        expr = to_expr(champion)
+        constants = {}
+        for k, node in enumerate(engine_dsl.walk(expr)):
+            if isinstance(node, engine_dsl.RealConst) and not node.fixed:
+                constants[f"{k}:{_slot_name(expr, k)}"] = node.value
+        front = [{"id": i.id, "score": i.fitness.values[0], "cost": i.fitness.values[1],
+                  "size": int(i.fitness.values[2])} for i in pop.hall_of_fame]
+        return {
+            "generation": g,
+            "model": model_info,
+            "valid": {"champion": champion.fitness.values[0], "greedy": greedy_score},
+            "champion": {"id": champion.id, "source": expr_to_scheme(expr),
+                         "score": champion.fitness.values[0],
+                         "cost": champion.fitness.values[1],
+                         "size": int(champion.fitness.values[2]), "constants": constants},
+            "baseline": {"greedy_cost": greedy_cost},
+            "population": {"size": len(pop), "mean_score": _mean(scores),
+                           "mean_cost": _mean(costs), "scores": scores, "costs": costs,
+                           "sizes": sizes},
+            "front": front,
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+        }
+
+    def _commit(self, g: int, entry: dict, champion) -> None:
+        d = self.dir
+        pop = self.population
+        d.write(d.generation_file(g), to_scheme(pop.definitions()))
+        hof = sorted(pop.hall_of_fame, key=lambda i: (-i.fitness.values[0], i.fitness.values[1],
+                                                      i.fitness.values[2]))
+        d.write(d.hall_of_fame, to_scheme([to_definition(i, _info(i)) for i in hof]))
+        tmp = d.lineage.with_name(".lineage.graphml.tmp")
+        pop.lineage.write_graphml(tmp)
+        tmp.replace(d.lineage)
+        log_lines = d.append_log(entry)
+        d.replace_dir(d.model, lambda p: save_model(self.model, str(p),
+                                                     tokenizer=self.tokenizer,
+                                                     step=self.trainer.step_num))
+        report.write_plots(d.path, report.read_log(d.path), d.write)
+        tag = f"gen-{g:04d}"
+        ckpt = d.fresh_checkpoint_dir(tag)
+        save_checkpoint(self.trainer, str(ckpt / "trainer"))
+        pop.lineage.write_graphml(ckpt / "lineage.graphml")
+        version, internal, gauss = self.rng.getstate()
+        d.commit(tag, {
+            "next_generation": g + 1,
+            "log_lines": log_lines,
+            "difficulty": self.difficulty,
+            "rng": [version, list(internal), gauss],
+            "population": pop.to_dict(),
+            "champion": expr_to_scheme(to_expr(champion)),
+        })
+        self.next_generation = g + 1
+
+    def run(self, on_generation=None) -> dict:
+        """Every remaining generation, then the final report; returns the report."""
+        for g in range(self.next_generation, self.cfg.run.generations + 1):
+            entry = self.generation(g)
+            if on_generation is not None:
+                on_generation(entry)
+        return self.final_report()
+
+    # --- the final report ---------------------------------------------------------------
+
+    def final_report(self) -> dict:
+        """Test-split scores of the champion, greedy and every seed (95% bootstrap CIs)."""
+        self.model.eval()
+        champion = self.population.champion()
+        programs = {"champion": to_expr(champion), "greedy": GREEDY}
+        for d in self.seeds:
+            programs[f"seed:{d.name}"] = d.body
+        names = list(programs)
+        out = {"task": self.task.name, "generation": self.next_generation - 1,
+               "champion_source": expr_to_scheme(programs["champion"]), "programs": {}}
+        for split in ("valid", "test"):
+            per_item = self._per_item(split, [programs[n] for n in names])
+            for name, items in zip(names, per_item, strict=True):
+                mean, lo, hi = report.bootstrap_ci(items, self.cfg.loop.bootstrap,
+                                                   seed=self.cfg.run.seed)
+                out["programs"].setdefault(name, {})[split] = {
+                    "score": mean, "ci95": [lo, hi], "n": len(items)}
+        self.dir.write_json(self.dir.report, out)
+        return out
+
+    @torch.no_grad()
+    def _per_item(self, split: str, exprs: list[Expr]) -> list[list[float]]:
+        """Per-example scores of each program on a split (exact match, or per-token
+        log-likelihood for text tasks)."""
+        examples = self._examples(split)
+        if self.task.kind == "answer":
+            ev = self._answer_evaluator(examples, seed=self.cfg.run.seed * 1000 + 999)
+            answers = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
+                                        **ev.decode_options)
+            return [[float(self.tokenizer.decode(a.tokens) == e.output)
+                     for a, e in zip(ans, examples, strict=True)] for ans in answers]
+        rows = self._rows(examples)
+        ev = LikelihoodEvaluator(rows)
+        from .evaluation import sampling_logits, target_log_probs
+
+        out = []
+        for e in exprs:
+            kind, logits_expr, _ = sampling_logits(e)
+            out.append(target_log_probs(logits_expr, kind, rows,
+                                        smoothing=ev.smoothing).tolist())
+        return out
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _info(ind) -> dict:
+    score, cost, size = ind.fitness.values
+    return {"score": score, "cost": cost, "size": int(size)}
+
+
+def _slot_name(expr: Expr, index: int) -> str:
+    """'temperature.t' for the constant at prefix index `index` of `expr`."""
+    stack = [(expr, None)]
+    k = 0
+    while stack:
+        node, parent = stack.pop()
+        if k == index:
+            if parent is None:
+                return "?"
+            op, i = parent
+            return f"{op}.{engine_dsl.PRIMITIVES[op].args[i].name}"
+        k += 1
+        if isinstance(node, Apply):
+            stack.extend(reversed([(a, (node.op, j)) for j, a in enumerate(node.args)]))
+    return "?"
