@@ -120,6 +120,50 @@ def cmd_evolve(args) -> int:
     return EXIT_OK
 
 
+def cmd_show(args) -> int:
+    from evolution.inspect import show
+
+    print(show(args.dir, top=args.top))
+    return EXIT_OK
+
+
+def cmd_lineage(args) -> int:
+    from evolution.inspect import lineage
+
+    print(lineage(args.dir, args.id))
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from evolution.inspect import evaluate
+
+    print(json.dumps(evaluate(args.program, args.run, args.split), indent=2))
+    return EXIT_OK
+
+
+def cmd_trace(args) -> int:
+    from evolution.inspect import trace
+
+    print(trace(args.program, args.run, args.prompt, top=args.top,
+                max_new_tokens=args.max_new_tokens))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    import json
+
+    from engine_dsl.export import to_generation_config
+    from engine_dsl.files import read_file
+
+    defs = read_file(args.program)
+    text = Path(args.program).read_text(encoding="utf-8")
+    out = {d.name: to_generation_config(d, text) for d in defs}
+    print(json.dumps(out[defs[0].name] if len(defs) == 1 else out, indent=2))
+    return EXIT_OK
+
+
 def _default_out(cfg) -> str:
     base = Path("runs") / f"{cfg.task.name.replace(':', '-').replace('/', '_')}-seed{cfg.run.seed}"
     out, k = base, 1
@@ -162,6 +206,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", metavar="FILE", help="seed program files")
     p.add_argument("--model-from", metavar="DIR", help="start from the model of run DIR")
     p.set_defaults(func=cmd_evolve)
+
+    p = sub.add_parser("show", help="summary and hall of fame of a run")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--top", type=int, default=5, help="hall-of-fame programs to list")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("lineage", help="ancestry of an individual (default: the champion)")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("id", nargs="?", metavar="ID")
+    p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("eval", help="score a program file on a run's task (JSON on stdout)")
+    p.add_argument("program", metavar="PROGRAM")
+    p.add_argument("--run", required=True, metavar="DIR")
+    p.add_argument("--split", choices=("valid", "test"), default="valid")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("trace", help="step-by-step view of a program decoding one prompt")
+    p.add_argument("program", metavar="PROGRAM")
+    p.add_argument("--run", required=True, metavar="DIR")
+    p.add_argument("--prompt", required=True, metavar="TEXT")
+    p.add_argument("--top", type=int, default=5, help="tokens shown per distribution")
+    p.add_argument("--max-new-tokens", type=int, metavar="N")
+    p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("export", help="a program as transformers GenerationConfig JSON")
+    p.add_argument("program", metavar="PROGRAM")
+    p.add_argument("--hf", action="store_true", required=True,
+                   help="export for Hugging Face transformers (the one format)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check", help="read and type-check program files")
     p.add_argument("files", nargs="+", metavar="FILE")

@@ -148,6 +148,8 @@ class CoEvolution:
         self.dir = rundir
         self.console = console
         self.tokenizer = ByteTokenizer()
+        self.trainer: Trainer | None = None
+        self._model: GPT | None = None
         torch.manual_seed(config.run.seed)
 
     # --- set-up ---------------------------------------------------------------------------
@@ -225,11 +227,23 @@ class CoEvolution:
         self.next_generation = state["next_generation"]
         self.dir.truncate_log(state["log_lines"])
 
+    def open(self) -> None:
+        """Read-only access to a run for eval and trace: its task, trained model and seeds."""
+        self.dir.require_run()
+        latest = self.dir.latest()
+        self.difficulty = latest[1]["difficulty"] if latest else self.cfg.task.difficulty
+        self.task = self._task(self.difficulty)
+        if not self.dir.model.exists():
+            raise RunError(f"{self.dir.path}: no trained model yet (model/ is missing)")
+        self.trainer = None
+        self._model = load_model(str(self.dir.model), tokenizer=self.tokenizer)
+        self._model.eval()
+
     # --- the pieces of a generation ---------------------------------------------------------
 
     @property
     def model(self) -> GPT:
-        return self.trainer.model
+        return self.trainer.model if self.trainer is not None else self._model
 
     def _space(self) -> SearchSpace:
         return SearchSpace.for_model(self.model, self.cfg.evolution.limits)
@@ -407,7 +421,7 @@ class CoEvolution:
             if isinstance(node, engine_dsl.RealConst) and not node.fixed:
                 constants[f"{k}:{_slot_name(expr, k)}"] = node.value
         front = [{"id": i.id, "score": i.fitness.values[0], "cost": i.fitness.values[1],
-                  "size": int(i.fitness.values[2])} for i in pop.hall_of_fame]
+                  "size": int(i.fitness.values[2])} for i in _front(pop)]
         return {
             "generation": g,
             "model": model_info,
@@ -428,12 +442,8 @@ class CoEvolution:
         d = self.dir
         pop = self.population
         d.write(d.generation_file(g), to_scheme(pop.definitions()))
-        hof = sorted(pop.hall_of_fame, key=lambda i: (-i.fitness.values[0], i.fitness.values[1],
-                                                      i.fitness.values[2]))
-        d.write(d.hall_of_fame, to_scheme([to_definition(i, _info(i)) for i in hof]))
-        tmp = d.lineage.with_name(".lineage.graphml.tmp")
-        pop.lineage.write_graphml(tmp)
-        tmp.replace(d.lineage)
+        d.write(d.hall_of_fame, to_scheme([to_definition(i, _info(i)) for i in _front(pop)]))
+        pop.lineage.write_graphml(d.lineage)
         log_lines = d.append_log(entry)
         d.replace_dir(d.model, lambda p: save_model(self.model, str(p),
                                                      tokenizer=self.tokenizer,
@@ -471,44 +481,61 @@ class CoEvolution:
         programs = {"champion": to_expr(champion), "greedy": GREEDY}
         for d in self.seeds:
             programs[f"seed:{d.name}"] = d.body
-        names = list(programs)
         out = {"task": self.task.name, "generation": self.next_generation - 1,
-               "champion_source": expr_to_scheme(programs["champion"]), "programs": {}}
+               "champion_source": expr_to_scheme(programs["champion"]),
+               "programs": {name: {} for name in programs}}
         for split in ("valid", "test"):
-            per_item = self._per_item(split, [programs[n] for n in names])
-            for name, items in zip(names, per_item, strict=True):
-                mean, lo, hi = report.bootstrap_ci(items, self.cfg.loop.bootstrap,
-                                                   seed=self.cfg.run.seed)
-                out["programs"].setdefault(name, {})[split] = {
-                    "score": mean, "ci95": [lo, hi], "n": len(items)}
+            for name, result in self.score(programs, split).items():
+                out["programs"][name][split] = result
         self.dir.write_json(self.dir.report, out)
         return out
 
+    def score(self, programs: dict[str, Expr], split: str) -> dict[str, dict]:
+        """{name: {score, ci95, cost, n}} of Decoder programs on a split, with a 95% bootstrap
+        interval of the mean score (exact match; mean token log-likelihood for text tasks)."""
+        names = list(programs)
+        scores, costs = self._per_item(split, [programs[n] for n in names])
+        out = {}
+        for name, items, cost in zip(names, scores, costs, strict=True):
+            mean, lo, hi = report.bootstrap_ci(items, self.cfg.loop.bootstrap,
+                                               seed=self.cfg.run.seed)
+            out[name] = {"score": mean, "ci95": [lo, hi], "cost": cost, "n": len(items)}
+        return out
+
     @torch.no_grad()
-    def _per_item(self, split: str, exprs: list[Expr]) -> list[list[float]]:
-        """Per-example scores of each program on a split (exact match, or per-token
-        log-likelihood for text tasks)."""
+    def _per_item(self, split: str, exprs: list[Expr]) -> tuple[list[list[float]], list]:
+        """Per-example scores of each program on a split, and each program's mean cost."""
         examples = self._examples(split)
         if self.task.kind == "answer":
             ev = self._answer_evaluator(examples, seed=self.cfg.run.seed * 1000 + 999)
             answers = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
                                         **ev.decode_options)
-            return [[float(self.tokenizer.decode(a.tokens) == e.output)
-                     for a, e in zip(ans, examples, strict=True)] for ans in answers]
-        rows = self._rows(examples)
-        ev = LikelihoodEvaluator(rows)
-        from .evaluation import sampling_logits, target_log_probs
+            scores = [[float(self.tokenizer.decode(a.tokens) == e.output)
+                       for a, e in zip(ans, examples, strict=True)] for ans in answers]
+            return scores, [_mean([a.cost for a in ans]) for ans in answers]
+        from .evaluation import forward_cost, sampling_logits, target_log_probs
 
-        out = []
+        rows = self._rows(examples)
+        scores = []
         for e in exprs:
             kind, logits_expr, _ = sampling_logits(e)
-            out.append(target_log_probs(logits_expr, kind, rows,
-                                        smoothing=ev.smoothing).tolist())
-        return out
+            scores.append(target_log_probs(logits_expr, kind, rows).tolist())
+        return scores, [forward_cost(e) for e in exprs]
 
 
 def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else math.nan
+
+
+def _front(pop: Population) -> list:
+    """The hall of fame best first: score up, cost down, size down, then oldest (a total
+    order, so a resumed run writes it exactly as an uninterrupted one)."""
+    def key(i):
+        score, cost, size = i.fitness.values
+        serial = int(i.id.rsplit("-", 1)[-1]) if i.id.rsplit("-", 1)[-1].isdigit() else 0
+        return (-score, cost, size, i.generation, serial, i.id)
+
+    return sorted(pop.hall_of_fame, key=key)
 
 
 def _info(ind) -> dict:
