@@ -6,8 +6,16 @@ import os
 
 from hypothesis import strategies as st
 
-from engine_dsl import PRIMITIVES, Apply, BoolConst, CountConst, Definition, RealConst, Type
-from engine_dsl import WeightsConst
+from engine_dsl import (
+    PRIMITIVES,
+    Apply,
+    BoolConst,
+    CountConst,
+    Definition,
+    RealConst,
+    Type,
+    WeightsConst,
+)
 from engine_dsl.registry import Limits, producing
 
 # the language's own laws get thousands of examples in CI (HYPOTHESIS_PROFILE=ci)

@@ -93,7 +93,8 @@ def test_positions_are_one_based_line_and_column():
 
 
 def test_comment_block_above_a_definition_is_kept():
-    text = ";; id: 7\n;; parents: 3 5\n(define a (greedy logits))\n\n; second\n(define b (sample logits))\n"
+    text = (";; id: 7\n;; parents: 3 5\n(define a (greedy logits))\n\n"
+            "; second\n(define b (sample logits))\n")
     defs = read(text, "c.scm")
     assert defs[0].comments == (";; id: 7", ";; parents: 3 5")
     assert defs[1].comments == ("; second",)

@@ -1,14 +1,14 @@
 """The registry is the single source of truth: docs and the checker follow it."""
 
+from conftest import ROOT  # noqa: F401  (path set-up)
+
 from engine_dsl import PRIMITIVES, Apply, read, walk
 from engine_dsl.docs import language_markdown
 from engine_dsl.registry import Limits
 
-from conftest import ROOT  # noqa: F401  (path set-up)
-
 
 def test_language_doc_is_generated_from_the_registry():
-    """docs/LANGUAGE.md equals what the registry generates (regenerate: python -m engine_dsl.docs)."""
+    """docs/LANGUAGE.md is what the registry generates (python -m engine_dsl.docs)."""
     assert (ROOT / "docs" / "LANGUAGE.md").read_text(encoding="utf-8") == language_markdown()
 
 
