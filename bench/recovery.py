@@ -1,8 +1,8 @@
 """Benchmark: can evolution recover the program that generated a data set?
 
 For each teacher program file in --teachers: decode a fixed small trained model with the
-teacher on held-out prompts of the built-in `reverse` task (`engine_dsl.decode`), and keep
-prompt + answer as a data set; evolve from the shipped seed programs (never the teacher)
+teacher on held-out text prompts (`engine_dsl.decode`), and keep prompt + answer as a
+data set; evolve from the shipped seed programs (never the teacher)
 with the likelihood objective (`evolution.LikelihoodEvaluator`: mean log-likelihood of the
 answer tokens under each program, cached teacher-forced rows) and gradient-tuned constants
 (`LikelihoodTuner`).
@@ -19,11 +19,13 @@ contexts is below 0.01. One line per teacher, then `recovery: K/N symbolic, M/N 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,12 +47,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_model(steps: int, seed: int):
-    """A fixed small model: 2 blocks x 2 heads, trained briefly (deterministic, CPU) on the
-    built-in `reverse` task, prompt and answer tokens both in the loss, so that its
-    next-token distributions are neither flat nor one-hot."""
+    """A fixed small model: 2 blocks x 2 heads, trained briefly (deterministic, CPU) on a
+    fixed text, the source of Python's `argparse` module (the same for a given Python
+    version, no download), so that its next-token distributions are neither flat nor
+    one-hot."""
     torch.manual_seed(seed)
-    task = get_task("reverse", difficulty=10, size=4000, seed=seed)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64))
+    path = Path(tempfile.gettempdir()) / f"echo-forge-recovery-{sys.version_info[1]}.txt"
+    path.write_text(inspect.getsource(argparse))
+    task = get_task(f"text:{path}", chunk_bytes=48)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=96))
     Trainer(model, ByteTokenizer(), task.train,
             TrainConfig(steps=steps, batch_size=32, answer_only=False, seed=seed)).train()
     return model.eval(), task
@@ -178,7 +183,7 @@ def main(argv=None) -> int:
     model, task = train_model(args.train_steps, args.seed)
     space = SearchSpace.for_model(model)
     tok = ByteTokenizer()
-    prompts = [tok.encode(e.input, bos=True) for e in task.valid[: args.prompts]]
+    prompts = [tok.encode(e.output[:12], bos=True) for e in task.valid[: args.prompts]]
     files = sorted(Path(args.teachers).glob("*.scm"))
     results = []
     for path in files:

@@ -338,14 +338,14 @@ class Batch:
 def make_batch(tokenizer: ByteTokenizer, examples: Sequence[Example], block_size: int) -> Batch:
     """Encode examples as right-padded teacher-forcing rows. The model reads at most
     `block_size` of them (the final EOS is only a target, so rows may be block_size + 1 long);
-    a longer example raises ValueError."""
+    a longer example raises DataError (raise model.block_size, or shorten the data)."""
     rows, answer_lens = [], []
     for ex in examples:
         prompt = tokenizer.encode(ex.input, bos=True)
         answer = tokenizer.encode(ex.output, eos=True)
         if len(prompt) + len(answer) - 1 > block_size:
-            raise ValueError(f"example {ex.input[:20]!r}... has {len(prompt) + len(answer)} "
-                             f"tokens, more than block_size {block_size} + 1")
+            raise DataError(f"example {ex.input[:20]!r}... has {len(prompt) + len(answer)} "
+                            f"tokens, more than model.block_size {block_size} + 1")
         rows.append(prompt + answer)
         answer_lens.append((len(prompt), len(answer)))
     width = max(len(r) for r in rows)
