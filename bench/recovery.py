@@ -37,10 +37,18 @@ import engine_dsl  # noqa: E402
 from engine_dsl import Apply, BoolConst, CountConst, RealConst, WeightsConst  # noqa: E402
 from evolution.bridge import SearchSpace, to_expr  # noqa: E402
 from evolution.config import EvolutionConfig  # noqa: E402
-from evolution.evaluation import LikelihoodEvaluator, cache_rows, mean_kl  # noqa: E402
+from evolution.evaluation import (  # noqa: E402
+    SMOOTHING,
+    LikelihoodEvaluator,
+    cache_rows,
+    mean_kl,
+    sampling_logits,
+    target_log_probs,
+)
 from evolution.population import build_toolbox, evolve_generation, initial_population  # noqa: E402
+from evolution.selection import one_standard_error_choice  # noqa: E402
 from evolution.simplify import simplify  # noqa: E402
-from evolution.tuning import LikelihoodTuner  # noqa: E402
+from evolution.tuning import LikelihoodTuner, has_constants  # noqa: E402
 from neural import GPT, ByteTokenizer, GPTConfig, TrainConfig, Trainer, get_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +137,146 @@ def champion_of(individuals, tolerance: float = 1e-3):
                                     -i.fitness.values[0]))
 
 
+# --- the champion: polish, prune, then Occam's choice ---------------------------------------
+
+
+def shrinks(e) -> list:
+    """Every expression obtained by replacing one node of `e` with one of its arguments of
+    the same type (DEAP's mutShrink, exhaustively): the one-step prunings of `e`."""
+    if not isinstance(e, Apply):
+        return []
+    out = []
+    t = engine_dsl.type_of(e)
+    for a in e.args:
+        if isinstance(a, Apply) and engine_dsl.type_of(a) is t:
+            out.append(a)
+    for i, a in enumerate(e.args):
+        for s in shrinks(a):
+            out.append(Apply(e.op, e.args[:i] + (s,) + e.args[i + 1:]))
+    return out
+
+
+def _count_paths(e, path=()):
+    """Paths (argument indices) to the Count constants that change the per-step
+    distribution (top-k's k, layer's k; not vote/best-of n)."""
+    if not isinstance(e, Apply):
+        return []
+    out = []
+    for i, a in enumerate(e.args):
+        if isinstance(a, CountConst) and e.op in ("top-k", "layer"):
+            out.append((*path, i))
+        out.extend(_count_paths(a, (*path, i)))
+    return out
+
+
+def _get(e, path):
+    for i in path:
+        e = e.args[i]
+    return e
+
+
+def _set(e, path, value):
+    if not path:
+        return value
+    i = path[0]
+    return Apply(e.op, e.args[:i] + (_set(e.args[i], path[1:], value),) + e.args[i + 1:])
+
+
+class Polisher:
+    """Final local search on the training rows for one candidate: Adam on the relaxed
+    likelihood over all rows at increasing sharpness, and a coordinate search over the
+    Count constants gradient cannot move (k +- 1, x2, /2 while the exact likelihood
+    improves). Keeps whichever program has the best exact training likelihood."""
+
+    def __init__(self, rows, space, steps: int, sharpness=(30.0, 100.0, 300.0)):
+        self.rows, self.space, self.steps, self.sharpness = rows, space, steps, sharpness
+        self.evaluate = SafeEvaluator(LikelihoodEvaluator(rows))
+        self.batch = LikelihoodTuner(rows, batch=None).tune_batch(0)
+
+    def score(self, e) -> float:
+        return self.evaluate([e])[0][0]
+
+    def tune(self, e, best: float):
+        if not has_constants(e) or self.steps == 0:
+            return e, best
+        for sh in self.sharpness:
+            try:
+                cand = engine_dsl.tune(e, self.batch, steps=self.steps, lr=0.05,
+                                       sharpness=sh).program
+            except RuntimeError:
+                continue
+            s = self.score(cand)
+            if s > best:
+                e, best = cand, s
+        return e, best
+
+    def counts(self, e, best: float):
+        for path in _count_paths(e):
+            hi = self.space.n_layer if _get(e, path[:-1]).op == "layer" else self.space.vocab_size
+            improved = True
+            while improved:
+                improved = False
+                k = _get(e, path).value
+                for v in sorted({k - 1, k + 1, 2 * k, math.ceil(k / 2)}):
+                    if 1 <= v <= hi and v != k:
+                        cand = _set(e, path, CountConst(v))
+                        s = self.score(cand)
+                        if s > best:
+                            e, best, improved = cand, s, True
+                            break
+        return e, best
+
+    def __call__(self, e):
+        best = self.score(e)
+        e, best = self.tune(e, best)
+        e2, best2 = self.counts(e, best)
+        if e2 != e:
+            e, best = self.tune(e2, best2)
+        return simplify(e, self.space), best
+
+
+def choose_champion(individuals, rows, space, args):
+    """The reported champion: the `--refine-top` best distinct (simplified) programs of the
+    final population and hall of fame, and `--prune-rounds` rounds of their one-step
+    prunings, each polished (`Polisher`); then Occam's choice on the training rows
+    (`one_standard_error_choice`: the cheapest, then smallest, program whose mean
+    log-likelihood is within one standard error of the best)."""
+    polish = Polisher(rows, space, args.polish_steps)
+    ranked, seen = [], set()
+    for ind in sorted(individuals, key=lambda i: -i.fitness.values[0]):
+        e = simplify(to_expr(ind), space)
+        if e not in seen:
+            seen.add(e)
+            ranked.append(e)
+    pool = {}  # polished program -> training log-likelihood
+    frontier = ranked[: args.refine_top]
+    for round_ in range(args.prune_rounds + 1):
+        for e in frontier:
+            p, s = polish(e)
+            if s > -1e9:
+                pool[p] = max(s, pool.get(p, -math.inf))
+        if round_ == args.prune_rounds:
+            break
+        best = sorted(pool, key=lambda p: -pool[p])[: args.refine_top]
+        frontier = []
+        for e in best:
+            for s_ in shrinks(e):
+                s_ = simplify(s_, space)
+                if s_ not in seen:
+                    seen.add(s_)
+                    frontier.append(s_)
+    cands = list(pool)
+    scores = []
+    for c in cands:
+        kind, le, _ = sampling_logits(c)
+        with torch.no_grad():
+            scores.append(target_log_probs(le, kind, rows).tolist())
+    from evolution.evaluation import forward_cost
+
+    i = one_standard_error_choice(scores, [(forward_cost(c), engine_dsl.size(c)) for c in cands])
+    return cands[i], len(cands)
+
+
 def recover(path: Path, model, space, prompts, args) -> dict:
     (teacher_def,) = engine_dsl.read(path.read_text(), str(path))
     teacher = teacher_def.body
@@ -154,9 +302,13 @@ def recover(path: Path, model, space, prompts, args) -> dict:
         generations += 1
         if args.time_per_teacher and time.perf_counter() - t0 > args.time_per_teacher:
             break
-    champion = simplify(to_expr(champion_of([*pop.individuals, *pop.hall_of_fame])), space)
+    if args.refine_top > 0:
+        champion, _ = choose_champion([*pop.individuals, *pop.hall_of_fame], rows,
+                                               space, args)
+    else:
+        champion = simplify(to_expr(champion_of([*pop.individuals, *pop.hall_of_fame])), space)
     teacher_s = simplify(teacher, space)
-    kl = mean_kl(teacher, champion, held_out)
+    kl = mean_kl(teacher, champion, held_out, smoothing=args.kl_smoothing)
     return {"teacher": path.stem, "champion": engine_dsl.expr_to_scheme(champion),
             "symbolic": symbolic_match(champion, teacher_s), "kl": kl,
             "behavioural": kl < 0.01, "generations": generations,
@@ -174,6 +326,14 @@ def main(argv=None) -> int:
     ap.add_argument("--time-per-teacher", type=float, default=None,
                     help="seconds; stop evolving a teacher after this (default: no limit, so "
                          "results do not depend on the machine's speed)")
+    ap.add_argument("--refine-top", type=int, default=6,
+                    help="best distinct programs polished and pruned at the end (0: report "
+                         "the best-scoring program as it is)")
+    ap.add_argument("--prune-rounds", type=int, default=2)
+    ap.add_argument("--polish-steps", type=int, default=30, help="Adam steps per sharpness")
+    ap.add_argument("--kl-smoothing", type=float, default=SMOOTHING,
+                    help="uniform mixed into the student for the KL (default: the "
+                         "likelihood objective's)")
     ap.add_argument("--train-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)

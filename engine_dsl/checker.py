@@ -84,6 +84,14 @@ def _what(d: Datum) -> str:
     }.get(d.kind, str(d.value))
 
 
+def _to_float(v) -> float:
+    """A real number's float value; inf where it is too large for a float."""
+    try:
+        return float(v) if not isinstance(v, Fraction) else v.numerator / v.denominator
+    except OverflowError:
+        return math.inf
+
+
 def _show_number(v) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
@@ -240,7 +248,7 @@ class _Checker:
                 self.require(v <= limit, d, f"{v} exceeds the cap {cap} = {limit}")
             return CountConst(int(v), d.span)
         if expected is Type.REAL:
-            x = float(v) if not isinstance(v, Fraction) else v.numerator / v.denominator
+            x = _to_float(v)
             self.require(math.isfinite(x), d, f"a Real constant must be finite, found {shown}")
             dom = slot.arg.domain if slot else None
             if dom is not None:
@@ -255,7 +263,7 @@ class _Checker:
         for item in d.value:
             self.require(item.kind == "number" and not isinstance(item.value, complex), item,
                          f"a Weights vector holds real numbers, found {_what(item)}")
-            x = float(item.value)
+            x = _to_float(item.value)
             self.require(math.isfinite(x), item, f"weights must be finite, found {item.value}")
             values.append(x)
         self.require(bool(values), d, "a Weights vector needs at least one entry")

@@ -175,6 +175,33 @@ def _as_list(programs):
     return ([programs] if single else list(programs)), single
 
 
+def _plan_key(pl: DecoderPlan):
+    """Identity of a plan's behaviour (structure and current constants), or None."""
+    try:
+        key = (pl.base, tuple(pl.layers), pl.logits_expr, tuple(pl.module.values()))
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+@dataclass
+class _Block:
+    """One distinct program's rows: main rows [start, start + n) in (prompt, sample) order,
+    then one block of n rows per gated stream at stream_starts."""
+
+    plan: DecoderPlan
+    start: int
+    n: int
+    stream_starts: list[int]
+    reads_history: bool
+    reads_residuals: bool
+
+
+def _take(x: torch.Tensor, sel: slice | torch.Tensor) -> torch.Tensor:
+    return x[sel] if isinstance(sel, slice) else x.index_select(0, sel)
+
+
 @torch.no_grad()
 def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 32,
            stop_token: int | None = None, seed: int = 0, pad_token: int = 0,
@@ -182,7 +209,8 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     """Decode every program on every prompt in one batch per step (see the module doc).
 
     Returns answers[p][i] (a `Decoding`) for a list of programs, answers[i] for one program.
-    `share=False` disables prefix sharing and compaction (a plainer reference path).
+    `share=False` disables prefix sharing, compaction and the merging of identical programs
+    (a plainer reference path).
     """
     progs, single = _as_list(programs)
     plans = [p if isinstance(p, DecoderPlan) else plan(p) for p in progs]
@@ -194,37 +222,70 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     N, L, H = len(prompts), model.n_layer, model.n_head
     device = next((t.device for t in _model_tensors(model)), torch.device("cpu"))
 
-    # -- rows: per program, main rows (i, j) then one block per gated stream
-    prog, stream, prompt_of, sample_of, gate_key = [], [], [], [], []
-    gates_of: list[torch.Tensor] = []
-    needs_residuals = any("residuals" in pl.module.reads for pl in plans)
-    for p, pl in enumerate(plans):
-        gates = pl.module.gate_values(L, H) if pl.module.n_gated else []
-        for s in range(1 + len(gates)):
-            for i in range(N):
-                for j in range(pl.samples):
-                    prog.append(p)
-                    stream.append(s)
-                    prompt_of.append(i)
-                    sample_of.append(j)
-                    gate_key.append(None if s == 0 else (p, s))
-            if s:
-                gates_of.append(gates[s - 1])
-    R = len(prog)
-    prog_t = torch.tensor(prog)
-    stream_t = torch.tensor(stream)
-    prompt_t = torch.tensor(prompt_of)
-    sample_t = torch.tensor(sample_of)
-    any_gated = any(pl.module.n_gated for pl in plans)
+    # -- identical programs (same structure and constants) decode once
+    slot_of, distinct, seen = [], [], {}
+    for pl in plans:
+        key = _plan_key(pl) if share else None
+        if key is None or key not in seen:
+            if key is not None:
+                seen[key] = len(distinct)
+            slot_of.append(len(distinct))
+            distinct.append(pl)
+        else:
+            slot_of.append(seen[key])
+
+    # -- rows: main rows of greedy programs, then of sampling programs, then gated streams.
+    # Each program's rows are contiguous, so its logits are a slice of the batch.
+    order = sorted(range(len(distinct)), key=lambda q: distinct[q].base != "greedy")
+    blocks: list[_Block] = [None] * len(distinct)  # type: ignore[list-item]
+    cursor = 0
+    for q in order:
+        pl = distinct[q]
+        blocks[q] = _Block(pl, cursor, N * pl.samples, [], "history" in pl.module.reads,
+                           "residuals" in pl.module.reads)
+        cursor += N * pl.samples
+    R_main = cursor
+    G_main = sum(blocks[q].n for q in order if distinct[q].base == "greedy")
+    gates_of: list[torch.Tensor] = []  # one (L, H) per gated stream, in row order
+    for q in order:
+        b = blocks[q]
+        if b.plan.module.n_gated:
+            for g in b.plan.module.gate_values(L, H):
+                b.stream_starts.append(cursor)
+                gates_of.append(g)
+                cursor += b.n
+    R = cursor
+    # per row: prompt, sample, gated stream (0 = plain) and its main row
+    prompt_parts, sample_parts, gate_parts, main_parts = [], [], [], []
+    k = 0
+    for q in order:
+        b = blocks[q]
+        S = b.plan.samples
+        pr = torch.arange(N).repeat_interleave(S)
+        sa = torch.arange(S).repeat(N)
+        mr = torch.arange(b.start, b.start + b.n)
+        prompt_parts.append(pr)
+        sample_parts.append(sa)
+        gate_parts.append(torch.zeros(b.n, dtype=torch.long))
+        main_parts.append(mr)
+    for q in order:
+        b = blocks[q]
+        S = b.plan.samples
+        for _ in b.stream_starts:
+            k += 1
+            prompt_parts.append(torch.arange(N).repeat_interleave(S))
+            sample_parts.append(torch.arange(S).repeat(N))
+            gate_parts.append(torch.full((b.n,), k, dtype=torch.long))
+            main_parts.append(torch.arange(b.start, b.start + b.n))
+    prompt_t = torch.cat(prompt_parts)
+    sample_t = torch.cat(sample_parts)
+    gate_t = torch.cat(gate_parts)
+    main_t = torch.cat(main_parts)
+    n_gates = len(gates_of)
     gate_rows = None
-    if any_gated:
-        gate_rows = torch.ones(R, L, H, device=device)
-        k = 0
-        for p, pl in enumerate(plans):
-            for s in range(1, 1 + pl.module.n_gated):
-                rows = ((prog_t == p) & (stream_t == s)).nonzero().squeeze(1)
-                gate_rows[rows] = gates_of[k].to(device=device, dtype=gate_rows.dtype)
-                k += 1
+    if n_gates:
+        table = torch.stack([torch.ones(L, H)] + [g.float() for g in gates_of]).to(device)
+        gate_rows = table.index_select(0, gate_t.to(device))  # (R, L, H)
 
     # -- prompts, left padded
     P = max(len(p) for p in prompts)
@@ -236,28 +297,19 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     prompt_hist = torch.where(prompt_mask, prompt_ids, -1)  # -1 = padding in history
     prompt_len = prompt_mask.sum(1)
 
-    # -- prefill: each distinct (prompt, gates) once, then copy to the rows
-    keys = sorted({(prompt_of[r], gate_key[r]) for r in range(R)},
-                  key=lambda k: (k[1] is not None, k[1] or (0, 0), k[0]))
-    key_index = {k: u for u, k in enumerate(keys)}
-    U = len(keys)
-    u_prompt = torch.tensor([k[0] for k in keys])
-    u_gates = None
-    if any_gated:
-        u_gates = torch.ones(U, L, H, device=device)
-        for u, (_, g) in enumerate(keys):
-            if g is not None:
-                first = next(r for r in range(R) if gate_key[r] == g)
-                u_gates[u] = gate_rows[first]
+    # -- prefill: each distinct (gates, prompt) once (unit g * N + i), then copy to the rows
     select = None
     if share:
+        u_prompt = torch.arange(N).repeat(1 + n_gates)
+        u_gates = None
+        if n_gates:
+            u_gates = table.repeat_interleave(N, dim=0)
         out = model.forward_step(prompt_ids[u_prompt].to(device),
                                  attention_mask=prompt_mask[u_prompt].to(device),
                                  head_gates=u_gates)
-        select = _cache_selector(model, out.cache, U)
+        select = _cache_selector(model, out.cache, N * (1 + n_gates))
     if select is not None:
-        row_key = torch.tensor([key_index[(prompt_of[r], gate_key[r])] for r in range(R)])
-        k_dev = row_key.to(device)
+        k_dev = (gate_t * N + prompt_t).to(device)
         cache = select(out.cache, k_dev)
         logits = out.logits[:, -1].index_select(0, k_dev)
         residuals = [h[:, -1].index_select(0, k_dev) for h in out.residuals]
@@ -269,57 +321,117 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
         logits = out.logits[:, -1]
         residuals = [h[:, -1] for h in out.residuals]
     mask = prompt_mask[prompt_t].to(device)
+    needs_residuals = any(b.reads_residuals for b in blocks)
 
     gen = torch.full((R, max_new_tokens), -1, dtype=torch.long)
     gen_len = torch.zeros(R, dtype=torch.long)
     stopped = torch.zeros(R, dtype=torch.bool)
     ll = torch.zeros(R, dtype=torch.float64)
     done = torch.zeros(R, dtype=torch.bool)
-    rid = torch.arange(R)  # original row id of each row in the batch
+    rid = torch.arange(R)  # original row id of each row in the batch (ascending)
     finished_in_batch = 0
+    # block boundaries as original row ids; in the batch they are searchsorted(rid, ...)
+    edges = torch.tensor(sorted({0, G_main, R_main, R}
+                                | {b.start for b in blocks} | {b.start + b.n for b in blocks}
+                                | {s for b in blocks for s in b.stream_starts}
+                                | {s + b.n for b in blocks for s in b.stream_starts}))
+    edge_list = edges.tolist()
+    main_pos = main_t  # position of each row's main row in the batch
 
     for t in range(max_new_tokens):
-        tok = torch.zeros(rid.numel(), dtype=torch.long)
-        p_of = prog_t[rid]
-        s_of = stream_t[rid]
-        live = ~done[rid]
-        for p, pl in enumerate(plans):
-            main = ((p_of == p) & (s_of == 0) & live).nonzero().squeeze(1)
-            if main.numel() == 0:
+        B = rid.numel()
+        live_t = ~done[rid]
+        all_live = bool(live_t.all())
+        if B == R:
+            at = dict(zip(edge_list, edge_list, strict=True))
+        else:
+            at = dict(zip(edge_list, torch.searchsorted(rid, edges).tolist(), strict=True))
+        M, G = at[R_main], at[G_main]
+        if not all_live:
+            n_live = torch.cat([torch.zeros(1, dtype=torch.long), live_t.long().cumsum(0)])
+        main_logits = logits[:M]
+        Y = torch.empty_like(main_logits) if all_live else torch.zeros_like(main_logits)
+        separate = []  # (position index or slice, chosen) of programs sampled on their own
+        for b in blocks:
+            a, e = at[b.start], at[b.start + b.n]
+            if a == e:
                 continue
-            m_dev = main.to(device)
-            hist = torch.cat([prompt_hist[prompt_t[rid[main]]], gen[rid[main], :t]], dim=1)
-            streams = [((p_of == p) & (s_of == s) & live).nonzero().squeeze(1).to(device)
-                       for s in range(1, 1 + pl.module.n_gated)]
-            src = sem.Sources(
-                logits=logits.index_select(0, m_dev), history=hist.to(device),
-                residuals=[h.index_select(0, m_dev) for h in residuals]
-                if needs_residuals and "residuals" in pl.module.reads else None,
-                lens=model.lens, n_layer=L, n_head=H,
-                gated=[logits.index_select(0, s) for s in streams] if streams else None)
-            y = pl.module(sources=src, mode="exact")
-            if pl.base == "greedy":
-                chosen = sem.greedy_exact(None, y)
+            idx = None
+            if not all_live:
+                alive = int(n_live[e] - n_live[a])
+                if alive == 0:
+                    continue
+                if alive < e - a:
+                    idx = live_t[a:e].nonzero().squeeze(1)
+            if idx is None:  # every row of the block is live: slices, no copies
+                rows = rid[a:e]
+                sel: slice | torch.Tensor = slice(a, e)
+                streams = [logits[at[s0]:at[s0] + e - a] for s0 in b.stream_starts]
             else:
-                u = uniforms(seed, prompt_t[rid[main]], sample_t[rid[main]], t)
-                chosen = sem.sample_exact(None, y, u)
-            chosen = chosen.cpu()
-            lp = torch.log_softmax(src.logits.double(), dim=-1)
-            ll[rid[main]] += lp.gather(1, chosen.to(device)[:, None]).squeeze(1).cpu()
-            tok[main] = chosen
-            for s_rows in streams:
-                tok[s_rows.cpu()] = chosen
-        rows = rid[live]
-        gen[rows, t] = tok[live]
+                rows = rid[a + idx]
+                i_dev = idx.to(device)
+                sel = i_dev + a
+                streams = [logits.index_select(0, i_dev + at[s0]) for s0 in b.stream_starts]
+            hist = None
+            if b.reads_history:
+                hist = torch.cat([prompt_hist[prompt_t[rows]], gen[rows, :t]], dim=1).to(device)
+            src = sem.Sources(
+                logits=_take(logits, sel), history=hist,
+                residuals=[_take(h, sel) for h in residuals] if b.reads_residuals else None,
+                lens=model.lens, n_layer=L, n_head=H, gated=streams or None)
+            y = b.plan.module(sources=src, mode="exact")
+            if y.dtype != Y.dtype or y.shape != src.logits.shape:
+                # unusual output: choose this program's tokens on its own (as before)
+                if b.plan.base == "greedy":
+                    chosen = sem.greedy_exact(None, y)
+                else:
+                    u = uniforms(seed, prompt_t[rows], sample_t[rows], t)
+                    chosen = sem.sample_exact(None, y, u)
+                separate.append((slice(a, e) if idx is None else a + idx, chosen))
+            elif idx is None:
+                Y[a:e] = y
+            else:
+                Y.index_copy_(0, (a + idx).to(device), y)
+        # one argmax for all greedy rows, one inverse-CDF draw for all sampling rows
+        chosen = torch.zeros(M, dtype=torch.long, device=device)
+        if G:
+            chosen[:G] = sem.greedy_exact(None, Y[:G])
+        if M > G:
+            rows = rid[G:M]
+            u = uniforms(seed, prompt_t[rows], sample_t[rows], t)
+            chosen[G:M] = sem.sample_exact(None, Y[G:M], u)
+        for where_, c in separate:
+            chosen[where_ if isinstance(where_, slice) else where_.to(device)] = c
+        lp = torch.log_softmax(main_logits.double(), dim=-1)
+        lp = lp.gather(1, chosen[:, None]).squeeze(1).cpu()
+        chosen = chosen.cpu()
+        if all_live:
+            ll[rid[:M]] += lp
+        else:
+            keep_m = live_t[:M]
+            ll[rid[:M][keep_m]] += lp[keep_m]
+        # stream rows take their main row's token
+        if B == R:
+            tok = chosen[main_pos] if R > R_main else chosen
+        else:
+            tok = chosen[torch.searchsorted(rid, main_t[rid])]
+        if all_live:
+            rows = rid
+            gen[rows, t] = tok
+        else:
+            rows = rid[live_t]
+            gen[rows, t] = tok[live_t]
         gen_len[rows] += 1
-        hit_stop = (tok == stop_token) if stop_token is not None else torch.zeros_like(live)
-        stopped[rows] = hit_stop[live]
-        newly = live & (hit_stop | torch.tensor(t + 1 >= max_new_tokens))
-        done[rid[newly]] = True
-        if bool(done.all()):
-            break
-        finished_in_batch += int(newly.sum())
-        if select is not None and finished_in_batch * 4 >= rid.numel():
+        hit_stop = (tok == stop_token) if stop_token is not None else torch.zeros_like(live_t)
+        stopped[rows] = hit_stop if all_live else hit_stop[live_t]
+        newly = live_t & (hit_stop | (t + 1 >= max_new_tokens))
+        n_new = int(newly.sum())
+        if n_new:
+            done[rid[newly]] = True
+            if bool(done.all()):
+                break
+        finished_in_batch += n_new
+        if select is not None and finished_in_batch * 4 >= B:
             keep = (~done[rid]).nonzero().squeeze(1)
             k_dev = keep.to(device)
             cache = select(cache, k_dev)
@@ -329,29 +441,32 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
             finished_in_batch = 0
         mask = torch.cat([mask, torch.ones(rid.numel(), 1, dtype=torch.bool, device=device)],
                          dim=1)
+        gates_now = None
+        if gate_rows is not None:
+            gates_now = gate_rows if rid.numel() == R else gate_rows.index_select(
+                0, rid.to(device))
         out = model.forward_step(tok[:, None].to(device), attention_mask=mask, cache=cache,
-                                 head_gates=None if gate_rows is None
-                                 else gate_rows.index_select(0, rid.to(device)))
+                                 head_gates=gates_now)
         cache = out.cache
         logits = out.logits[:, -1]
         residuals = [h[:, -1] for h in out.residuals] if needs_residuals else []
 
     # -- answers: samples -> vote / best-of layers, innermost first
-    results: list[list[Decoding]] = []
-    for p, pl in enumerate(plans):
+    gen_l, len_l, stop_l, ll_l = gen.tolist(), gen_len.tolist(), stopped.tolist(), ll.tolist()
+    plen = prompt_len.tolist()
+    answers: list[list[Decoding]] = []
+    for b in blocks:
+        pl = b.plan
         n_streams = 1 + pl.module.n_gated
         per_prompt = []
         for i in range(N):
             cands = []
             for j in range(pl.samples):
-                r = ((prog_t == p) & (stream_t == 0) & (prompt_t == i) & (sample_t == j)) \
-                    .nonzero().item()
-                g = int(gen_len[r])
-                toks = gen[r, :g].tolist()
-                if stopped[r]:
-                    toks = toks[:-1]
-                cost = n_streams * (int(prompt_len[i]) + g - 1)
-                cands.append(Decoding(toks, bool(stopped[r]), cost, float(ll[r])))
+                r = b.start + i * pl.samples + j
+                g = len_l[r]
+                toks = gen_l[r][:g - 1 if stop_l[r] else g]
+                cost = n_streams * (plen[i] + g - 1)
+                cands.append(Decoding(toks, stop_l[r], cost, ll_l[r]))
             for op, n in reversed(pl.layers):
                 choose = sem.KERNELS[op].exact
                 nxt = []
@@ -363,7 +478,14 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                 cands = nxt
             assert len(cands) == 1
             per_prompt.append(cands[0])
-        results.append(per_prompt)
+        answers.append(per_prompt)
+    results, used = [], set()
+    for q in slot_of:
+        if q in used:  # a duplicate program: its own copies of the same answers
+            results.append([dataclasses.replace(d, tokens=list(d.tokens)) for d in answers[q]])
+        else:
+            used.add(q)
+            results.append(answers[q])
     return results[0] if single else results
 
 

@@ -192,7 +192,7 @@ def _read_scheme(scan: _Scan) -> list[Datum]:
         elif token.type == "DOT":
             msg = "unexpected '.': a dot only goes before the last datum of a list"
         raise DslError(msg, filename, token.line, token.column, line_of(text, token.line)) from None
-    return _SchemeBuilder(filename).build(tree)
+    return _SchemeBuilder(filename, text).build(tree)
 
 
 def _describe_token(token) -> str:
@@ -213,8 +213,9 @@ def _bad_char_message(text: str, pos: int, ch: str) -> str:
 class _SchemeBuilder:
     """Lark parse tree -> Datums, iteratively (no recursion on nesting depth)."""
 
-    def __init__(self, filename: str):
+    def __init__(self, filename: str, text: str):
         self.filename = filename
+        self.text = text
 
     def span(self, meta) -> Span:
         return Span(self.filename, meta.line, meta.column)
@@ -269,7 +270,10 @@ class _SchemeBuilder:
         tok = next(c for c in node.children if isinstance(c, Token))
         text = str(tok)
         if rule == "number":
-            return Datum("number", parse_number(text), span)
+            try:
+                return Datum("number", parse_number(text), span)
+            except (ValueError, ZeroDivisionError):
+                raise DslError.at(span, f"bad number literal '{text}'", self.text) from None
         if rule == "boolean":
             return Datum("bool", text in ("#t", "#true"), span)
         if rule == "string":

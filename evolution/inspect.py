@@ -157,7 +157,7 @@ def trace(program_path: str, run_path: str, prompt: str, top: int = 5,
     nodes = _evaluation_order(p.logits_expr)
     modules = {id(n): engine_dsl.compile_expr(n) for n in nodes}
     ids = tok.encode(prompt, bos=True)
-    limit = max_new_tokens or run.cfg.loop.max_new_tokens
+    limit = max_new_tokens or run.answer_cap()
     lines = [f"trace of {d.name}: {expr_to_scheme(d.body)}",
              f"prompt {prompt!r}; {p.base} over the Logits program"
              + (f"; {' / '.join(f'{k} {n}' for k, n in p.layers)}: first sample shown"

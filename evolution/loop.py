@@ -301,8 +301,15 @@ class CoEvolution:
                                                                    strict=True)) / len(answers)
 
         return DecodeEvaluator(self.model, self._prompts(examples), refs, score_fn=score,
-                               seed=seed, max_new_tokens=self.cfg.loop.max_new_tokens,
+                               seed=seed, max_new_tokens=self.answer_cap(),
                                stop_token=tok.eos_id, pad_token=tok.pad_id)
+
+    def answer_cap(self) -> int:
+        """Answer length cap: configured, or the task's longest answer plus the stop token."""
+        if self.cfg.loop.max_new_tokens:
+            return self.cfg.loop.max_new_tokens
+        answers = self.task.train + self.task.valid + self.task.test
+        return 1 + max(len(self.tokenizer.encode(e.output)) for e in answers)
 
     def _rows(self, examples: list[Example]) -> CachedRows:
         """Teacher-forced rows at the answer tokens (text tasks: every token) of examples."""

@@ -101,3 +101,33 @@ def select_parents(individuals: list, k: int, rng: random.Random, kind: str = "n
     if kind == "nsga2":
         return select_parents_nsga2(individuals, k, rng)
     return select_double_tournament(individuals, k, rng, fitness_size, parsimony_size)
+
+
+def one_standard_error_choice(row_scores: list, complexity: list, se_multiple: float = 1.0
+                              ) -> int:
+    """Occam's choice among candidate models scored on the same rows (the "one standard
+    error rule" of Breiman et al.'s CART, the spirit of PySR's model selection): the least
+    complex candidate whose mean score is within `se_multiple` standard errors of the best
+    mean, the standard error being that of the paired per-row differences with the best.
+
+    row_scores: per candidate, a sequence of per-row scores (higher is better; same rows,
+    same order); complexity: per candidate, a sortable key (smaller is simpler, e.g.
+    (cost, size)). Ties in complexity go to the higher mean. Returns the chosen index."""
+    import math
+
+    if not row_scores or len(row_scores) != len(complexity):
+        raise ValueError("one score sequence and one complexity per candidate")
+    rows = [list(map(float, r)) for r in row_scores]
+    n = len(rows[0])
+    if any(len(r) != n for r in rows):
+        raise ValueError("every candidate must be scored on the same rows")
+    means = [sum(r) / n for r in rows]
+    best = max(range(len(rows)), key=lambda i: means[i])
+    eligible = []
+    for i, r in enumerate(rows):
+        d = [b - x for b, x in zip(rows[best], r, strict=True)]
+        gap = sum(d) / n
+        var = sum((x - gap) ** 2 for x in d) / max(n - 1, 1)
+        if gap <= se_multiple * math.sqrt(var / n):
+            eligible.append(i)
+    return min(eligible, key=lambda i: (complexity[i], -means[i]))

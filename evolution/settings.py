@@ -51,12 +51,12 @@ class TaskSection:
 
 @dataclass
 class LoopSection:
-    pretrain_steps: int = 1200  # model-alone training before generation 1 (phase 0)
+    pretrain_steps: int = 2500  # model-alone training before generation 1 (generation 0)
     train_steps: int = 100  # model training per generation (layer 1)
     program_lambda: float = 0.1  # weight of the champion program's relaxed answer loss
-    valid_prompts: int = 48  # prompts of the valid split scoring every program
+    valid_prompts: int = 64  # prompts of the valid split scoring every program
     test_prompts: int = 200  # prompts of the test split in the final report
-    max_new_tokens: int = 6  # answer length cap
+    max_new_tokens: int = 0  # answer length cap; 0: the task's longest answer + 1 (the stop)
     bootstrap: int = 1000  # resamples for the 95% intervals of the final report
     phased_model_generations: int = 1  # mode=phased: generations training the model alone
     phased_program_generations: int = 2  # ... then evolving programs with the model frozen
@@ -69,7 +69,8 @@ class RunConfig:
     loop: LoopSection = field(default_factory=LoopSection)
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    evolution: EvolutionConfig = field(
+        default_factory=lambda: EvolutionConfig(population_size=16))
 
     def validate(self) -> None:
         if self.run.mode not in MODES:
@@ -84,6 +85,9 @@ class RunConfig:
                 raise ConfigError(f"loop.{key} must be >= 0")
         if self.loop.program_lambda < 0:
             raise ConfigError("loop.program_lambda must be >= 0")
+        if self.loop.max_new_tokens >= self.model.block_size:
+            raise ConfigError(f"loop.max_new_tokens = {self.loop.max_new_tokens} exceeds the "
+                              f"cap model.block_size - 1 = {self.model.block_size - 1}")
 
 
 # --- dict <-> dataclass ---------------------------------------------------------------------
@@ -222,7 +226,9 @@ def merge(base: dict, over: dict) -> dict:
 def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dict | None = None
             ) -> RunConfig:
     """defaults <- config file <- command-line flags <- --set, checked and validated."""
-    data: dict = load_toml(config_file) if config_file else {}
+    data = to_dict(RunConfig())  # defaults, including RunConfig's own nested ones
+    if config_file:
+        data = merge(data, load_toml(config_file))
     data = merge(data, overrides or {})
     for s in sets:
         apply_set(data, s)

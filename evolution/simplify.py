@@ -14,6 +14,8 @@ Logits
   (layer n_layer)                        -> logits
   (if c A A)                             -> A
   (if #t A B) -> A, (if #f A B) -> B, (if (not c) A B) -> (if c B A)
+  (mix A A w)                            -> A    only where the result is read up to a
+                                                 per-row additive shift (see below)
 Bool
   (not (not c)) -> c, (not #t) -> #f, (and c c) / (or c c) -> c,
   (and #t c) -> c, (and #f c) -> #f, (or #f c) -> c, (or #t c) -> #t,
@@ -21,6 +23,15 @@ Bool
 Decoder
   (greedy T) -> (greedy L) where T is temperature/top-k/top-p/min-p of L (all keep the
   argmax, and greedy reads nothing else)
+
+Shift context. `(mix A A w)` is log_softmax(A): A shifted by a per-row constant (the same
+kept set). Its value differs from A, but nothing changes where every consumer on the way to
+the decoder reads its input only up to a per-row shift: sample/greedy, the log-softmax of
+mix/contrast and the measures (entropy, max-prob, margin) are shift-invariant; temperature,
+top-k, top-p, min-p, typical and the branches of `if` are shift-equivariant (a shifted input
+gives the same output, shifted), so they pass the context on; repetition-penalty (the sign
+of a score matters) and everything else break it. A top-level Logits expression is read
+exactly (no shift allowed); a Decoder's distribution is the same.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from engine_dsl.nodes import Apply, BoolConst, CountConst, Expr, RealConst
 from .bridge import SearchSpace
 
 ARGMAX_KEEPING = ("temperature", "top-k", "top-p", "min-p")
+SHIFT_INVARIANT = ("sample", "greedy", "mix", "contrast", "entropy", "max-prob", "margin")
+SHIFT_EQUIVARIANT = ("temperature", "top-k", "top-p", "min-p", "typical")
 
 
 def simplify(expr: Expr, space: SearchSpace | None = None, max_rounds: int = 50) -> Expr:
@@ -45,10 +58,25 @@ def simplify(expr: Expr, space: SearchSpace | None = None, max_rounds: int = 50)
     return expr
 
 
-def _rewrite(e: Expr, space: SearchSpace | None) -> Expr:
+def _child_shift_ok(op: str, index: int, shift_ok: bool) -> bool:
+    """May argument `index` of `op` be replaced by a per-row shift of itself, given whether
+    `op`'s own result may be (`shift_ok`)?"""
+    if op in SHIFT_INVARIANT:
+        return True
+    if op in SHIFT_EQUIVARIANT:
+        return shift_ok and index == 0
+    if op == "if":
+        return shift_ok and index > 0
+    return False
+
+
+def _rewrite(e: Expr, space: SearchSpace | None, shift_ok: bool = False) -> Expr:
     if not isinstance(e, Apply) or not e.args:
         return e
-    e = replace(e, args=tuple(_rewrite(a, space) for a in e.args))
+    e = replace(e, args=tuple(_rewrite(a, space, _child_shift_ok(e.op, i, shift_ok))
+                              for i, a in enumerate(e.args)))
+    if shift_ok and e.op == "mix" and e.args[0] == e.args[1]:
+        return e.args[0]
     return _rule(e, space)
 
 
