@@ -84,6 +84,10 @@ def cmd_evolve(args) -> int:
         cfg = resolve(str(rundir.config), args.set or [])
         run = CoEvolution(cfg, rundir, console)
         run.resume()
+        if args.set:  # e.g. --set run.generations=10 extends a run; the run records it
+            from evolution.settings import dump_toml
+
+            rundir.write(rundir.config, dump_toml(cfg))
         console.print(f"resuming {rundir.path} at generation {run.next_generation}")
     else:
         overrides = {}
@@ -115,6 +119,8 @@ def cmd_evolve(args) -> int:
         console.print(f"interrupted: the last finished generation is checkpointed; continue "
                       f"with: python run_evolution.py evolve --resume {rundir.path}")
         return 130
+    finally:
+        run.close()
     _print_report(report)
     print(f"run directory: {rundir.path}")
     return EXIT_OK

@@ -196,6 +196,34 @@ class _Block:
     stream_starts: list[int]
     reads_history: bool
     reads_residuals: bool
+    samples: int = 1
+
+
+CHUNK_ROWS = 1024  # rows per forward call on the CPU (see `chunk_rows`)
+
+
+def chunk_rows(device: torch.device) -> int | None:
+    """Rows per model call when decoding on `device` (None: the whole batch in one call).
+
+    On the CPU a KV-cached step is bound by copying the cache (the model appends the new
+    keys and values with `torch.cat`); chunks of about a thousand rows keep those buffers
+    small enough to be reused by the allocator and to stay in cache, which halves the step
+    time of a 16k-row batch (measured: 14.9 s -> 6.2 s for 64 x 256 rows x 8 tokens on the
+    default GPT). Accelerators want the whole batch in one call.
+    """
+    return CHUNK_ROWS if torch.device(device).type == "cpu" else None
+
+
+def _last_positions(outs, with_residuals: bool):
+    """Last-position logits and residual streams of chunked model outputs, concatenated."""
+    if len(outs) == 1:
+        o = outs[0]
+        return o.logits[:, -1], [h[:, -1] for h in o.residuals] if with_residuals else []
+    logits = torch.cat([o.logits[:, -1] for o in outs])
+    if not with_residuals:
+        return logits, []
+    return logits, [torch.cat([o.residuals[k][:, -1] for o in outs])
+                    for k in range(len(outs[0].residuals))]
 
 
 def _take(x: torch.Tensor, sel: slice | torch.Tensor) -> torch.Tensor:
@@ -242,7 +270,7 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     for q in order:
         pl = distinct[q]
         blocks[q] = _Block(pl, cursor, N * pl.samples, [], "history" in pl.module.reads,
-                           "residuals" in pl.module.reads)
+                           "residuals" in pl.module.reads, pl.samples)
         cursor += N * pl.samples
     R_main = cursor
     G_main = sum(blocks[q].n for q in order if distinct[q].base == "greedy")
@@ -308,18 +336,21 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                                  attention_mask=prompt_mask[u_prompt].to(device),
                                  head_gates=u_gates)
         select = _cache_selector(model, out.cache, N * (1 + n_gates))
+    # the batch runs as consecutive chunks of rows, each with its own cache: [rows, cache]
+    chunk = chunk_rows(device) or R
+    spans = [(c0, min(c0 + chunk, R)) for c0 in range(0, R, chunk)]
     if select is not None:
         k_dev = (gate_t * N + prompt_t).to(device)
-        cache = select(out.cache, k_dev)
+        parts = [[c1 - c0, select(out.cache, k_dev[c0:c1])] for c0, c1 in spans]
         logits = out.logits[:, -1].index_select(0, k_dev)
         residuals = [h[:, -1].index_select(0, k_dev) for h in out.residuals]
     else:  # run every row's prompt itself
-        out = model.forward_step(prompt_ids[prompt_t].to(device),
-                                 attention_mask=prompt_mask[prompt_t].to(device),
-                                 head_gates=gate_rows)
-        cache = out.cache
-        logits = out.logits[:, -1]
-        residuals = [h[:, -1] for h in out.residuals]
+        outs = [model.forward_step(prompt_ids[prompt_t[c0:c1]].to(device),
+                                   attention_mask=prompt_mask[prompt_t[c0:c1]].to(device),
+                                   head_gates=None if gate_rows is None else gate_rows[c0:c1])
+                for c0, c1 in spans]
+        parts = [[c1 - c0, o.cache] for (c0, c1), o in zip(spans, outs, strict=True)]
+        logits, residuals = _last_positions(outs, True)
     mask = prompt_mask[prompt_t].to(device)
     needs_residuals = any(b.reads_residuals for b in blocks)
 
@@ -434,7 +465,15 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
         if select is not None and finished_in_batch * 4 >= B:
             keep = (~done[rid]).nonzero().squeeze(1)
             k_dev = keep.to(device)
-            cache = select(cache, k_dev)
+            c0, kept_parts = 0, []
+            for n, part_cache in parts:
+                mine = k_dev[(k_dev >= c0) & (k_dev < c0 + n)] - c0
+                if mine.numel() == n:
+                    kept_parts.append([n, part_cache])
+                elif mine.numel():
+                    kept_parts.append([mine.numel(), select(part_cache, mine)])
+                c0 += n
+            parts = kept_parts
             mask = mask.index_select(0, k_dev)
             tok = tok[keep]
             rid = rid[keep]
@@ -445,24 +484,28 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
         if gate_rows is not None:
             gates_now = gate_rows if rid.numel() == R else gate_rows.index_select(
                 0, rid.to(device))
-        out = model.forward_step(tok[:, None].to(device), attention_mask=mask, cache=cache,
-                                 head_gates=gates_now)
-        cache = out.cache
-        logits = out.logits[:, -1]
-        residuals = [h[:, -1] for h in out.residuals] if needs_residuals else []
+        tok_dev, outs, c0 = tok[:, None].to(device), [], 0
+        for part in parts:
+            n, c1 = part[0], c0 + part[0]
+            o = model.forward_step(tok_dev[c0:c1], attention_mask=mask[c0:c1], cache=part[1],
+                                   head_gates=None if gates_now is None else gates_now[c0:c1])
+            part[1] = o.cache
+            outs.append(o)
+            c0 = c1
+        logits, residuals = _last_positions(outs, needs_residuals)
 
     # -- answers: samples -> vote / best-of layers, innermost first
     gen_l, len_l, stop_l, ll_l = gen.tolist(), gen_len.tolist(), stopped.tolist(), ll.tolist()
     plen = prompt_len.tolist()
     answers: list[list[Decoding]] = []
     for b in blocks:
-        pl = b.plan
+        pl, S = b.plan, b.samples
         n_streams = 1 + pl.module.n_gated
         per_prompt = []
         for i in range(N):
             cands = []
-            for j in range(pl.samples):
-                r = b.start + i * pl.samples + j
+            for j in range(S):
+                r = b.start + i * S + j
                 g = len_l[r]
                 toks = gen_l[r][:g - 1 if stop_l[r] else g]
                 cost = n_streams * (plen[i] + g - 1)

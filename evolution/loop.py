@@ -254,7 +254,31 @@ class CoEvolution:
             evo = replace(evo, population_size=len(self.seeds), mutant_fraction=0.0)
         # the model moves between generations, so survivors are scored again on it
         evo = replace(evo, reevaluate_parents=True, seed=self.cfg.run.seed)
-        return build_toolbox(evo, self._space())
+        toolbox = build_toolbox(evo, self._space())
+        if self._map is not None:
+            toolbox.register("map", self._map)
+        return toolbox
+
+    @property
+    def _map(self):
+        """The parallel map for tuning (created once per run), or None for in-process."""
+        loop = self.cfg.loop
+        if getattr(self, "_pool", None) is None and (loop.workers or loop.ray_address):
+            from .evaluation import ProcessMap, RayMap
+
+            try:
+                self._pool = (RayMap(loop.ray_address) if loop.ray_address
+                              else ProcessMap(loop.workers))
+            except ImportError as e:
+                raise RunError(f"loop.ray_address needs Ray ({e})") from None
+        return getattr(self, "_pool", None)
+
+    def close(self) -> None:
+        """Stop worker processes, if any."""
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
+            self._pool = None
 
     def _train(self, steps: int, label: str, program_lambda: float) -> dict | None:
         if steps <= 0:

@@ -58,6 +58,8 @@ class LoopSection:
     test_prompts: int = 200  # prompts of the test split in the final report
     max_new_tokens: int = 0  # answer length cap; 0: the task's longest answer + 1 (the stop)
     bootstrap: int = 1000  # resamples for the 95% intervals of the final report
+    workers: int = 0  # tune new programs in this many worker processes (0: in-process)
+    ray_address: str = ""  # tune on a Ray cluster instead ("auto", "ray://host:port")
     phased_model_generations: int = 1  # mode=phased: generations training the model alone
     phased_program_generations: int = 2  # ... then evolving programs with the model frozen
 
@@ -80,7 +82,7 @@ class RunConfig:
             if getattr(self.run, key) < 0:
                 raise ConfigError(f"run.{key} must be >= 0")
         for key in ("pretrain_steps", "train_steps", "max_new_tokens", "valid_prompts",
-                    "test_prompts", "bootstrap"):
+                    "test_prompts", "bootstrap", "workers"):
             if getattr(self.loop, key) < 0:
                 raise ConfigError(f"loop.{key} must be >= 0")
         if self.loop.program_lambda < 0:

@@ -212,3 +212,32 @@ def test_resume_of_a_finished_run_only_reports(tiny_run):
     before = (out / "hall-of-fame.scm").read_bytes()
     cli("evolve", "--resume", out, check=0)
     assert (out / "hall-of-fame.scm").read_bytes() == before
+
+
+def test_phase1_mode_keeps_the_seeds_structure(tmp_path):
+    """--mode phase1: the population is the seed programs; only their constants move."""
+    from engine_dsl import Apply, walk
+
+    out = tmp_path / "p1"
+    cli("evolve", "--out", out, "--config", TINY, "--mode", "phase1", check=0)
+
+    def shapes(path):
+        return sorted(str([n.op if isinstance(n, Apply) else type(n).__name__
+                           for n in walk(d.body)]) for d in read_file(path))
+
+    seeds = [ROOT / "programs" / p for p in ("greedy.scm", "nucleus.scm", "entropy-branch.scm")]
+    expected = sorted(s for p in seeds for s in shapes(p))
+    assert shapes(out / "generations" / "gen-0002.scm") == expected
+
+
+def test_phased_mode_trains_model_then_programs_then_both(tmp_path):
+    out = tmp_path / "phased"
+    cli("evolve", "--out", out, "--config", TINY, "--mode", "phased", "--generations", "3",
+        "--set", "loop.phased_model_generations=1", "--set",
+        "loop.phased_program_generations=1", check=0)
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    trained = [e["model"] is not None for e in log]
+    assert trained == [True, True, False, True]
+    ops = [c for d in read_file(out / "generations" / "gen-0001.scm") for c in d.comments
+           if c.startswith(";; generation:")]
+    assert all(c == ";; generation: 0" for c in ops)  # generation 1 only trained the model
