@@ -3,16 +3,24 @@
 Three contenders decode the same number of tokens (no stop token, so every row generates
 --tokens tokens) on the same model and prompts:
 
-* batched: `engine_dsl.decode` of all P programs x N prompts at once (one KV-cached forward
-  per step for every row, common random numbers) - what `evolution.DecodeEvaluator` runs;
-* floor: a bare batched KV-cached greedy decode of P x N rows with no program at all;
-* naive: program by program (`engine_dsl.decoders.decode_each`), N rows per decode.
+* batched: `engine_dsl.decode` of all P programs x N prompts at once (KV-cached forwards
+  over every row each step, common random numbers) - what `evolution.DecodeEvaluator` runs;
+* floor: a bare KV-cached greedy decode of P x N rows with no program at all, on the same
+  schedule as `decode` (each prompt prefilled once and its cache copied to its P rows, rows
+  run in chunks of `engine_dsl.decoders.chunk_rows`), so batched / floor is what the programs
+  cost on top of the model;
+* naive: program by program (`engine_dsl.decoders.decode_each`: the same engine, KV cache
+  and prefill sharing, N rows per decode).
 
 Goals: batched / floor <= 1.5; naive / batched >= 10. Programs: the shipped seeds plus
 random typed programs from the GP generator, vote/best-of wrappers removed (so every program
-has exactly N rows). Medians of --repeats runs.
+has exactly N main rows), all distinct (`decode` decodes identical programs once, which would
+flatter it). Programs with `gated` nodes add N rows per node to the batched and naive runs
+(their extra forward streams) but not to the floor. Medians of --repeats runs.
+`--plain-floor` also times the floor as one call over all P x N rows with every prompt
+prefilled P times (the floor of earlier versions of this bench).
 
-    .venv/bin/python bench/population.py            # P=64, N=256
+    .venv/bin/python bench/population.py            # P=64, N=256, one thread
     .venv/bin/python bench/population.py --programs 8 --prompts 32 --repeats 1   # quick
 """
 
@@ -32,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import engine_dsl  # noqa: E402
-from engine_dsl.decoders import decode_each  # noqa: E402
+from engine_dsl.decoders import _select, chunk_rows, decode_each, plan  # noqa: E402
 from evolution.bridge import SearchSpace, to_expr  # noqa: E402
 from evolution.generation import ConstantSampler, random_individual  # noqa: E402
 from evolution.tuning import rewrap_base  # noqa: E402
@@ -42,27 +50,56 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def programs(n: int, model, seed: int = 0) -> list:
-    """The shipped seeds (wrappers removed) then random programs, n in all."""
-    out = []
+    """The shipped seeds (wrappers removed) then random programs, n distinct in all."""
+    out, seen = [], set()
+
+    def add(expr):
+        if expr not in seen:
+            seen.add(expr)
+            out.append(expr)
+
     for f in sorted((ROOT / "programs").glob("*.scm")):
         for d in engine_dsl.read(f.read_text(), str(f)):
-            out.append(rewrap_base(d.body))
+            add(rewrap_base(d.body))
     space = SearchSpace.for_model(model)
     rng, sampler = random.Random(seed), ConstantSampler(space)
     while len(out) < n:
-        out.append(rewrap_base(to_expr(random_individual(rng, sampler, (2, 5)))))
+        add(rewrap_base(to_expr(random_individual(rng, sampler, (2, 5)))))
     return out[:n]
 
 
-@torch.no_grad()
-def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad: int):
-    """Bare batched KV-cached greedy decoding of `copies` x len(prompts) rows."""
+def _left_padded(prompts: list[list[int]], pad: int):
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids, dtype=torch.bool)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = True
+    return ids, mask
+
+
+@torch.no_grad()
+def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad: int):
+    """Bare KV-cached greedy decoding of `copies` x len(prompts) rows on `decode`'s schedule:
+    each prompt prefilled once, its cache copied to its rows, rows in chunks."""
+    ids, mask = _left_padded(prompts, pad)
+    out = model.forward_step(ids, attention_mask=mask)
+    rows = torch.arange(len(prompts)).repeat(copies)
+    chunk = chunk_rows(torch.device("cpu")) or rows.numel()
+    for c0 in range(0, rows.numel(), chunk):
+        r = rows[c0:c0 + chunk]
+        cache, m = _select(out.cache, r), mask[r]
+        nxt = out.logits[r, -1].argmax(-1, keepdim=True)
+        for _ in range(tokens - 1):
+            m = torch.cat((m, torch.ones_like(nxt, dtype=torch.bool)), 1)
+            o = model.forward_step(nxt, attention_mask=m, cache=cache)
+            cache, nxt = o.cache, o.logits[:, -1].argmax(-1, keepdim=True)
+
+
+@torch.no_grad()
+def plain_floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad: int):
+    """The earlier floor: one call over all rows, every prompt prefilled `copies` times."""
+    ids, mask = _left_padded(prompts, pad)
     ids, mask = ids.repeat(copies, 1), mask.repeat(copies, 1)
     out = model.forward_step(ids, attention_mask=mask)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -84,8 +121,11 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=8, help="new tokens per answer")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: stable timings on a shared machine)")
     ap.add_argument("--skip-naive", action="store_true", help="the naive loop is the slowest")
+    ap.add_argument("--plain-floor", action="store_true",
+                    help="also time the earlier floor (one call, no prefill sharing)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -99,20 +139,30 @@ def main(argv=None) -> int:
     kw = dict(max_new_tokens=args.tokens, stop_token=None, seed=0, pad_token=tok.pad_id)
 
     engine_dsl.decode(model, progs[:2], prompts[:4], **kw)  # warm-up
-    t_batched, t_floor, t_naive = [], [], []
+    t_batched, t_floor, t_naive, t_plain = [], [], [], []
+    load_before = os.getloadavg()[0]
     for _ in range(args.repeats):
         t_floor.append(timed(lambda: floor_decode(model, prompts, len(progs), args.tokens,
                                                   tok.pad_id)))
+        if args.plain_floor:
+            t_plain.append(timed(lambda: plain_floor_decode(model, prompts, len(progs),
+                                                            args.tokens, tok.pad_id)))
         t_batched.append(timed(lambda: engine_dsl.decode(model, progs, prompts, **kw)))
         if not args.skip_naive:
             t_naive.append(timed(lambda: decode_each(model, progs, prompts, **kw)))
     b, f = statistics.median(t_batched), statistics.median(t_floor)
+    streams = sum(plan(p).module.n_gated for p in progs)
     res = {"programs": len(progs), "prompts": len(prompts), "tokens": args.tokens,
-           "threads": args.threads, "batched_s": round(b, 3), "floor_s": round(f, 3),
+           "threads": args.threads, "rows": len(progs) * len(prompts),
+           "gated_stream_rows": streams * len(prompts), "load_before": load_before,
+           "batched_s": round(b, 3), "floor_s": round(f, 3),
            "batched_over_floor": round(b / f, 2)}
+    if t_plain:
+        res["plain_floor_s"] = round(statistics.median(t_plain), 3)
     if t_naive:
         n = statistics.median(t_naive)
         res.update(naive_s=round(n, 3), naive_over_batched=round(n / b, 2))
+    res["load_after"] = os.getloadavg()[0]
     print(json.dumps(res))
     print(f"batched/floor = {res['batched_over_floor']} (goal <= 1.5)"
           + (f"; naive/batched = {res['naive_over_batched']} (goal >= 10)" if t_naive else ""))

@@ -429,8 +429,11 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
             chosen[:G] = sem.greedy_exact(None, Y[:G])
         if M > G:
             rows = rid[G:M]
-            u = uniforms(seed, prompt_t[rows], sample_t[rows], t)
-            chosen[G:M] = sem.sample_exact(None, Y[G:M], u)
+            u = uniforms(seed, prompt_t[rows], sample_t[rows], t).to(device)
+            step = chunk_rows(device) or M - G
+            for c0 in range(G, M, step):  # row by row the same; small buffers are faster
+                c1 = min(c0 + step, M)
+                chosen[c0:c1] = sem.sample_exact(None, Y[c0:c1], u[c0 - G:c1 - G])
         for where_, c in separate:
             chosen[where_ if isinstance(where_, slice) else where_.to(device)] = c
         lp = torch.log_softmax(main_logits.double(), dim=-1)

@@ -123,20 +123,39 @@ class CachedRows:
         return self.targets.numel()
 
 
-@torch.no_grad()
-def cache_rows(model, ids: torch.Tensor, score_mask: torch.Tensor) -> CachedRows:
+def cache_rows(model, ids: torch.Tensor, score_mask: torch.Tensor,
+               attention_mask: torch.Tensor | None = None, grad: bool = False) -> CachedRows:
     """Run `model` once over right-padded sequences `ids` (S, T) and keep one row per
-    position t where `score_mask[:, t + 1]` marks token t + 1 as scored (predicted at t)."""
-    S, T = ids.shape
-    out = model.forward_step(ids)
-    pos = score_mask[:, 1:].nonzero(as_tuple=False)  # (R, 2) of (sequence, position)
-    si, ti = pos[:, 0], pos[:, 1]
-    hist = ids.new_full((len(si), T), -1)
-    keep = torch.arange(T)[None, :] <= ti[:, None]  # (R, T)
-    hist[keep] = ids[si][keep]
+    position t where `score_mask[:, t + 1]` marks token t + 1 as scored (predicted at t).
+
+    grad=False (tuning, scoring): no graph, and the lens and gated passes give no gradient to
+    the model. grad=True (the model's training loss through a program): everything stays
+    differentiable in the model's parameters."""
+    inputs = ids[:, :-1]  # the last token is only ever a target
+    mask = None if attention_mask is None else attention_mask[:, :-1]
+    with torch.set_grad_enabled(grad):
+        out = model.forward_step(inputs, attention_mask=mask)
+    si, ti = score_mask[:, 1:].nonzero(as_tuple=True)  # (sequence, position) of each row
+    hist = torch.where(torch.arange(inputs.size(1))[None, :] <= ti[:, None], inputs[si], -1)
+    if grad:
+        lens, gated = model.lens, _GatedRows(model, inputs, si, ti, mask)
+    else:
+        lens, gated = FrozenLens(model), GatedForward(model, inputs, si, ti)
     return CachedRows(out.logits[si, ti], tuple(r[si, ti] for r in out.residuals), hist,
-                      ids[si, ti + 1], GatedForward(model, ids, si, ti), FrozenLens(model),
-                      model.n_layer, model.n_head)
+                      ids[si, ti + 1], gated, lens, model.n_layer, model.n_head)
+
+
+class _GatedRows:
+    """gates -> (R, V) logits of a head-gated pass, differentiable in the model too."""
+
+    def __init__(self, model, ids, seq, pos, attention_mask):
+        self.model, self.ids, self.seq, self.pos = model, ids, seq, pos
+        self.attention_mask = attention_mask
+
+    def __call__(self, gates: torch.Tensor) -> torch.Tensor:
+        out = self.model.forward_step(self.ids, attention_mask=self.attention_mask,
+                                      head_gates=gates)
+        return out.logits[self.seq, self.pos]
 
 
 def program_scores(logits_expr: Expr | None, rows: CachedRows, *, mode: str = "exact",

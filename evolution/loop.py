@@ -115,22 +115,11 @@ class ChampionLoss:
         self.module = engine_dsl.compile_expr(plan.logits_expr).requires_grad_(False)
 
     def __call__(self, model, batch) -> torch.Tensor:
-        ids, mask = batch.inputs, batch.attention_mask[:, :-1]
-        targets = batch.targets(answer_only=True)
-        out = model.forward_step(ids, attention_mask=mask)
-        si, ti = (targets != -100).nonzero(as_tuple=True)
-        T = ids.size(1)
-        hist = torch.where(torch.arange(T)[None, :] <= ti[:, None], ids[si], -1)
-
-        def gated(gates):
-            return model.forward_step(ids, attention_mask=mask, head_gates=gates).logits[si, ti]
-
-        scores = self.module(logits=out.logits[si, ti], history=hist, mode="relaxed",
-                             sharpness=self.sharpness,
-                             residuals=[r[si, ti] for r in out.residuals], lens=model.lens,
-                             gated=gated, n_layer=model.n_layer, n_head=model.n_head)
+        rows = cache_rows(model, batch.ids, batch.answer_mask,
+                          attention_mask=batch.attention_mask, grad=True)
+        scores = self.module(mode="relaxed", sharpness=self.sharpness, **rows.sources())
         logp = torch.log_softmax(scores.float(), dim=-1)
-        return -logp.gather(1, targets[si, ti][:, None]).mean()
+        return -logp.gather(1, rows.targets[:, None]).mean()
 
 
 # --- the run ---------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""Pieces of the co-evolution loop, in process: the champion's loss inside model training,
+seed fitting, configuration."""
+
+import pytest
+import torch
+
+import engine_dsl
+from engine_dsl import DslError, Type, read
+from evolution.loop import GREEDY, ChampionLoss, fit_to_model
+from evolution.settings import ConfigError, resolve
+from neural import GPT, ByteTokenizer, GPTConfig, get_task, make_batch
+
+
+@pytest.fixture(scope="module")
+def model_and_batch():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32))
+    task = get_task("addition", difficulty=2, size=200)
+    batch = make_batch(ByteTokenizer(), task.train[:8], 32)
+    return model, batch
+
+
+def test_greedy_champion_loss_is_the_answer_lm_loss(model_and_batch):
+    """Relaxed greedy is log_softmax(logits): its loss equals the model's answer-token loss."""
+    model, batch = model_and_batch
+    _, lm = model(batch.inputs, batch.targets(answer_only=True))
+    assert torch.allclose(ChampionLoss(GREEDY)(model, batch), lm, atol=1e-5)
+
+
+@pytest.mark.parametrize("program", [
+    "(sample (top-p (temperature (repetition-penalty logits 1.2) 0.7) 0.9))",
+    "(vote 3 (sample (mix (layer 1) (gated #(0.0 1.0 2.0 3.0)) 0.3)))",
+    "(greedy (if (< (entropy logits) 1.0) (layer-mix #(0.0 1.0)) (top-k logits 3)))",
+])
+def test_champion_loss_gradient_reaches_the_model(model_and_batch, program):
+    model, batch = model_and_batch
+    model.zero_grad()
+    loss = ChampionLoss(engine_dsl.read_expr(program, Type.DECODER))(model, batch)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_seeds_are_fitted_to_the_model():
+    (d,) = read("(define a (greedy (mix (layer-mix #(1.0 2.0)) (gated #(3.0)) 0.5)))", "a.scm")
+    fitted = fit_to_model(d, 4, 2)
+    mix = fitted.body.args[0]
+    assert mix.args[0].args[0].values == (1.0, 2.0, 1.0, 2.0)
+    assert mix.args[1].args[0].values == (3.0,) * 8
+    (deep,) = read("(define b (greedy (layer 6)))", "b.scm")
+    with pytest.raises(DslError, match=r"b.scm:1:19: error: \(layer 6\) but the model has 4"):
+        fit_to_model(deep, 4, 2)
+
+
+def test_nested_defaults_survive_partial_sections():
+    cfg = resolve(None, ["evolution.tune_steps=3"])
+    assert cfg.evolution.population_size == 16 and cfg.evolution.tune_steps == 3
+    with pytest.raises(ConfigError, match="did you mean 'loop.train_steps'"):
+        resolve(None, ["loop.train_step=3"])
+    with pytest.raises(ConfigError, match="exceeds the cap model.block_size"):
+        resolve(None, ["loop.max_new_tokens=500"])
