@@ -252,7 +252,12 @@ def choose_champion(individuals, rows, space, args):
     frontier = ranked[: args.refine_top]
     for round_ in range(args.prune_rounds + 1):
         for e in frontier:
+            t0 = time.perf_counter()
             p, s = polish(e)
+            if os.environ.get("RECOVERY_DEBUG"):
+                print(f"  polish {time.perf_counter() - t0:.1f}s {s:.4f} "
+                      f"{engine_dsl.expr_to_scheme(e)} -> {engine_dsl.expr_to_scheme(p)}",
+                      file=sys.stderr, flush=True)
             if s > -1e9:
                 pool[p] = max(s, pool.get(p, -math.inf))
         if round_ == args.prune_rounds:

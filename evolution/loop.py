@@ -380,6 +380,10 @@ class CoEvolution:
         toolbox = self._toolbox()
         with torch.no_grad():
             greedy_score, greedy_cost = evaluator([GREEDY])[0]
+        if g > 0 and model_info is not None:
+            # scores taken on an older model are stale: the front is rebuilt from this
+            # generation's candidates, all scored on the current model
+            self.population.hall_of_fame.clear()
         if g == 0:
             self.population = initial_population(toolbox, self.rng, self.seeds)
             evaluate_population(self.population, evaluator)

@@ -305,3 +305,52 @@ def test_decode_rejects_bad_inputs():
         decode(m, "(greedy logits)", [[1]], max_new_tokens=0)
     with pytest.raises(ValueError):
         plan(read_expr("(top-k logits 3)"))
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_row_chunks_give_the_same_answers(monkeypatch, share):
+    """The batch runs in chunks of rows (each with its own cache, compacted on its own):
+    tiny chunks change nothing."""
+    import engine_dsl.decoders as decoders
+
+    progs = [read_expr(t, DEC) for t in PROGRAMS]
+    whole = decode(StandIn(), progs, PROMPTS, max_new_tokens=6, stop_token=0, seed=7,
+                   share=share)
+    monkeypatch.setattr(decoders, "CHUNK_ROWS", 3)
+    assert decoders.chunk_rows(torch.device("cpu")) == 3
+    chunked = decode(StandIn(), progs, PROMPTS, max_new_tokens=6, stop_token=0, seed=7,
+                     share=share)
+    assert_same(chunked, whole)
+
+
+def test_identical_programs_decode_once():
+    """Equal programs (same structure and constants) share rows; each gets its own answers."""
+    texts = ["(sample (top-p logits 0.8))", "(greedy logits)", "(sample (top-p logits 0.8))"]
+    a, b = StandIn(), StandIn()
+    got = decode(a, [read_expr(t, DEC) for t in texts], PROMPTS, max_new_tokens=5,
+                 stop_token=0, seed=1)
+    decode(b, [read_expr(t, DEC) for t in texts[:2]], PROMPTS, max_new_tokens=5,
+           stop_token=0, seed=1)
+    assert a.positions == b.positions
+    assert_same(got, decode_each(StandIn(), texts, PROMPTS, max_new_tokens=5, stop_token=0,
+                                 seed=1))
+    assert got[0][0] is not got[2][0] and got[0][0].tokens is not got[2][0].tokens
+    # same expression, a tuned constant: a different program
+    tuned = plan(read_expr(texts[0], DEC))
+    with torch.no_grad():
+        tuned.module.constants[0].add_(-3.0)
+    assert tuned.module.values() != plan(read_expr(texts[0], DEC)).module.values()
+    both = decode(StandIn(), [texts[0], tuned], PROMPTS, max_new_tokens=5, seed=1)
+    assert_same(both[1], decode(StandIn(), tuned, PROMPTS, max_new_tokens=5, seed=1))
+
+
+def test_greedy_and_sampling_programs_in_any_order_and_length():
+    """Rows are laid out greedy programs first; answers come back in the caller's order,
+    also for programs with different sample counts and gated streams."""
+    texts = ["(vote 2 (sample logits))", "(greedy (gated #(1.0 -2.0 0.5 3.0)))",
+             "(best-of 3 (greedy (repetition-penalty logits 1.5)))", "(sample (layer 1))"]
+    for order in (texts, texts[::-1], texts[1:] + texts[:1]):
+        together = decode(StandIn(), order, PROMPTS, max_new_tokens=6, stop_token=0, seed=3)
+        alone = decode_each(StandIn(), order, PROMPTS, max_new_tokens=6, stop_token=0,
+                            seed=3)
+        assert_same(together, alone)
