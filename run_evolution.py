@@ -13,35 +13,32 @@ from pathlib import Path
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-def cmd_check(args) -> int:
+def _each_program(paths, failures: list):
+    """(path, definitions) of each readable program file; errors printed and counted."""
     from engine_dsl import DslError
     from engine_dsl.files import read_file
 
-    failed = 0
-    for path in args.files:
+    for path in paths:
         try:
-            defs = read_file(path)
+            yield path, read_file(path)
         except DslError as e:
             print(e, file=sys.stderr)
-            failed += 1
-            continue
+            failures.append(path)
+
+
+def cmd_check(args) -> int:
+    failures: list = []
+    for path, defs in _each_program(args.files, failures):
         names = ", ".join(d.name for d in defs)
         print(f"{path}: ok ({len(defs)} definition{'s' if len(defs) != 1 else ''}: {names})")
-    return EXIT_ERROR if failed else EXIT_OK
+    return EXIT_ERROR if failures else EXIT_OK
 
 
 def cmd_fmt(args) -> int:
-    from engine_dsl import DslError
-    from engine_dsl.files import atomic_write, dialect_of, read_file, render
+    from engine_dsl.files import atomic_write, dialect_of, render
 
-    failed = 0
-    for path in args.files:
-        try:
-            defs = read_file(path)
-        except DslError as e:
-            print(e, file=sys.stderr)
-            failed += 1
-            continue
+    failures: list = []
+    for path, defs in _each_program(args.files, failures):
         dialect = args.to or dialect_of(path)
         text = render(defs, dialect)
         if not args.write:
@@ -55,7 +52,7 @@ def cmd_fmt(args) -> int:
             continue
         atomic_write(target, text)
         print(f"wrote {target}", file=sys.stderr)
-    return EXIT_ERROR if failed else EXIT_OK
+    return EXIT_ERROR if failures else EXIT_OK
 
 
 def _user_errors():

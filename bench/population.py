@@ -86,14 +86,16 @@ def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad:
     out = model.forward_step(ids, attention_mask=mask)
     rows = torch.arange(len(prompts)).repeat(copies)
     chunk = chunk_rows(torch.device("cpu")) or rows.numel()
+    chunks = []  # [cache, mask, next ids] per chunk of rows; steps outer, chunks inner
     for c0 in range(0, rows.numel(), chunk):
         r = rows[c0:c0 + chunk]
-        cache, m = _select(out.cache, r), mask[r]
-        nxt = out.logits[r, -1].argmax(-1, keepdim=True)
-        for _ in range(tokens - 1):
-            m = torch.cat((m, torch.ones_like(nxt, dtype=torch.bool)), 1)
-            o = model.forward_step(nxt, attention_mask=m, cache=cache)
-            cache, nxt = o.cache, o.logits[:, -1].argmax(-1, keepdim=True)
+        chunks.append([_select(out.cache, r), mask[r],
+                       out.logits[r, -1].argmax(-1, keepdim=True)])
+    for _ in range(tokens - 1):
+        for c in chunks:
+            c[1] = torch.cat((c[1], torch.ones_like(c[2], dtype=torch.bool)), 1)
+            o = model.forward_step(c[2], attention_mask=c[1], cache=c[0])
+            c[0], c[2] = o.cache, o.logits[:, -1].argmax(-1, keepdim=True)
 
 
 @torch.no_grad()

@@ -188,10 +188,10 @@ class Polisher:
     Count constants gradient cannot move (k +- 1, x2, /2 while the exact likelihood
     improves). Keeps whichever program has the best exact training likelihood."""
 
-    def __init__(self, rows, space, steps: int, sharpness=(30.0, 100.0, 300.0)):
+    def __init__(self, rows, space, steps: int, sharpness=(30.0, 100.0), batch: int = 1024):
         self.rows, self.space, self.steps, self.sharpness = rows, space, steps, sharpness
         self.evaluate = SafeEvaluator(LikelihoodEvaluator(rows))
-        self.batch = LikelihoodTuner(rows, batch=None).tune_batch(0)
+        self.batch = LikelihoodTuner(rows, batch=batch).tune_batch(0)
 
     def score(self, e) -> float:
         return self.evaluate([e])[0][0]
@@ -226,8 +226,12 @@ class Polisher:
                             break
         return e, best
 
-    def __call__(self, e):
+    def __call__(self, e, floor: float = -math.inf):
+        """(polished e, its training log-likelihood); e as it is when it scores below
+        `floor` (not worth polishing)."""
         best = self.score(e)
+        if best < floor:
+            return e, best
         e, best = self.tune(e, best)
         e2, best2 = self.counts(e, best)
         if e2 != e:
@@ -235,10 +239,12 @@ class Polisher:
         return simplify(e, self.space), best
 
 
-def choose_champion(individuals, rows, space, args):
+def choose_champion(individuals, seeds, rows, space, args):
     """The reported champion: the `--refine-top` best distinct (simplified) programs of the
-    final population and hall of fame, and `--prune-rounds` rounds of their one-step
-    prunings, each polished (`Polisher`); then Occam's choice on the training rows
+    final population and hall of fame, and the seed programs (the search's starting points,
+    never the teacher), each polished (`Polisher`), then `--prune-rounds` rounds of the
+    one-step prunings of the best `--prune-top` polished programs, polished in turn; then
+    Occam's choice on the training rows
     (`one_standard_error_choice`: the cheapest, then smallest, program whose mean
     log-likelihood is within one standard error of the best)."""
     polish = Polisher(rows, space, args.polish_steps)
@@ -249,11 +255,17 @@ def choose_champion(individuals, rows, space, args):
             seen.add(e)
             ranked.append(e)
     pool = {}  # polished program -> training log-likelihood
+    top = max(polish.score(e) for e in ranked[:1]) if ranked else -math.inf
     frontier = ranked[: args.refine_top]
+    for d in seeds:
+        e = simplify(d.body, space)
+        if e not in seen:
+            seen.add(e)
+            frontier.append(e)
     for round_ in range(args.prune_rounds + 1):
         for e in frontier:
             t0 = time.perf_counter()
-            p, s = polish(e)
+            p, s = polish(e, floor=top - args.polish_gap)
             if os.environ.get("RECOVERY_DEBUG"):
                 print(f"  polish {time.perf_counter() - t0:.1f}s {s:.4f} "
                       f"{engine_dsl.expr_to_scheme(e)} -> {engine_dsl.expr_to_scheme(p)}",
@@ -262,7 +274,7 @@ def choose_champion(individuals, rows, space, args):
                 pool[p] = max(s, pool.get(p, -math.inf))
         if round_ == args.prune_rounds:
             break
-        best = sorted(pool, key=lambda p: -pool[p])[: args.refine_top]
+        best = sorted(pool, key=lambda p: -pool[p])[: args.prune_top]
         frontier = []
         for e in best:
             for s_ in shrinks(e):
@@ -308,7 +320,7 @@ def recover(path: Path, model, space, prompts, args) -> dict:
         if args.time_per_teacher and time.perf_counter() - t0 > args.time_per_teacher:
             break
     if args.refine_top > 0:
-        champion, _ = choose_champion([*pop.individuals, *pop.hall_of_fame], rows,
+        champion, _ = choose_champion([*pop.individuals, *pop.hall_of_fame], seeds, rows,
                                                space, args)
     else:
         champion = simplify(to_expr(champion_of([*pop.individuals, *pop.hall_of_fame])), space)
@@ -335,7 +347,10 @@ def main(argv=None) -> int:
                     help="best distinct programs polished and pruned at the end (0: report "
                          "the best-scoring program as it is)")
     ap.add_argument("--prune-rounds", type=int, default=2)
-    ap.add_argument("--polish-steps", type=int, default=30, help="Adam steps per sharpness")
+    ap.add_argument("--prune-top", type=int, default=2)
+    ap.add_argument("--polish-gap", type=float, default=0.5,
+                    help="nats/token; candidates further below the best are not polished")
+    ap.add_argument("--polish-steps", type=int, default=25, help="Adam steps per sharpness")
     ap.add_argument("--kl-smoothing", type=float, default=SMOOTHING,
                     help="uniform mixed into the student for the KL (default: the "
                          "likelihood objective's)")

@@ -141,3 +141,80 @@ def _plant(e, rng):
         Apply("if", (Apply("<", (Apply("entropy", (e,)), RealConst(1.5))), e, e)),
         Apply("repetition-penalty", (e, RealConst(1.0))),
     ])
+
+
+def _decoder_log_probs(e, src):
+    while e.op in ("vote", "best-of"):
+        e = e.args[1]
+    kind, body = _decoder_logits(e)
+    out = _run(body, src).double()
+    if kind == "greedy":
+        return out.argmax(-1)
+    return torch.log_softmax(out, dim=-1)
+
+
+def _same_decoder(a, b, src) -> bool:
+    pa, pb = _decoder_log_probs(a, src), _decoder_log_probs(b, src)
+    if pa.dtype == torch.long:
+        return torch.equal(pa, pb)
+    return _same(pa, pb)
+
+
+MIX_CASES = [
+    ("(sample (top-p (temperature (mix logits logits 0.548) 0.97) 0.8))",
+     "(sample (top-p (temperature logits 0.97) 0.8))"),
+    ("(vote 5 (sample (mix (layer 1) (layer 1) 0.3)))", "(vote 5 (sample (layer 1)))"),
+    ("(sample (if (< (entropy (mix logits logits 0.2)) 1.5) (mix (layer 2) (layer 2) 0.9) logits))",
+     "(sample (if (< (entropy logits) 1.5) (layer 2) logits))"),
+    ("(greedy (contrast (mix logits logits 0.5) (layer 1) 0.4))",
+     "(greedy (contrast logits (layer 1) 0.4))"),
+]
+
+
+@pytest.mark.parametrize("before,after", MIX_CASES)
+def test_mix_of_equal_arguments_drops_where_a_shift_is_unseen(before, after):
+    """(mix A A w) is log_softmax(A): dropped where only a per-row shift of the value is
+    ever read; the decoder's per-step distribution is unchanged."""
+    e = engine_dsl.read_expr(before, Type.DECODER)
+    s = simplify(e, SPACE)
+    assert engine_dsl.expr_to_scheme(s) == after
+    for seed in range(3):
+        assert _same_decoder(e, s, _sources(seed))
+
+
+@pytest.mark.parametrize("text,kind", [
+    ("(mix logits logits 0.5)", Type.LOGITS),  # a Logits value is read exactly
+    ("(sample (repetition-penalty (mix logits logits 0.5) 1.3))", Type.DECODER),  # sign matters
+    ("(sample (temperature (repetition-penalty (mix logits logits 0.5) 1.3) 0.7))",
+     Type.DECODER),
+])
+def test_mix_of_equal_arguments_kept_where_its_value_is_read(text, kind):
+    e = engine_dsl.read_expr(text, kind)
+    assert simplify(e, SPACE) == e
+
+
+def test_simplification_preserves_decoder_distributions_on_random_programs():
+    """Property: for random Decoders with (mix A A w) planted anywhere, the per-step
+    distribution (sample) or argmax (greedy) is the same before and after simplifying."""
+    from engine_dsl import RealConst
+
+    rng = random.Random(23)
+    sampler = ConstantSampler(SPACE)
+    changed = 0
+
+    def plant(e):
+        if isinstance(e, Apply) and e.args and rng.random() < 0.5:
+            e = Apply(e.op, tuple(plant(a) for a in e.args))
+        if engine_dsl.type_of(e) is Type.LOGITS and rng.random() < 0.4:
+            return Apply("mix", (e, e, RealConst(round(rng.random(), 3))))
+        return e
+
+    for i in range(200):
+        e = plant(to_expr(generate(TYPE_CLASSES[Type.DECODER], rng.randint(1, 5), rng,
+                                   sampler, leaf_prob=0.2)))
+        s = simplify(e, SPACE)
+        changed += s != e
+        src = _sources(i)
+        assert _same_decoder(e, s, src), (engine_dsl.expr_to_scheme(e),
+                                          engine_dsl.expr_to_scheme(s))
+    assert changed > 40
