@@ -14,15 +14,6 @@ from engine_dsl.semantics import Sources
 from engine_dsl.types import PENALTY, POSITIVE, PROBABILITY, UNIT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waits on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_parameters_are_the_tunable_constants_in_prefix_order():
     f = engine_dsl.logits_fn("(mix (temperature logits 0.5) (top-p logits (fixed 0.9)) 0.3)")
     assert len(list(f.parameters())) == 2

@@ -13,15 +13,6 @@ from engine_dsl.decoders import Decoding, decode, decode_each, plan, uniforms
 from engine_dsl.protocol import LanguageModel, ModelOutput
 from engine_dsl.semantics import KERNELS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waits on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 DEC = engine_dsl.Type.DECODER
 
 

@@ -20,15 +20,6 @@ from transformers import (
 import engine_dsl
 from engine_dsl import PRIMITIVES, semantics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waits on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 40
 
 

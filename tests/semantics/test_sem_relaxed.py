@@ -14,15 +14,6 @@ from engine_dsl import Apply, BoolConst, CountConst, RealConst, WeightsConst
 from engine_dsl.compile import compile_expr
 from engine_dsl.semantics import Sources
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waits on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 EXAMPLES = 200 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 30
 N_LAYER, N_HEAD, C = 2, 2, 4
 

@@ -10,14 +10,6 @@ from engine_dsl.semantics import Context, Sources, top_p_exact
 from engine_dsl.tuning import TuneBatch, tune
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def synthetic(N=4000, V=32, seed=0, scale=2.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(N, V, generator=g) * scale, g
