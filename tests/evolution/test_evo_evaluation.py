@@ -143,14 +143,21 @@ class _TuneItem:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                    reason="Ray is an optional extra (pip install 'echo-forge[ray]'); "
-                           "not installed here, so the Ray backend is untested")
+                    reason="Ray is an optional extra (pip install 'echo-forge[ray]'), "
+                           "installed by the dev extra; missing here")
 def test_ray_map_on_a_local_instance():
-    """RayMap on a local Ray instance returns the same results as the builtin map."""
+    """Tuning as Ray tasks on a local Ray instance gives the same programs as in-process
+    tuning (the same contract as ProcessMap)."""
     from evolution.evaluation import RayMap
+    from evolution.population import _TuneCall  # defined in the package: workers import it
 
-    rmap = RayMap(num_cpus=2)
+    rows = _synthetic_rows(n=300)
+    tuner = LikelihoodTuner(rows, steps=3, lr=0.1, batch=100)
+    items = [(_d(f"(sample (temperature logits {t}))"), s) for s, t in enumerate((0.7, 1.5))]
+    serial = [tuner(*i) for i in items]
+    rmap = RayMap(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        assert rmap(_TuneCall(tuner), items) == serial
         assert rmap(math.sqrt, [1.0, 4.0, 9.0]) == [1.0, 2.0, 3.0]
     finally:
         rmap.close()
