@@ -160,11 +160,18 @@ class CoEvolution:
                 raise DataError(f"task {self.task.name!r} has an empty {name} split; "
                                 "give it more examples")
 
-    def start(self, seed_files: list[str] | None = None, model_from: str | None = None) -> None:
-        """A new run: directory, config, seeds, model, pre-training state (generation 0)."""
+    def start(self, seed_files: list[str] | None = None, model_from: str | None = None,
+              restart: bool = False) -> None:
+        """A new run: directory, config, seeds, model, pre-training state (generation 0).
+        restart: the run directory exists but no generation was committed; begin again."""
         cfg = self.cfg
         files = [Path(s) for s in (seed_files or cfg.run.seeds)] or default_seed_files(
             cfg.run.mode)
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise RunError(f"two seed files are named {dup}; rename one (the run keeps "
+                           "copies by file name)")
         seeds = read_seeds(files, cfg.evolution.limits)
         self.task = self._task(cfg.task.difficulty)
         self._check_task()
@@ -175,12 +182,14 @@ class CoEvolution:
         else:
             model = GPT(cfg.model)
         seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
-        cfg.run.seeds = [str(f) for f in files]
-        # everything was read and checked: only now does the run directory appear
-        self.dir.create()
-        self.dir.write(self.dir.config, dump_toml(cfg))
-        for f in files:
-            self.dir.write(self.dir.seeds / f.name, f.read_bytes())
+        if not restart:
+            cfg.run.seeds = [str(f) for f in files]
+            cfg.run.model_from = str(model_from or "")
+            # everything was read and checked: only now does the run directory appear
+            self.dir.create()
+            self.dir.write(self.dir.config, dump_toml(cfg))
+            for f in files:
+                self.dir.write(self.dir.seeds / f.name, f.read_bytes())
         self.seeds = seeds
         self.champion_loss = ChampionLoss(GREEDY)
         self.trainer = Trainer(model, self.tokenizer, self.task.train, self._schedule(),
@@ -193,13 +202,14 @@ class CoEvolution:
         """Continue the run in `self.dir` from its last committed generation."""
         self.dir.require_run()
         latest = self.dir.latest()
-        if latest is None:
-            raise RunError(f"{self.dir.path}: no committed generation to resume from; "
-                           "start it again with --out")
+        if latest is None:  # killed before generation 0 was committed: begin again
+            self.dir.truncate_log(0)
+            self.start(self._seed_copies(), self.cfg.run.model_from or None, restart=True)
+            return
         ckpt, state = latest
         self.difficulty = state["difficulty"]
         self.task = self._task(self.difficulty)
-        seeds = read_seeds(sorted(self.dir.seeds.iterdir()), self.cfg.evolution.limits)
+        seeds = read_seeds(self._seed_copies(), self.cfg.evolution.limits)
         self.champion_loss = ChampionLoss(engine_dsl.read_expr(state["champion"],
                                                                engine_dsl.Type.DECODER))
         self.trainer = load_checkpoint(str(ckpt / "trainer"), self.task.train,
@@ -215,6 +225,10 @@ class CoEvolution:
             self.population = Population.from_dict(state["population"], lineage)
         self.next_generation = state["next_generation"]
         self.dir.truncate_log(state["log_lines"])
+
+    def _seed_copies(self) -> list[Path]:
+        """The run's own copies of its seed files, in the order they were given."""
+        return [self.dir.seeds / Path(f).name for f in self.cfg.run.seeds]
 
     def open(self) -> None:
         """Read-only access to a run for eval and trace: its task, trained model and seeds."""

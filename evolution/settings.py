@@ -39,6 +39,7 @@ class RunSection:
     generations: int = 4  # co-evolution generations after the pre-training
     mode: str = "hybrid"  # hybrid | phase1 (structure frozen) | phased (see LoopSection)
     seeds: list[str] = field(default_factory=list)  # seed program files; empty: programs/ shipped
+    model_from: str = ""  # run directory whose trained model this run started from
 
 
 @dataclass
