@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -110,9 +110,8 @@ class ChampionLoss:
     def set(self, decoder: Expr) -> None:
         from engine_dsl.decoders import plan as decoder_plan
 
-        plan = decoder_plan(decoder)
-        self.logits_expr = plan.logits_expr
-        self.module = engine_dsl.compile_expr(plan.logits_expr).requires_grad_(False)
+        logits_expr = decoder_plan(decoder).logits_expr
+        self.module = engine_dsl.compile_expr(logits_expr).requires_grad_(False)
 
     def __call__(self, model, batch) -> torch.Tensor:
         rows = cache_rows(model, batch.ids, batch.answer_mask,
@@ -123,12 +122,6 @@ class ChampionLoss:
 
 
 # --- the run ---------------------------------------------------------------------------------
-
-
-@dataclass
-class GenerationResult:
-    entry: dict
-    champion_source: str
 
 
 class CoEvolution:
