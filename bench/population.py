@@ -1,24 +1,27 @@
 """Benchmark: evaluating a population of P decoding programs on N prompts.
 
-Three contenders decode the same number of tokens (no stop token, so every row generates
---tokens tokens) on the same model and prompts:
+Contenders, on the same model and prompts, every row generating --tokens tokens (no stop
+token):
 
 * batched: `engine_dsl.decode` of all P programs x N prompts at once (KV-cached forwards
   over every row each step, common random numbers) - what `evolution.DecodeEvaluator` runs;
-* floor: a bare KV-cached greedy decode of P x N rows with no program at all, on the same
-  schedule as `decode` (each prompt prefilled once and its cache copied to its P rows, rows
-  run in chunks of `engine_dsl.decoders.chunk_rows`), so batched / floor is what the programs
-  cost on top of the model;
+* floor: a bare KV-cached greedy decode of the same model tokens with no program at all, on
+  `decode`'s schedule (each distinct prompt prefilled once and its cache copied to its rows,
+  rows run in chunks of `engine_dsl.decoders.chunk_rows`): P x N rows, plus N rows per
+  `gated` node in the population - a gated node is a second forward pass with its own head
+  gates, model tokens the programs ask for, prefilled on its own. batched / floor is what the
+  programs cost on top of the model work they need;
+* bare floor: the same without the gated rows (P x N rows only): batched / bare floor also
+  charges the gated passes to the programs;
 * naive: program by program (`engine_dsl.decoders.decode_each`: the same engine, KV cache
   and prefill sharing, N rows per decode).
 
 Goals: batched / floor <= 1.5; naive / batched >= 10. Programs: the shipped seeds plus
 random typed programs from the GP generator, vote/best-of wrappers removed (so every program
 has exactly N main rows), all distinct (`decode` decodes identical programs once, which would
-flatter it). Programs with `gated` nodes add N rows per node to the batched and naive runs
-(their extra forward streams) but not to the floor. Medians of --repeats runs.
-`--plain-floor` also times the floor as one call over all P x N rows with every prompt
-prefilled P times (the floor of earlier versions of this bench).
+flatter it). Medians of --repeats runs; wall and CPU time are both reported, `--clock` picks
+the one the ratios use (with one thread the CPU time is the work done, whatever else a shared
+machine runs; on a quiet machine the two agree).
 
     .venv/bin/python bench/population.py            # P=64, N=256, one thread
     .venv/bin/python bench/population.py --programs 8 --prompts 32 --repeats 1   # quick
@@ -79,17 +82,21 @@ def _left_padded(prompts: list[list[int]], pad: int):
 
 
 @torch.no_grad()
-def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad: int):
-    """Bare KV-cached greedy decoding of `copies` x len(prompts) rows on `decode`'s schedule:
-    each prompt prefilled once, its cache copied to its rows, rows in chunks."""
+def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad: int,
+                 streams: int = 0):
+    """Bare KV-cached greedy decoding of (copies + streams) x len(prompts) rows on `decode`'s
+    schedule: the prompts prefilled once plain and once per stream, each cache copied to its
+    rows, rows in chunks."""
+    N = len(prompts)
     ids, mask = _left_padded(prompts, pad)
-    out = model.forward_step(ids, attention_mask=mask)
-    rows = torch.arange(len(prompts)).repeat(copies)
+    units = torch.arange(N).repeat(1 + streams)
+    out = model.forward_step(ids[units], attention_mask=mask[units])
+    rows = torch.cat([torch.arange(N).repeat(copies), N + torch.arange(N * streams)])
     chunk = chunk_rows(torch.device("cpu")) or rows.numel()
     chunks = []  # [cache, mask, next ids] per chunk of rows; steps outer, chunks inner
     for c0 in range(0, rows.numel(), chunk):
         r = rows[c0:c0 + chunk]
-        chunks.append([_select(out.cache, r), mask[r],
+        chunks.append([_select(out.cache, r), mask[units][r],
                        out.logits[r, -1].argmax(-1, keepdim=True)])
     for _ in range(tokens - 1):
         for c in chunks:
@@ -98,23 +105,12 @@ def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad:
             c[0], c[2] = o.cache, o.logits[:, -1].argmax(-1, keepdim=True)
 
 
-@torch.no_grad()
-def plain_floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad: int):
-    """The earlier floor: one call over all rows, every prompt prefilled `copies` times."""
-    ids, mask = _left_padded(prompts, pad)
-    ids, mask = ids.repeat(copies, 1), mask.repeat(copies, 1)
-    out = model.forward_step(ids, attention_mask=mask)
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    for _ in range(tokens - 1):
-        mask = torch.cat((mask, torch.ones_like(nxt, dtype=torch.bool)), 1)
-        out = model.forward_step(nxt, attention_mask=mask, cache=out.cache)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-
-
-def timed(fn) -> float:
-    t = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of fn(). With one torch thread the CPU
+    time is the work done, whatever else the machine runs; on a quiet machine the two agree."""
+    w, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - w, time.process_time() - c
 
 
 def main(argv=None) -> int:
@@ -126,8 +122,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: stable timings on a shared machine)")
     ap.add_argument("--skip-naive", action="store_true", help="the naive loop is the slowest")
-    ap.add_argument("--plain-floor", action="store_true",
-                    help="also time the earlier floor (one call, no prefill sharing)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="which time the ratios use (cpu: this process's CPU time, robust to "
+                         "other jobs on a shared machine when --threads is 1)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -141,33 +138,38 @@ def main(argv=None) -> int:
     kw = dict(max_new_tokens=args.tokens, stop_token=None, seed=0, pad_token=tok.pad_id)
 
     engine_dsl.decode(model, progs[:2], prompts[:4], **kw)  # warm-up
-    t_batched, t_floor, t_naive, t_plain = [], [], [], []
+    streams = sum(plan(p).module.n_gated for p in progs)
+    runs = {"floor": lambda: floor_decode(model, prompts, len(progs), args.tokens,
+                                          tok.pad_id, streams),
+            "bare_floor": lambda: floor_decode(model, prompts, len(progs), args.tokens,
+                                               tok.pad_id),
+            "batched": lambda: engine_dsl.decode(model, progs, prompts, **kw)}
+    if not args.skip_naive:
+        runs["naive"] = lambda: decode_each(model, progs, prompts, **kw)
+    times = {k: [] for k in runs}
     load_before = os.getloadavg()[0]
     for _ in range(args.repeats):
-        t_floor.append(timed(lambda: floor_decode(model, prompts, len(progs), args.tokens,
-                                                  tok.pad_id)))
-        if args.plain_floor:
-            t_plain.append(timed(lambda: plain_floor_decode(model, prompts, len(progs),
-                                                            args.tokens, tok.pad_id)))
-        t_batched.append(timed(lambda: engine_dsl.decode(model, progs, prompts, **kw)))
-        if not args.skip_naive:
-            t_naive.append(timed(lambda: decode_each(model, progs, prompts, **kw)))
-    b, f = statistics.median(t_batched), statistics.median(t_floor)
-    streams = sum(plan(p).module.n_gated for p in progs)
+        for k, fn in runs.items():
+            times[k].append(timed(fn))
+    clock = 1 if args.clock == "cpu" else 0
     res = {"programs": len(progs), "prompts": len(prompts), "tokens": args.tokens,
            "threads": args.threads, "rows": len(progs) * len(prompts),
            "gated_stream_rows": streams * len(prompts), "load_before": load_before,
-           "batched_s": round(b, 3), "floor_s": round(f, 3),
-           "batched_over_floor": round(b / f, 2)}
-    if t_plain:
-        res["plain_floor_s"] = round(statistics.median(t_plain), 3)
-    if t_naive:
-        n = statistics.median(t_naive)
-        res.update(naive_s=round(n, 3), naive_over_batched=round(n / b, 2))
+           "clock": args.clock}
+    for k, ts in times.items():
+        res[f"{k}_wall_s"] = round(statistics.median(t[0] for t in ts), 3)
+        res[f"{k}_cpu_s"] = round(statistics.median(t[1] for t in ts), 3)
+    med = {k: statistics.median(t[clock] for t in ts) for k, ts in times.items()}
+    res["batched_over_floor"] = round(med["batched"] / med["floor"], 2)
+    res["batched_over_bare_floor"] = round(med["batched"] / med["bare_floor"], 2)
+    if "naive" in med:
+        res["naive_over_batched"] = round(med["naive"] / med["batched"], 2)
     res["load_after"] = os.getloadavg()[0]
     print(json.dumps(res))
-    print(f"batched/floor = {res['batched_over_floor']} (goal <= 1.5)"
-          + (f"; naive/batched = {res['naive_over_batched']} (goal >= 10)" if t_naive else ""))
+    print(f"batched/floor = {res['batched_over_floor']} (goal <= 1.5; bare floor: "
+          f"{res['batched_over_bare_floor']})"
+          + (f"; naive/batched = {res['naive_over_batched']} (goal >= 10)"
+             if "naive" in med else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0

@@ -448,8 +448,10 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                 chosen[c0:c1] = sem.sample_exact(None, Y[c0:c1], u[c0 - G:c1 - G])
         for where_, c in separate:
             chosen[where_ if isinstance(where_, slice) else where_.to(device)] = c
-        lp = torch.log_softmax(main_logits.double(), dim=-1)
-        lp = lp.gather(1, chosen[:, None]).squeeze(1).cpu()
+        # in the logits' own precision (a float64 copy of every row cost more than the
+        # programs); summed over the answer in float64
+        lp = torch.log_softmax(main_logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
+        lp = lp.double().cpu()
         chosen = chosen.cpu()
         if all_live:
             ll[rid[:M]] += lp

@@ -253,11 +253,56 @@ def _one_minus(p, x):
     return (1 - p) if isinstance(p, (float, int)) else (1 - _col(p, x))
 
 
+_INT_KEY_MAX_V = 8192  # below this, topk/sort on integer keys beat them on floats (measured)
+_INT_OF = {torch.float32: (torch.int32, 31), torch.float64: (torch.int64, 63)}
+
+
+def _order_key(x: torch.Tensor) -> torch.Tensor:
+    """Integers in the same order as the (non-NaN) floats x; topk and sort are faster on them."""
+    if x.dtype not in _INT_OF:
+        return x
+    int_dtype, bits = _INT_OF[x.dtype]
+    i = x.contiguous().view(int_dtype)
+    return i ^ ((i >> bits) & ((1 << bits) - 1))  # negative floats: flip the magnitude bits
+
+
+def _ascending(x: torch.Tensor):
+    """(values, indices) of x sorted ascending along the last dim, sorting integer keys
+    (`_order_key`: about twice as fast as a float sort on the CPU). The values come out in
+    the same order as `torch.sort(x)`'s; only the order among exactly equal values may
+    differ, so callers whose result depends on it re-sort those rows (`_resort`)."""
+    if x.dtype not in _INT_OF or x.size(-1) > _INT_KEY_MAX_V:
+        return torch.sort(x, descending=False)
+    idx = torch.sort(_order_key(x), descending=False).indices
+    return x.gather(-1, idx), idx
+
+
+def _resort(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> bool:
+    """Put `torch.sort`'s order (the warpers') into idx at the rows where `rows` (B,) is
+    True; whether there were any."""
+    if not bool(rows.any()):
+        return False
+    idx[rows] = torch.sort(x[rows], descending=False).indices
+    return True
+
+
+def _tie_at_cut(vals: torch.Tensor, remove: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: does a run of equal sorted values straddle the cut of the prefix mask
+    `remove`?"""
+    n = remove.sum(-1, keepdim=True)
+    inside = (n > 0) & (n < vals.size(-1))
+    at = n.clamp(min=1, max=vals.size(-1) - 1)
+    return (inside & (vals.gather(-1, at) == vals.gather(-1, at - 1))).squeeze(-1)
+
+
 def top_p_exact(ctx, x, p):
-    sorted_logits, sorted_idx = torch.sort(x, descending=False)
+    sorted_logits, sorted_idx = _ascending(x)
     cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     remove = cum <= _one_minus(p, x)
     remove[..., -1:] = False
+    # the same values in the same order either way, so `remove` stands; only which of the
+    # tied tokens it falls on can differ
+    _resort(x, sorted_idx, _tie_at_cut(sorted_logits, remove))
     remove = remove.scatter(1, sorted_idx, remove)
     return x.masked_fill(remove, NEG_INF)
 
@@ -275,8 +320,13 @@ def typical_exact(ctx, x, p):
     probs = torch.exp(normalized)
     ent = -(normalized * probs).nansum(-1, keepdim=True)
     shifted = torch.abs((-normalized) - ent)
-    sorted_scores, sorted_idx = torch.sort(shifted, descending=False)
+    sorted_scores, sorted_idx = _ascending(shifted)
     sorted_logits = x.gather(-1, sorted_idx)
+    # equal scores of different tokens: their order changes the sums, keep torch.sort's
+    tied = sorted_scores[:, 1:] == sorted_scores[:, :-1]
+    if _resort(shifted, sorted_idx, (tied & (sorted_logits[:, 1:] != sorted_logits[:, :-1]))
+               .any(-1)):
+        sorted_logits = x.gather(-1, sorted_idx)
     cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     last = (cum < _col(p, x)).sum(dim=1)
     last.clamp_(max=sorted_scores.shape[-1] - 1)
@@ -515,14 +565,19 @@ def greedy_exact(ctx, x):
 
 
 def sample_exact(ctx, x, u: torch.Tensor | None = None):
-    """Inverse-CDF draw from softmax(x) with uniforms u (B,) in [0, 1)."""
+    """Inverse-CDF draw from softmax(x) with uniforms u (B,) in [0, 1): the first token whose
+    cumulative probability exceeds u x the total, in x's precision (a float64 copy of every
+    row cost more than the programs). A token of probability 0 is never drawn."""
     if u is None:
         u = torch.rand(x.size(0), dtype=torch.float64)
-    probs = torch.softmax(x.double(), dim=-1)
-    cum = probs.cumsum(dim=-1)
+    cum = torch.softmax(x, dim=-1).cumsum(dim=-1)
     target = (u.to(cum.dtype) * cum[:, -1]).unsqueeze(1)
     tok = torch.searchsorted(cum, target, right=True).squeeze(1)
-    return tok.clamp(max=x.size(-1) - 1)
+    over = tok >= x.size(-1)  # u rounded up to the total: the last token that can be drawn
+    if bool(over.any()):
+        last = (cum[over] < cum[over, -1:]).sum(-1)
+        tok[over] = last
+    return tok
 
 
 def step_relaxed(ctx, x):
@@ -628,19 +683,6 @@ def truncation_chain(ctx, x: torch.Tensor, steps: Sequence[tuple[str, Any]]) -> 
     return out
 
 
-_INT_KEY_MAX_V = 8192  # below this, topk on integer keys beats topk on floats (measured)
-_INT_OF = {torch.float32: (torch.int32, 31), torch.float64: (torch.int64, 63)}
-
-
-def _order_key(x: torch.Tensor) -> torch.Tensor:
-    """Integers in the same order as the (non-NaN) floats x; torch.topk is faster on them."""
-    if x.dtype not in _INT_OF:
-        return x
-    int_dtype, bits = _INT_OF[x.dtype]
-    i = x.contiguous().view(int_dtype)
-    return i ^ ((i >> bits) & ((1 << bits) - 1))  # negative floats: flip the magnitude bits
-
-
 def _chain_fast(x: torch.Tensor, steps) -> torch.Tensor | None:
     B, V = x.shape
     first_cut = next((i for i, (op, _) in enumerate(steps) if op != "temperature"), None)
@@ -661,7 +703,7 @@ def _chain_fast(x: torch.Tensor, steps) -> torch.Tensor | None:
         vals, idx = vals[:, :k].flip(-1), idx[:, :k].flip(-1)  # ascending
         rest = steps[:first_cut] + list(steps[first_cut + 1 :])
     else:
-        vals, idx = torch.sort(x, descending=False)
+        vals, idx = _ascending(x)
         rest = list(steps)
     K = vals.size(-1)
     for op, arg in rest:

@@ -11,10 +11,15 @@ residual streams or gated-forward callable if the program reads them) plus the t
 (`ignore_index` = -100 skips a row). Parameters are the unconstrained constants (see
 `compile`), optimised with Adam; a Decoder program is tuned through its Logits expression
 (vote/best-of/greedy/sample do not change the per-step distribution used here).
+
+`callback(step, module)`, if given, is called after each Adam step (step = 1, 2, ...) with
+the module holding the current constants (read them with `module.to_expr()`); benchmarks use
+it to score the exact program after every step without re-implementing the optimiser.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -64,11 +69,13 @@ def loss(module: LogitsProgram, batch: TuneBatch, sharpness: float) -> torch.Ten
 
 def tune(program: Expr | Definition | LogitsProgram | str, batch: TuneBatch, steps: int = 50,
          lr: float = 0.05, *, sharpness: float = sem.DEFAULT_SHARPNESS,
-         max_steps: int | None = None) -> TuneResult:
+         max_steps: int | None = None,
+         callback: Callable[[int, LogitsProgram], object] | None = None) -> TuneResult:
     """Minimise the relaxed teacher-forced loss over the constants; write them back.
 
     program: an AST (Logits or Decoder), a Definition, Scheme text of a Logits expression,
     or a compiled `LogitsProgram` (tuned in place). `max_steps` is the configured cap.
+    `callback(step, module)` runs after each step (its return value is ignored).
     """
     if max_steps is not None and steps > max_steps:
         raise ValueError(f"{steps} tuning steps exceed the configured cap of {max_steps}")
@@ -88,12 +95,14 @@ def tune(program: Expr | Definition | LogitsProgram | str, batch: TuneBatch, ste
             losses.append(float(loss(module, batch, sharpness)))
         return TuneResult(program if original is None else original, losses, module)
     opt = torch.optim.Adam(params, lr=lr)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         opt.zero_grad(set_to_none=True)
         value = loss(module, batch, sharpness)
         losses.append(float(value.detach()))
         value.backward()
         opt.step()
+        if callback is not None:
+            callback(step, module)
     with torch.no_grad():
         losses.append(float(loss(module, batch, sharpness)))
     tuned = module if original is None else write_back(original, module)

@@ -45,20 +45,27 @@ class LikelihoodTuner:
             rows = rows.subset(torch.randperm(n, generator=g)[: self.batch])
         return TuneBatch(**rows.sources(), targets=rows.targets)
 
-    def __call__(self, decoder: Expr, seed: int = 0) -> Expr:
+    def run(self, decoder: Expr, seed: int = 0, callback=None):
+        """Tune `decoder` once; the `engine_dsl.tuning.TuneResult`, or None when there is
+        nothing to tune or the backward pass failed. `callback(step, module)` is passed on to
+        `engine_dsl.tune` (called after each step; benchmarks read the constants there)."""
         import engine_dsl
 
         if not has_constants(decoder) or self.steps == 0:
-            return decoder
+            return None
         extra = {} if self.sharpness is None else {"sharpness": self.sharpness}
         try:
             result = engine_dsl.tune(decoder, self.tune_batch(seed), steps=self.steps,
-                                     lr=self.lr, **extra)
+                                     lr=self.lr, callback=callback, **extra)
         except RuntimeError:  # a kernel without a usable gradient: keep the program as is
             self.failures += 1
-            return decoder
+            return None
         self.evaluations += len(result.losses)
-        return result.program
+        return result
+
+    def __call__(self, decoder: Expr, seed: int = 0) -> Expr:
+        result = self.run(decoder, seed)
+        return decoder if result is None else result.program
 
 
 def rewrap_base(decoder: Expr) -> Expr:

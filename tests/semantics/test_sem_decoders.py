@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import engine_dsl
 from engine_dsl import read_expr
@@ -345,3 +347,21 @@ def test_greedy_and_sampling_programs_in_any_order_and_length():
         alone = decode_each(StandIn(), order, PROMPTS, max_new_tokens=6, stop_token=0,
                             seed=3)
         assert_same(together, alone)
+
+
+@given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]),
+       u=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.just(1.0 - 2.0 ** -53)))
+def test_sample_draws_only_tokens_that_can_be_drawn(seed, dtype, u):
+    """Inverse CDF: never a token of probability 0 (an excluded -inf), u near 1 included,
+    and it is the first token whose cumulative probability exceeds u x the total."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(4, 13, generator=g) * 4).to(dtype)
+    x[torch.rand(4, 13, generator=g) < 0.5] = float("-inf")
+    x[:, 5] = 0.0  # at least one token survives in every row
+    tok = KERNELS["sample"].exact(None, x, torch.full((4,), u, dtype=torch.float64))
+    assert bool(torch.isfinite(x.gather(1, tok[:, None])).all())
+    cum = torch.softmax(x, -1).cumsum(-1)
+    target = (torch.tensor(u, dtype=dtype) * cum[:, -1])
+    for r in range(4):
+        below = cum[r, : tok[r]]
+        assert bool((below <= target[r]).all())

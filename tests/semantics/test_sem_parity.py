@@ -84,6 +84,33 @@ def test_probability_truncations_match_transformers(seed, B, V, kind, op, p):
     assert torch.equal(ours(op, p, x), want)
 
 
+def _ties_reversed(x):
+    """An ascending sort that orders equal values the other way from torch.sort."""
+    flipped = x.flip(-1)
+    idx = torch.sort(flipped, descending=False, stable=True).indices
+    idx = x.size(-1) - 1 - idx
+    return x.gather(-1, idx), idx
+
+
+@settings(max_examples=EXAMPLES)
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 4), V=VOCABS,
+       kind=st.sampled_from(["ties", "uniform", "normal"]),
+       op=st.sampled_from(["top-p", "typical"]), p=probs)
+def test_a_fast_sort_that_orders_ties_differently_changes_nothing(seed, B, V, kind, op, p):
+    """The sort-based kernels sort integer keys (faster); where the order of equal values
+    matters they re-sort those rows with torch.sort, the warpers' order. With a sort that
+    puts ties the other way round, the kept sets still match the warpers."""
+    x = make_logits(seed, B, V, kind)
+    want = hf_warper(op, p)(None, x.clone())
+    original = semantics._ascending
+    semantics._ascending = _ties_reversed
+    try:
+        got = ours(op, p, x)
+    finally:
+        semantics._ascending = original
+    assert torch.equal(got, want)
+
+
 @settings(max_examples=EXAMPLES)
 @given(seed=st.integers(0, 10_000), B=st.integers(1, 4), V=VOCABS, kind=st.sampled_from(KINDS),
        k=st.integers(1, 1200))

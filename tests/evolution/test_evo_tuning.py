@@ -1,0 +1,60 @@
+"""Gradient tuning as evolution runs it (`LikelihoodTuner.run` and `engine_dsl.tune`'s
+per-step callback, which the tuning benchmark reads its curves through)."""
+
+import pytest
+import torch
+
+import engine_dsl
+from engine_dsl import Type
+from engine_dsl.tuning import TuneBatch, tune
+from evolution.evaluation import CachedRows, LikelihoodEvaluator
+from evolution.tuning import LikelihoodTuner
+
+
+def _rows(temperature=0.5, n=1000, V=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, V, generator=g) * 2
+    targets = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=g)[:, 0]
+    return CachedRows(logits, (), torch.full((n, 1), -1), targets, None, None, 1, 1)
+
+
+def test_tune_calls_back_after_every_step_with_the_current_constants():
+    rows = _rows()
+    seen = []
+
+    def record(step, module):
+        seen.append((step, module.to_expr()))
+
+    r = tune(engine_dsl.read_expr("(temperature logits 1.0)"),
+             TuneBatch(logits=rows.logits, targets=rows.targets), steps=5, lr=0.1,
+             callback=record)
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5]
+    assert seen[-1][1] == r.program  # the last callback sees the written-back constants
+    temps = [e.args[1].value for _, e in seen]
+    assert temps == sorted(temps, reverse=True) and temps[0] < 1.0  # moving down to 0.5
+
+
+def test_tuner_run_returns_the_result_and_call_the_program():
+    rows = _rows()
+    tuner = LikelihoodTuner(rows, steps=40, lr=0.1, batch=None)
+    d = engine_dsl.read_expr("(sample (temperature logits 1.0))", Type.DECODER)
+    losses = []
+    ev = LikelihoodEvaluator(rows, smoothing=0.0)
+    result = tuner.run(d, callback=lambda step, m: losses.append(
+        -ev.log_likelihood(engine_dsl.Apply("sample", (m.to_expr(),)))))
+    assert len(result.losses) == 41 and len(losses) == 40
+    assert losses[-1] < losses[0]
+    assert result.program == tuner(d)  # same batch, same steps: the same tuned program
+    (t,) = engine_dsl.tunable_constants(result.program)
+    assert t.value == pytest.approx(0.5, rel=0.1)
+    assert tuner.evaluations == 82
+
+
+def test_tuner_run_is_none_when_nothing_can_move():
+    rows = _rows(n=50)
+    tuner = LikelihoodTuner(rows, steps=3, batch=None)
+    fixed = engine_dsl.read_expr("(sample (temperature logits (fixed 0.7)))", Type.DECODER)
+    assert tuner.run(fixed) is None and tuner(fixed) is fixed
+    assert LikelihoodTuner(rows, steps=0).run(
+        engine_dsl.read_expr("(sample (temperature logits 0.7))", Type.DECODER)) is None
+    assert tuner.evaluations == 0
