@@ -75,7 +75,8 @@ def _constants(p) -> str:
         if a.type is Type.REAL and a.domain is not None:
             parts.append(f"{a.name} {a.domain.describe()}")
         elif a.type is Type.COUNT:
-            parts.append(f"{a.name} >= 1" + (f", <= {a.cap}" if a.cap else ""))
+            bound = a.cap or ("the model's blocks" if a.shape == "layers" else None)
+            parts.append(f"{a.name} >= 1" + (f", <= {bound}" if bound else ""))
         elif a.type is Type.WEIGHTS:
             parts.append(f"{a.name}: {a.shape}")
     return "; ".join(parts) or "—"

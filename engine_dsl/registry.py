@@ -20,7 +20,9 @@ class Arg:
 
     domain: for Real slots, the set a literal there must lie in (and its tuning transform).
     cap: for Count slots, the `Limits` field bounding the value (None: no cap but >= 1).
-    shape: for Weights slots, "layers" (one weight per block) or "layers x heads".
+    shape: how the slot depends on the model. Weights slots: "layers" (one weight per block)
+      or "layers x heads"; a Count slot: "layers" (a block index, at most the model's number
+      of blocks).
     """
 
     name: str
@@ -63,7 +65,7 @@ PRIMITIVES: dict[str, Primitive] = {
     for p in [
         # sources: where logits come from
         _p("logits", [], L, "source", "the model's final-layer next-token logits"),
-        _p("layer", [Arg("k", C)], L, "source",
+        _p("layer", [Arg("k", C, shape="layers")], L, "source",
            "logit lens of block k, numbered from 1 (final norm + LM head on its residual stream)"),
         _p("layer-mix", [Arg("w", W, shape="layers")], L, "source",
            "softmax(w)-weighted sum of every block's residual stream, then final norm + LM head"),

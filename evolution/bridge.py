@@ -77,12 +77,12 @@ def _real_slot_key(arg: Arg) -> str:
     return (arg.domain or ANY).name.replace("-", "_")
 
 
-def _count_slot_key(prim: Primitive, arg: Arg) -> str:
-    # The registry caps vote/best-of n by `Limits.max_votes`; a `layer` index is capped by
-    # the model's depth (not in the registry); any other Count is bounded only by >= 1.
+def _count_slot_key(arg: Arg) -> str:
+    # The registry caps vote/best-of n by `Limits.max_votes` and a block index (shape
+    # "layers") by the model's depth; any other Count is bounded only by >= 1.
     if arg.cap:
         return arg.cap
-    if prim.name == "layer":
+    if arg.shape == "layers":
         return "layer"
     return "any"
 
@@ -95,7 +95,7 @@ def _slot_key(prim: Primitive, arg: Arg) -> str | None:
     if arg.type is Type.REAL:
         return _real_slot_key(arg)
     if arg.type is Type.COUNT:
-        return _count_slot_key(prim, arg)
+        return _count_slot_key(arg)
     if arg.type is Type.WEIGHTS:
         return _weights_slot_key(arg)
     return None

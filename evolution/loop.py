@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import engine_dsl
-from engine_dsl import Apply, Definition, DslError, Expr, WeightsConst
+from engine_dsl import PRIMITIVES, Apply, Definition, DslError, Expr, Type, WeightsConst
 from engine_dsl.files import read_file
 from engine_dsl.printer import expr_to_scheme, to_scheme
 from neural import GPT, ByteTokenizer, Curriculum, DataError, Trainer, get_task
@@ -80,9 +80,10 @@ def fit_to_model(d: Definition, n_layer: int, n_head: int) -> Definition:
     def go(e: Expr) -> Expr:
         if not isinstance(e, Apply):
             return e
-        if e.op == "layer" and e.args[0].value > n_layer:
-            raise DslError.at(e.span, f"(layer {e.args[0].value}) but the model has "
-                                      f"{n_layer} blocks")
+        for arg, a in zip(PRIMITIVES[e.op].args, e.args, strict=True):
+            if arg.type is Type.COUNT and arg.shape == "layers" and a.value > n_layer:
+                raise DslError.at(e.span, f"({e.op} {a.value}) but the model has "
+                                          f"{n_layer} blocks")
         if e.op in ("layer-mix", "gated"):
             n = n_layer if e.op == "layer-mix" else n_layer * n_head
             w = e.args[0]
