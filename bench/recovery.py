@@ -1,17 +1,21 @@
 """Benchmark: can evolution recover the program that generated a data set?
 
 For each teacher program file in --teachers: decode a fixed small trained model with the
-teacher on held-out text prompts (`engine_dsl.decode`), and keep prompt + answer as a
-data set; evolve from the shipped seed programs (never the teacher)
-with the likelihood objective (`evolution.LikelihoodEvaluator`: mean log-likelihood of the
-answer tokens under each program, cached teacher-forced rows) and gradient-tuned constants
-(`LikelihoodTuner`).
+teacher on held-out text prompts (`engine_dsl.decode`, `--samples` independent answers per
+prompt), and keep prompt + answer as a data set (3/4 of the prompts for training, 1/4 held
+out); evolve from the shipped seed programs (never the teacher) with the likelihood
+objective (`evolution.LikelihoodEvaluator`: mean log-likelihood of the answer tokens under
+each program, cached teacher-forced rows; evolution scores on a fixed subset of the
+training rows) and gradient-tuned constants (`LikelihoodTuner`).
 
-The champion (best score; within 1e-3 nats of it, the lowest cost, from the final
-population and the Pareto hall of fame) is simplified (`evolution.simplify`); it is
+The champion is chosen on the training rows only (`choose_champion`: the best evolved
+programs and the seeds, polished, then a local search over their one-step neighbours
+(prunings and same-signature primitive replacements), an exact coordinate search of the
+real constants, and Occam's choice), then simplified (`evolution.simplify`); it is
 recovered *symbolically* when it has the teacher's structure with every constant within 5%
-(relative), and *behaviourally* when its mean KL(teacher || champion) per step on held-out
-contexts is below 0.01. One line per teacher, then `recovery: K/N symbolic, M/N behavioural`.
+(relative), and *behaviourally* when its mean KL(teacher || champion) per step on the
+held-out contexts is below 0.01. One line per teacher, then
+`recovery: K/N symbolic, M/N behavioural`.
 
     .venv/bin/python bench/recovery.py --teachers bench/teachers
 """
@@ -35,20 +39,24 @@ import torch  # noqa: E402
 
 import engine_dsl  # noqa: E402
 from engine_dsl import Apply, BoolConst, CountConst, RealConst, WeightsConst  # noqa: E402
-from evolution.bridge import SearchSpace, to_expr  # noqa: E402
+from engine_dsl.types import ANY  # noqa: E402
+from evolution.bridge import Individual, SearchSpace, to_expr, to_tree  # noqa: E402
 from evolution.config import EvolutionConfig  # noqa: E402
 from evolution.evaluation import (  # noqa: E402
     SMOOTHING,
     LikelihoodEvaluator,
     cache_rows,
+    forward_cost,
     mean_kl,
     sampling_logits,
     target_log_probs,
 )
+from evolution.generation import from_domain, to_domain  # noqa: E402
 from evolution.population import build_toolbox, evolve_generation, initial_population  # noqa: E402
 from evolution.selection import one_standard_error_choice  # noqa: E402
 from evolution.simplify import simplify  # noqa: E402
 from evolution.tuning import LikelihoodTuner, has_constants  # noqa: E402
+from evolution.variation import all_node_replacements, all_shrinks  # noqa: E402
 from neural import GPT, ByteTokenizer, GPTConfig, TrainConfig, Trainer, get_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,20 +148,15 @@ def champion_of(individuals, tolerance: float = 1e-3):
 # --- the champion: polish, prune, then Occam's choice ---------------------------------------
 
 
-def shrinks(e) -> list:
-    """Every expression obtained by replacing one node of `e` with one of its arguments of
-    the same type (DEAP's mutShrink, exhaustively): the one-step prunings of `e`."""
-    if not isinstance(e, Apply):
-        return []
-    out = []
-    t = engine_dsl.type_of(e)
-    for a in e.args:
-        if isinstance(a, Apply) and engine_dsl.type_of(a) is t:
-            out.append(a)
-    for i, a in enumerate(e.args):
-        for s in shrinks(a):
-            out.append(Apply(e.op, e.args[:i] + (s,) + e.args[i + 1:]))
-    return out
+def neighbours(e) -> list:
+    """The one-step neighbourhood of `e` for the final local search: every shrink (a node
+    replaced by a same-typed argument, DEAP's mutShrink done exhaustively: the prunings)
+    and every primitive replacement (a node replaced by another primitive of the same
+    signature, DEAP's mutNodeReplacement done exhaustively: greedy <-> sample, top-p <->
+    min-p, entropy <-> max-prob, ...; a real argument keeps its value where the new slot's
+    domain holds it). See `evolution.variation.all_shrinks` / `all_node_replacements`."""
+    ind = Individual(to_tree(e))
+    return [to_expr(t) for t in all_shrinks(ind) + all_node_replacements(ind)]
 
 
 def _count_paths(e, path=()):
@@ -182,16 +185,93 @@ def _set(e, path, value):
     return Apply(e.op, e.args[:i] + (_set(e.args[i], path[1:], value),) + e.args[i + 1:])
 
 
-class Polisher:
-    """Final local search on the training rows for one candidate: Adam on the relaxed
-    likelihood over all rows at increasing sharpness, and a coordinate search over the
-    Count constants gradient cannot move (k +- 1, x2, /2 while the exact likelihood
-    improves). Keeps whichever program has the best exact training likelihood."""
+def _real_paths(e, path=()):
+    """(path, domain) of every tunable Real literal of `e`, in prefix order."""
+    if not isinstance(e, Apply):
+        return []
+    out = []
+    prim = engine_dsl.PRIMITIVES[e.op]
+    for i, a in enumerate(e.args):
+        if isinstance(a, RealConst) and not a.fixed:
+            out.append(((*path, i), prim.args[i].domain or ANY))
+        else:
+            out.extend(_real_paths(a, (*path, i)))
+    return out
 
-    def __init__(self, rows, space, steps: int, sharpness=(30.0, 100.0), batch: int = 1024):
+
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def line_search(f, z0: float, f0: float, width: float, scan: int = 3, iters: int = 8,
+                extend: int = 3):
+    """Maximise f over z near z0 without derivatives: a scan of 2 * scan + 1 points spaced
+    width / scan (moved on while the best lies at an end, at most `extend` times), then a
+    golden-section search in the two cells around the best point. f need not be smooth
+    (exact likelihoods are piecewise constant in a truncation's threshold); returns the
+    best (z, f(z)) seen."""
+    h = width / scan
+    seen = {z0: f0}
+
+    def at(z):
+        if z not in seen:
+            seen[z] = f(z)
+        return seen[z]
+
+    lo, hi = -scan, scan
+    for k in range(lo, hi + 1):
+        at(z0 + k * h)
+    for _ in range(extend):
+        zb = max(seen, key=seen.get)
+        if zb == z0 + hi * h:
+            hi += scan
+            for k in range(hi - scan + 1, hi + 1):
+                at(z0 + k * h)
+        elif zb == z0 + lo * h:
+            lo -= scan
+            for k in range(lo, lo + scan):
+                at(z0 + k * h)
+        else:
+            break
+    zb = max(seen, key=seen.get)
+    a, b = zb - h, zb + h
+    c, d = b - GOLDEN * (b - a), a + GOLDEN * (b - a)
+    fc, fd = at(c), at(d)
+    for _ in range(iters):
+        if fc >= fd:
+            b, d, fd = d, c, fc
+            c = b - GOLDEN * (b - a)
+            fc = at(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + GOLDEN * (b - a)
+            fd = at(d)
+    zb = max(seen, key=seen.get)
+    return zb, seen[zb]
+
+
+class Polisher:
+    """Final local search on the training rows for one candidate. Keeps whichever program
+    has the best exact training likelihood (all training rows) among:
+
+    1. a coordinate search over the Count constants gradient cannot move (top-k's k,
+       layer's k: k +- 1, x2 (capped at the range's end), /2 while the exact likelihood
+       improves);
+    2. Adam on the relaxed likelihood (`batch` rows of `tune_rows`) at increasing
+       sharpness, then the Count search again if the constants moved;
+    3. `refine` (for the best program of each structure near the best, see
+       `choose_champion`): an exact coordinate search over the real constants
+       (`line_search` on each constant's unconstrained parameter, the map tuning uses,
+       on the exact likelihood of all training rows). This
+       removes what the relaxed objective's soft masks and sigmoid-blended `if` leave
+       (e.g. a top-p mass just below the exact optimum's cliff)."""
+
+    def __init__(self, rows, space, steps: int, sharpness=(30.0, 100.0), batch: int = 1024,
+                 refine_width: float = 0.6, refine_passes: int = 2, tune_rows=None):
         self.rows, self.space, self.steps, self.sharpness = rows, space, steps, sharpness
         self.evaluate = SafeEvaluator(LikelihoodEvaluator(rows))
-        self.batch = LikelihoodTuner(rows, batch=batch).tune_batch(0)
+        tune_rows = rows if tune_rows is None else tune_rows
+        self.batch = LikelihoodTuner(tune_rows, batch=batch).tune_batch(0)
+        self.refine_width, self.refine_passes = refine_width, refine_passes
 
     def score(self, e) -> float:
         return self.evaluate([e])[0][0]
@@ -213,41 +293,76 @@ class Polisher:
     def counts(self, e, best: float):
         for path in _count_paths(e):
             hi = self.space.n_layer if _get(e, path[:-1]).op == "layer" else self.space.vocab_size
-            improved = True
-            while improved:
-                improved = False
+            while True:  # steepest ascent over k +- 1, 2k (capped), k / 2
                 k = _get(e, path).value
-                for v in sorted({k - 1, k + 1, 2 * k, math.ceil(k / 2)}):
-                    if 1 <= v <= hi and v != k:
-                        cand = _set(e, path, CountConst(v))
-                        s = self.score(cand)
-                        if s > best:
-                            e, best, improved = cand, s, True
-                            break
+                moves = [(self.score(c), c) for v in
+                         sorted({k - 1, k + 1, min(2 * k, hi), math.ceil(k / 2)})
+                         if 1 <= v <= hi and v != k
+                         for c in [_set(e, path, CountConst(v))]]
+                if not moves:
+                    break
+                s, c = max(moves, key=lambda m: m[0])
+                if s <= best + 1e-6:  # not float noise (k moving one token at a time)
+                    break
+                e, best = c, s
+        return e, best
+
+    def refine(self, e, best: float):
+        paths = _real_paths(e)
+        for _ in range(self.refine_passes if len(paths) > 1 else 1):
+            moved = False
+            for path, dom in paths:
+                z0 = from_domain(_get(e, path).value, dom)
+
+                def f(z, e=e, path=path, dom=dom):
+                    return self.score(_set(e, path, RealConst(to_domain(z, dom))))
+
+                z, s = line_search(f, z0, best, self.refine_width)
+                if s > best:
+                    e, best, moved = _set(e, path, RealConst(to_domain(z, dom))), s, True
+            if not moved:
+                break
         return e, best
 
     def __call__(self, e, floor: float = -math.inf):
-        """(polished e, its training log-likelihood); e as it is when it scores below
-        `floor` (not worth polishing)."""
+        """(polished e, its training log-likelihood): steps 1 and 2; e as it is after the
+        Count search when it scores below `floor` (not worth polishing)."""
         best = self.score(e)
+        e, best = self.counts(e, best)
         if best < floor:
-            return e, best
-        e, best = self.tune(e, best)
-        e2, best2 = self.counts(e, best)
+            return simplify(e, self.space), best
+        e2, best2 = self.tune(e, best)
         if e2 != e:
-            e, best = self.tune(e2, best2)
+            e, best = self.counts(e2, best2)
         return simplify(e, self.space), best
 
 
-def choose_champion(individuals, seeds, rows, space, args):
+def _structure(decoder):
+    """A decoder's per-step distribution up to constants: (sample or greedy, the shape of
+    its Logits expression); vote/best-of wrappers do not change it."""
+    kind, logits_expr, _ = sampling_logits(decoder)
+    return kind, shape(logits_expr)
+
+
+def _one_line(e) -> str:
+    return " ".join(engine_dsl.expr_to_scheme(e).split())
+
+
+def choose_champion(individuals, seeds, rows, space, args, tune_rows=None):
     """The reported champion: the `--refine-top` best distinct (simplified) programs of the
     final population and hall of fame, and the seed programs (the search's starting points,
-    never the teacher), each polished (`Polisher`), then `--prune-rounds` rounds of the
-    one-step prunings of the best `--prune-top` polished programs, polished in turn; then
-    Occam's choice on the training rows
+    never the teacher), each polished (`Polisher`); then `--prune-rounds` rounds of local
+    search: the one-step neighbours (`neighbours`: shrinks and primitive replacements) of
+    the best `--prune-top` polished programs (and, in the first round, of the seeds that
+    scored too low to polish, e.g. a greedy program under the likelihood objective),
+    polished in turn; after each round, the exact coordinate search (`Polisher.refine`)
+    for the best program of each of the `--refine-per-round` smallest structures within
+    `--refine-gap` of the best; then Occam's choice on the training rows
     (`one_standard_error_choice`: the cheapest, then smallest, program whose mean
     log-likelihood is within one standard error of the best)."""
-    polish = Polisher(rows, space, args.polish_steps)
+    polish = Polisher(rows, space, args.polish_steps, batch=args.polish_rows,
+                      tune_rows=tune_rows)
+    debug = os.environ.get("RECOVERY_DEBUG")
     ranked, seen = [], set()
     for ind in sorted(individuals, key=lambda i: -i.fitness.values[0]):
         e = simplify(to_expr(ind), space)
@@ -255,63 +370,112 @@ def choose_champion(individuals, seeds, rows, space, args):
             seen.add(e)
             ranked.append(e)
     pool = {}  # polished program -> training log-likelihood
-    top = max(polish.score(e) for e in ranked[:1]) if ranked else -math.inf
+    top = polish.score(ranked[0]) if ranked else -math.inf
     frontier = ranked[: args.refine_top]
+    seed_exprs = []
     for d in seeds:
         e = simplify(d.body, space)
+        seed_exprs.append(e)
         if e not in seen:
             seen.add(e)
             frontier.append(e)
+    refined = set()  # structures whose best program got the exact coordinate search
+    gated = set()  # programs scoring too low to polish
     for round_ in range(args.prune_rounds + 1):
-        for e in frontier:
+        scored = sorted(((polish.score(e), i) for i, e in enumerate(frontier)), reverse=True)
+        for raw, i in scored:
+            e = frontier[i]
+            if raw <= -1e9:
+                continue
             t0 = time.perf_counter()
             p, s = polish(e, floor=top - args.polish_gap)
-            if os.environ.get("RECOVERY_DEBUG"):
-                print(f"  polish {time.perf_counter() - t0:.1f}s {s:.4f} "
-                      f"{engine_dsl.expr_to_scheme(e)} -> {engine_dsl.expr_to_scheme(p)}",
-                      file=sys.stderr, flush=True)
+            if debug:
+                print(f"  polish {time.perf_counter() - t0:.1f}s {raw:.4f} -> {s:.4f} "
+                      f"{_one_line(e)} -> {_one_line(p)}", file=sys.stderr, flush=True)
+            if s < top - args.polish_gap:
+                gated.add(e)
             if s > -1e9:
                 pool[p] = max(s, pool.get(p, -math.inf))
+        # the exact search, once per structure (its best program), for the smallest
+        # `--refine-per-round` structures near the best
+        best = max(pool.values(), default=-math.inf)
+        todo, kinds = [], set()
+        for p in sorted(pool, key=lambda p: -pool[p]):
+            if pool[p] < best - args.refine_gap:
+                break
+            k = _structure(p)
+            if k not in refined and k not in kinds and _real_paths(p):
+                kinds.add(k)
+                todo.append(p)
+        for p in sorted(todo, key=lambda p: (engine_dsl.size(p), -pool[p]))[
+                : args.refine_per_round]:
+            refined.add(_structure(p))
+            t0 = time.perf_counter()
+            q, s = polish.refine(p, pool[p])
+            q = simplify(q, space)
+            if debug:
+                print(f"  refine {time.perf_counter() - t0:.1f}s {pool[p]:.5f} -> {s:.5f} "
+                      f"{_one_line(q)}", file=sys.stderr, flush=True)
+            pool[q] = max(s, pool.get(q, -math.inf))
         if round_ == args.prune_rounds:
             break
-        best = sorted(pool, key=lambda p: -pool[p])[: args.prune_top]
+        base, kinds = [], set()  # the best program of each of the best structures
+        for p in sorted(pool, key=lambda p: -pool[p]):
+            if _structure(p) not in kinds and len(base) < args.prune_top:
+                kinds.add(_structure(p))
+                base.append(p)
+        if round_ == 0:  # a second chance for the seeds too poor to polish
+            base += [e for e in seed_exprs if e in gated]
         frontier = []
-        for e in best:
-            for s_ in shrinks(e):
-                s_ = simplify(s_, space)
-                if s_ not in seen:
-                    seen.add(s_)
-                    frontier.append(s_)
+        for e in base:
+            for n in neighbours(e):
+                n = simplify(n, space)
+                if n not in seen:
+                    seen.add(n)
+                    frontier.append(n)
     cands = list(pool)
     scores = []
     for c in cands:
         kind, le, _ = sampling_logits(c)
         with torch.no_grad():
             scores.append(target_log_probs(le, kind, rows).tolist())
-    from evolution.evaluation import forward_cost
-
-    i = one_standard_error_choice(scores, [(forward_cost(c), engine_dsl.size(c)) for c in cands])
+    i = one_standard_error_choice(scores, [(forward_cost(c), engine_dsl.size(c)) for c in cands],
+                                  tolerance=args.equivalence)
+    if debug:
+        print(f"  chosen {engine_dsl.expr_to_scheme(cands[i])} of {len(cands)}; best "
+              f"{max(pool.values()):.5f}", file=sys.stderr, flush=True)
     return cands[i], len(cands)
 
 
 def recover(path: Path, model, space, prompts, args) -> dict:
     (teacher_def,) = engine_dsl.read(path.read_text(), str(path))
     teacher = teacher_def.body
-    n_train = len(prompts) * 3 // 4
-    ids, mask = teacher_data(model, teacher, prompts, args.tokens, args.seed)
+    t0 = time.perf_counter()
+    # `--samples` draws per prompt (each prompt's copies are adjacent, so the split below
+    # keeps every held-out prompt out of training)
+    n_train = len(prompts) * 3 // 4 * args.samples
+    ids, mask = teacher_data(model, teacher, [p for p in prompts for _ in range(args.samples)],
+                             args.tokens, args.seed)
     rows = cache_rows(model, ids[:n_train], mask[:n_train])
     held_out = cache_rows(model, ids[n_train:], mask[n_train:])
+    # evolution (scores and tuning) and the Adam polish work on a fixed random subset of
+    # the training answers (its own cached rows, so a head-gated forward pass runs over
+    # those sequences only); the exact scores of the final polish and choice use them all
+    sub = rows
+    if args.evolve_answers and args.evolve_answers < n_train:
+        g = torch.Generator().manual_seed(args.seed)
+        pick = torch.randperm(n_train, generator=g)[: args.evolve_answers].sort().values
+        sub = cache_rows(model, ids[pick], mask[pick])
 
     seeds = [d for f in sorted((ROOT / "programs").glob("*.scm"))
              for d in engine_dsl.read(f.read_text(), str(f))]
-    evaluate = SafeEvaluator(LikelihoodEvaluator(rows))
+    evaluate = SafeEvaluator(LikelihoodEvaluator(sub))
     seeds = [d for d in seeds if evaluate([d.body])[0][0] > -1e9]  # runnable on this model
     cfg = EvolutionConfig(population_size=args.population, tune_steps=args.tune_steps,
                           tune_lr=0.1, seed=args.seed)
     tb = build_toolbox(cfg, space)
-    tuner = LikelihoodTuner(rows, steps=cfg.tune_steps, lr=cfg.tune_lr, batch=512)
+    tuner = LikelihoodTuner(sub, steps=cfg.tune_steps, lr=cfg.tune_lr, batch=512)
     rng = random.Random(args.seed)
-    t0 = time.perf_counter()
     pop = initial_population(tb, rng, seeds)
     generations = 0
     for _ in range(args.generations):
@@ -319,9 +483,11 @@ def recover(path: Path, model, space, prompts, args) -> dict:
         generations += 1
         if args.time_per_teacher and time.perf_counter() - t0 > args.time_per_teacher:
             break
+    if os.environ.get("RECOVERY_DEBUG"):
+        print(f"  evolution done at {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.refine_top > 0:
         champion, _ = choose_champion([*pop.individuals, *pop.hall_of_fame], seeds, rows,
-                                               space, args)
+                                      space, args, tune_rows=sub)
     else:
         champion = simplify(to_expr(champion_of([*pop.individuals, *pop.hall_of_fame])), space)
     teacher_s = simplify(teacher, space)
@@ -335,8 +501,14 @@ def recover(path: Path, model, space, prompts, args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teachers", default=str(ROOT / "bench" / "teachers"))
-    ap.add_argument("--prompts", type=int, default=128)
-    ap.add_argument("--tokens", type=int, default=24, help="answer tokens per prompt")
+    ap.add_argument("--prompts", type=int, default=256,
+                    help="text prompts (the task's valid split, then its test split)")
+    ap.add_argument("--samples", type=int, default=4,
+                    help="teacher answers drawn per prompt (independent draws)")
+    ap.add_argument("--tokens", type=int, default=24, help="answer tokens per answer")
+    ap.add_argument("--evolve-answers", type=int, default=192,
+                    help="training answers evolution scores and tunes on (and the Adam "
+                         "polish); the final exact scores use all of them (0: all)")
     ap.add_argument("--population", type=int, default=32)
     ap.add_argument("--generations", type=int, default=12)
     ap.add_argument("--tune-steps", type=int, default=15)
@@ -351,19 +523,30 @@ def main(argv=None) -> int:
     ap.add_argument("--polish-gap", type=float, default=0.5,
                     help="nats/token; candidates further below the best are not polished")
     ap.add_argument("--polish-steps", type=int, default=25, help="Adam steps per sharpness")
+    ap.add_argument("--refine-per-round", type=int, default=3,
+                    help="structures given the exact coordinate search per round")
+    ap.add_argument("--equivalence", type=float, default=1e-3,
+                    help="nats/token; in Occam's choice, programs within this of the best "
+                         "count as equally good whatever the standard error")
+    ap.add_argument("--polish-rows", type=int, default=1024, help="rows per Adam polish")
+    ap.add_argument("--refine-gap", type=float, default=0.02,
+                    help="nats/token; polished programs within this of the best get the exact "
+                         "coordinate search of their real constants")
     ap.add_argument("--kl-smoothing", type=float, default=SMOOTHING,
                     help="uniform mixed into the student for the KL (default: the "
                          "likelihood objective's)")
     ap.add_argument("--train-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: what the figures in docs/BENCHMARKS.md used)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     model, task = train_model(args.train_steps, args.seed)
     space = SearchSpace.for_model(model)
     tok = ByteTokenizer()
-    prompts = [tok.encode(e.output[:12], bos=True) for e in task.valid[: args.prompts]]
+    prompts = [tok.encode(e.output[:12], bos=True)
+               for e in [*task.valid, *task.test][: args.prompts]]
     files = sorted(Path(args.teachers).glob("*.scm"))
     results = []
     for path in files:

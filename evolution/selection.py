@@ -103,8 +103,8 @@ def select_parents(individuals: list, k: int, rng: random.Random, kind: str = "n
     return select_double_tournament(individuals, k, rng, fitness_size, parsimony_size)
 
 
-def one_standard_error_choice(row_scores: list, complexity: list, se_multiple: float = 1.0
-                              ) -> int:
+def one_standard_error_choice(row_scores: list, complexity: list, se_multiple: float = 1.0,
+                              tolerance: float = 0.0) -> int:
     """Occam's choice among candidate models scored on the same rows (the "one standard
     error rule" of Breiman et al.'s CART, the spirit of PySR's model selection): the least
     complex candidate whose mean score is within `se_multiple` standard errors of the best
@@ -112,7 +112,11 @@ def one_standard_error_choice(row_scores: list, complexity: list, se_multiple: f
 
     row_scores: per candidate, a sequence of per-row scores (higher is better; same rows,
     same order); complexity: per candidate, a sortable key (smaller is simpler, e.g.
-    (cost, size)). Ties in complexity go to the higher mean. Returns the chosen index."""
+    (cost, size)). tolerance: a margin of practical equivalence, in the scores' unit: a
+    candidate whose mean is within it of the best is eligible however small the standard
+    error (a tiny but consistent gain, e.g. from cutting a few never-observed tokens, does
+    not buy complexity). Ties in complexity go to the higher mean. Returns the chosen
+    index."""
     import math
 
     if not row_scores or len(row_scores) != len(complexity):
@@ -128,6 +132,6 @@ def one_standard_error_choice(row_scores: list, complexity: list, se_multiple: f
         d = [b - x for b, x in zip(rows[best], r, strict=True)]
         gap = sum(d) / n
         var = sum((x - gap) ** 2 for x in d) / max(n - 1, 1)
-        if gap <= se_multiple * math.sqrt(var / n):
+        if gap <= max(se_multiple * math.sqrt(var / n), tolerance):
             eligible.append(i)
     return min(eligible, key=lambda i: (complexity[i], -means[i]))

@@ -13,7 +13,10 @@ import math
 import random
 from functools import wraps
 
+from engine_dsl.types import Type
+
 from .bridge import (
+    REAL_DOMAINS,
     BoolConstant,
     CountConstant,
     RealConstant,
@@ -237,3 +240,62 @@ def random_mutation(ind, rng: random.Random, operators: dict, weights: dict):
     names = [n for n in operators if weights.get(n, 0) > 0]
     name = rng.choices(names, [weights[n] for n in names])[0]
     return operators[name](ind), name
+
+
+# --- exhaustive neighbourhoods (local search) --------------------------------------------------
+
+
+def _literal_fits(node, slot) -> bool:
+    """May literal `node` stand in `slot`, either as it is or re-classed (a Real whose value
+    lies in the slot's domain, e.g. a top-p mass 0.8 as a temperature)?"""
+    if fits(node.ret, slot):
+        return True
+    if isinstance(node, RealConstant) and slot in LITERAL_SLOTS:
+        t, key = LITERAL_SLOTS[slot]
+        return t is Type.REAL and REAL_DOMAINS[key].contains(node.value)
+    return False
+
+
+def all_node_replacements(ind, recast_literals: bool = True) -> list[list]:
+    """Every tree one primitive replacement makes from `ind` (the primitive moves of
+    `mut_node_replacement`, done exhaustively, in prefix order): a primitive by another of
+    the same arity that fits its slot and its children (sample <-> greedy, top-p <-> min-p,
+    entropy <-> max-prob, < <-> >, ...). Literals are not redrawn (tuning moves them).
+    recast_literals: a Real literal child may also take a new slot whose domain holds its
+    value (top-p 0.8 -> temperature 0.8). Returns plain node lists."""
+    slots = slot_classes(ind)
+    out = []
+    for i, node in enumerate(ind):
+        if not node.arity:
+            continue
+        kids = [ind[c] for c in _children(ind, i)]
+        for p in SLOT_PRIMITIVES[slots[i]]:
+            if p.name == node.name or p.arity != node.arity:
+                continue
+            ok = all(fits(k.ret, a) or (recast_literals and k.arity == 0 and _literal_fits(k, a))
+                     for k, a in zip(kids, p.args, strict=True))
+            if not ok:
+                continue
+            new = list(ind)
+            new[i] = p
+            for c, k, a in zip(_children(ind, i), kids, p.args, strict=True):
+                if not fits(k.ret, a):  # a recast literal: same value, the new slot's class
+                    new[c] = RealConstant(k.value, a, k.fixed)
+            out.append(new)
+    return out
+
+
+def all_shrinks(ind) -> list[list]:
+    """Every tree one shrink makes from `ind` (`mut_shrink` done exhaustively, in prefix
+    order): a node replaced by one of its own arguments that fits the same slot."""
+    slots = slot_classes(ind)
+    out = []
+    for i, node in enumerate(ind):
+        if not node.arity:
+            continue
+        for c in _children(ind, i):
+            if fits(ind[c].ret, slots[i]):
+                new = list(ind)
+                new[ind.searchSubtree(i)] = ind[ind.searchSubtree(c)]
+                out.append(new)
+    return out

@@ -14,7 +14,13 @@ from evolution.bridge import CountConstant, RealConstant, SearchSpace, individua
 from evolution.config import EvolutionConfig
 from evolution.generation import ConstantSampler, random_individual
 from evolution.population import OPERATOR_NAMES, build_toolbox
-from evolution.variation import mut_constant, mut_count, mut_shrink
+from evolution.variation import (
+    all_node_replacements,
+    all_shrinks,
+    mut_constant,
+    mut_count,
+    mut_shrink,
+)
 
 EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 60
 SPACE = SearchSpace(n_layer=3, n_head=2, vocab_size=40)
@@ -129,3 +135,51 @@ def test_shrink_hoists_a_fitting_argument():
         (ind,) = mut_shrink(individual(e), rng)
         seen.add(engine_dsl.expr_to_scheme(to_expr(ind)))
     assert seen == {"(greedy logits)"}
+
+
+def _texts(trees):
+    return {engine_dsl.expr_to_scheme(to_expr(t)) for t in trees}
+
+
+def test_all_shrinks_lists_every_pruning():
+    """all_shrinks is mut_shrink done exhaustively: every node replaced by each argument
+    that fits its slot."""
+    e = engine_dsl.read_expr("(sample (top-p (temperature logits 0.9) 0.8))", Type.DECODER)
+    assert _texts(all_shrinks(individual(e))) == {"(sample (temperature logits 0.9))",
+                                                  "(sample (top-p logits 0.8))"}
+    rng = random.Random(0)
+    for _ in range(30):
+        (ind,) = mut_shrink(individual(e), rng)
+        assert engine_dsl.expr_to_scheme(to_expr(ind)) in _texts(all_shrinks(individual(e)))
+
+
+def test_all_node_replacements_swap_same_signature_primitives():
+    """Every primitive replaced by each sibling of its signature (greedy <-> sample, the
+    truncations among themselves, < <-> >); a real literal keeps its value where the new
+    slot's domain holds it (0.8 as a temperature), and the replacement is skipped where it
+    does not (0.8 is no repetition penalty)."""
+    e = engine_dsl.read_expr("(greedy (top-p logits 0.8))", Type.DECODER)
+    assert _texts(all_node_replacements(individual(e))) == {
+        "(sample (top-p logits 0.8))", "(greedy (min-p logits 0.8))",
+        "(greedy (typical logits 0.8))", "(greedy (temperature logits 0.8))"}
+    assert _texts(all_node_replacements(individual(e), recast_literals=False)) == {
+        "(sample (top-p logits 0.8))", "(greedy (min-p logits 0.8))",
+        "(greedy (typical logits 0.8))"}
+    e = engine_dsl.read_expr("(sample (if (< (entropy logits) 1.5) logits (layer 1)))",
+                             Type.DECODER)
+    out = _texts(all_node_replacements(individual(e)))
+    assert "(sample (if (> (entropy logits) 1.5) logits (layer 1)))" in out
+    assert "(sample (if (< (max-prob logits) 1.5) logits (layer 1)))" in out
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_exhaustive_neighbours_type_check(seed):
+    """Every tree of all_shrinks and all_node_replacements type-checks, reads back, and
+    keeps the fixed constants of its parent fixed."""
+    rng, a, _ = _pair(seed)
+    fixed = sorted(n.value for n in a if isinstance(n, RealConstant) and n.fixed)
+    for t in all_shrinks(a) + all_node_replacements(a):
+        _reads_back(individual(to_expr(t)))
+    for t in all_node_replacements(a):
+        assert sorted(n.value for n in t if isinstance(n, RealConstant) and n.fixed) == fixed
