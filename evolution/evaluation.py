@@ -112,9 +112,11 @@ class CachedRows:
                     lens=self.lens, gated=self.gated, n_layer=self.n_layer, n_head=self.n_head)
 
     def subset(self, index: torch.Tensor) -> CachedRows:
-        """The rows at `index` (gated passes are still computed whole, then indexed)."""
-        g = self.gated
-        gated = None if g is None else GatedForward(g.model, g.ids, g.seq[index], g.pos[index])
+        """The rows at `index` (a gated pass then runs only over the sequences they are in)."""
+        g, gated = self.gated, None
+        if g is not None:
+            seqs, seq = torch.unique(g.seq[index], return_inverse=True)
+            gated = GatedForward(g.model, g.ids[seqs], seq, g.pos[index])
         return CachedRows(self.logits[index], tuple(r[index] for r in self.residuals),
                           self.history[index], self.targets[index], gated, self.lens,
                           self.n_layer, self.n_head)

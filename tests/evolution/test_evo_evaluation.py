@@ -96,6 +96,23 @@ def test_cached_rows_match_the_model():
     assert torch.allclose(rows.gated(ones), rows.logits, atol=1e-5)
 
 
+
+def test_a_subset_of_rows_is_those_rows():
+    """subset(index) holds the rows at index, and its gated pass (run over only the
+    sequences those rows are in) gives the full pass's logits at them."""
+    model = _tiny_model()
+    ids = torch.randint(0, 256, (4, 9))
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, 4:] = True
+    rows = cache_rows(model, ids, mask)
+    index = torch.tensor([13, 2, 14, 3])  # rows of sequences 2, 0, 2, 0 (5 rows each)
+    sub = rows.subset(index)
+    assert torch.equal(sub.logits, rows.logits[index])
+    assert torch.equal(sub.targets, rows.targets[index])
+    assert sub.gated.ids.size(0) == 2  # only sequences 0 and 2 are run
+    gates = torch.rand(2, 2)
+    assert torch.allclose(sub.gated(gates), rows.gated(gates)[index], atol=1e-6)
+
 def test_generations_over_a_batched_decode():
     """evolve_generation runs on DecodeEvaluator: every program of the population is
     decoded in one batched call per generation and gets a valid (score, cost, size)."""
