@@ -720,12 +720,7 @@ def _chain_fast(x: torch.Tensor, steps) -> torch.Tensor | None:
             remove = cum <= cut
             remove[:, -1] = False
             # order of ties and float sums may differ from a full sort at the cut: check
-            n_removed = remove.sum(-1, keepdim=True)
-            at = n_removed.clamp(min=1, max=K - 1)
-            first_kept = vals.gather(1, at)
-            risky = (first_kept == vals.gather(1, at - 1)) & (n_removed > 0) \
-                & torch.isfinite(first_kept)
-            if bool(risky.any() | ((cum - cut).abs() < _CUT_SLACK).any()):
+            if bool(_tie_at_cut(vals, remove).any() | ((cum - cut).abs() < _CUT_SLACK).any()):
                 return None
             vals = vals.masked_fill(remove, NEG_INF)
         elif op == "min-p":
