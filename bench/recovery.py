@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import engine_dsl  # noqa: E402
 from engine_dsl import Apply, BoolConst, CountConst, RealConst, WeightsConst  # noqa: E402
 from engine_dsl.types import ANY  # noqa: E402
-from evolution.bridge import Individual, SearchSpace, to_expr, to_tree  # noqa: E402
+from evolution.bridge import Individual, SearchSpace, slot_class, to_expr, to_tree  # noqa: E402
 from evolution.config import EvolutionConfig  # noqa: E402
 from evolution.evaluation import (  # noqa: E402
     SMOOTHING,
@@ -51,7 +51,12 @@ from evolution.evaluation import (  # noqa: E402
     sampling_logits,
     target_log_probs,
 )
-from evolution.generation import from_domain, to_domain  # noqa: E402
+from evolution.generation import (  # noqa: E402
+    LITERAL_SLOTS,
+    ConstantSampler,
+    from_domain,
+    to_domain,
+)
 from evolution.population import build_toolbox, evolve_generation, initial_population  # noqa: E402
 from evolution.selection import one_standard_error_choice  # noqa: E402
 from evolution.simplify import simplify  # noqa: E402
@@ -159,16 +164,19 @@ def neighbours(e) -> list:
     return [to_expr(t) for t in all_shrinks(ind) + all_node_replacements(ind)]
 
 
-def _count_paths(e, path=()):
-    """Paths (argument indices) to the Count constants that change the per-step
-    distribution (top-k's k, layer's k; not vote/best-of n)."""
+def _count_paths(e, sampler: ConstantSampler, path=()):
+    """(path, largest value) of every Count constant that changes the per-step distribution
+    (top-k's k, layer's k: the uncapped Count slots of the registry; vote/best-of n are
+    capped by `Limits.max_votes`); the range is the GP's (`ConstantSampler.count_range`)."""
     if not isinstance(e, Apply):
         return []
     out = []
+    prim = engine_dsl.PRIMITIVES[e.op]
     for i, a in enumerate(e.args):
-        if isinstance(a, CountConst) and e.op in ("top-k", "layer"):
-            out.append((*path, i))
-        out.extend(_count_paths(a, (*path, i)))
+        if isinstance(a, CountConst) and not prim.args[i].cap:
+            _, key = LITERAL_SLOTS[slot_class(prim, i)]
+            out.append(((*path, i), sampler.count_range(key)[1]))
+        out.extend(_count_paths(a, sampler, (*path, i)))
     return out
 
 
@@ -272,6 +280,7 @@ class Polisher:
         tune_rows = rows if tune_rows is None else tune_rows
         self.batch = LikelihoodTuner(tune_rows, batch=batch).tune_batch(0)
         self.refine_width, self.refine_passes = refine_width, refine_passes
+        self.sampler = ConstantSampler(space)
 
     def score(self, e) -> float:
         return self.evaluate([e])[0][0]
@@ -291,8 +300,7 @@ class Polisher:
         return e, best
 
     def counts(self, e, best: float):
-        for path in _count_paths(e):
-            hi = self.space.n_layer if _get(e, path[:-1]).op == "layer" else self.space.vocab_size
+        for path, hi in _count_paths(e, self.sampler):
             while True:  # steepest ascent over k +- 1, 2k (capped), k / 2
                 k = _get(e, path).value
                 moves = [(self.score(c), c) for v in
@@ -324,10 +332,11 @@ class Polisher:
                 break
         return e, best
 
-    def __call__(self, e, floor: float = -math.inf):
+    def __call__(self, e, floor: float = -math.inf, score: float | None = None):
         """(polished e, its training log-likelihood): steps 1 and 2; e as it is after the
-        Count search when it scores below `floor` (not worth polishing)."""
-        best = self.score(e)
+        Count search when it scores below `floor` (not worth polishing). `score`: e's own,
+        when the caller has it already."""
+        best = self.score(e) if score is None else score
         e, best = self.counts(e, best)
         if best < floor:
             return simplify(e, self.space), best
@@ -388,7 +397,7 @@ def choose_champion(individuals, seeds, rows, space, args, tune_rows=None):
             if raw <= -1e9:
                 continue
             t0 = time.perf_counter()
-            p, s = polish(e, floor=top - args.polish_gap)
+            p, s = polish(e, floor=top - args.polish_gap, score=raw)
             if debug:
                 print(f"  polish {time.perf_counter() - t0:.1f}s {raw:.4f} -> {s:.4f} "
                       f"{_one_line(e)} -> {_one_line(p)}", file=sys.stderr, flush=True)
