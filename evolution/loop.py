@@ -180,10 +180,7 @@ class CoEvolution:
             cfg.run.seeds = [str(f) for f in files]
             cfg.run.model_from = str(model_from or "")
             # everything was read and checked: only now does the run directory appear
-            self.dir.create()
-            self.dir.write(self.dir.config, dump_toml(cfg))
-            for f in files:
-                self.dir.write(self.dir.seeds / f.name, f.read_bytes())
+            self.dir.create(dump_toml(cfg), {f.name: f.read_bytes() for f in files})
         self.seeds = seeds
         self.champion_loss = ChampionLoss(GREEDY)
         self.trainer = Trainer(model, self.tokenizer, self.task.train, self._schedule(),

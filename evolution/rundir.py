@@ -76,13 +76,21 @@ class RunDir:
         return self.config.exists()
 
     # creation and checks
-    def create(self) -> None:
-        """Make a new run directory; refuse one that already holds a run or other files."""
+    def create(self, config: str, seeds: dict[str, bytes]) -> None:
+        """Make a new run directory holding `config` and copies of the seed files, all at once
+        (built in a temp sibling, then renamed): a kill leaves no run or a whole one. Refuses
+        a directory that already holds a run or other files."""
         if self.path.exists() and (self.is_run() or any(self.path.iterdir())):
             what = "a run" if self.is_run() else "files"
             raise RunError(f"{self.path} already holds {what}; resume it with --resume "
                            f"{self.path} or choose another --out")
-        self.path.mkdir(parents=True, exist_ok=True)
+
+        def build(tmp: Path) -> None:
+            for name, data in seeds.items():
+                atomic_write(tmp / "seeds" / name, data)
+            atomic_write(tmp / self.config.name, config)
+
+        self.replace_dir(self.path, build)
 
     def require_run(self) -> None:
         if not self.path.is_dir():

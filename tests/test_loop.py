@@ -60,3 +60,32 @@ def test_nested_defaults_survive_partial_sections():
         resolve(None, ["loop.train_step=3"])
     with pytest.raises(ConfigError, match="exceeds the cap model.block_size"):
         resolve(None, ["loop.max_new_tokens=500"])
+
+
+def test_a_run_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Config and seed copies appear together: a failure while they are written (as a kill
+    would) leaves no run, and a later attempt at the same path succeeds."""
+    import evolution.rundir as rundir
+    from evolution.rundir import RunDir, RunError
+
+    seeds = {"a.scm": b"(define a greedy)\n", "b.scm": b"(define b greedy)\n"}
+    real_write, written = rundir.atomic_write, []
+
+    def failing_write(path, data):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        real_write(path, data)
+
+    run = RunDir(tmp_path / "runs" / "x")
+    monkeypatch.setattr(rundir, "atomic_write", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        run.create("[run]\n", seeds)
+    assert not run.path.exists() and not run.is_run()
+    monkeypatch.setattr(rundir, "atomic_write", real_write)
+    run.create("[run]\n", seeds)
+    assert run.config.read_text() == "[run]\n"
+    assert {p.name: p.read_bytes() for p in run.seeds.iterdir()} == seeds
+    assert sorted(p.name for p in run.path.parent.iterdir()) == ["x"]
+    with pytest.raises(RunError, match="already holds a run"):
+        run.create("[run]\n", seeds)
