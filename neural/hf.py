@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .model import StepOutput
+from .model import StepOutput, step_gates, step_mask
 
 _LAYOUTS = [
     # (blocks, final norm, output projection inside a block)
@@ -130,27 +130,14 @@ class HFModel(nn.Module):
     def forward_step(self, ids, *, attention_mask=None, cache=None, head_gates=None
                      ) -> StepOutput:
         """Same contract as `neural.GPT.forward_step`."""
-        B, T = ids.shape
-        past_len = 0 if cache is None else cache.length
-        if attention_mask is None:
-            new = torch.ones(B, T, dtype=torch.bool, device=ids.device)
-            mask = new if cache is None else torch.cat((cache.mask, new), dim=1)
-        else:
-            mask = attention_mask.to(device=ids.device, dtype=torch.bool)
-            if mask.shape != (B, past_len + T):
-                raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, expected "
-                                 f"{(B, past_len + T)} (past {past_len} + new {T} positions)")
+        mask, past_len = step_mask(ids, attention_mask, cache)
         gates = None
         if head_gates is not None:
             if not self.supports_head_gates:
                 raise NotImplementedError(
                     f"head_gates are not supported for {type(self.hf).__name__}: no per-head "
                     f"attention output projection found")
-            gates = head_gates if head_gates.dim() == 3 else head_gates.unsqueeze(0)
-            if gates.shape[1:] != (self.n_layer, self.n_head):
-                raise ValueError(f"head_gates has shape {tuple(head_gates.shape)}, expected "
-                                 f"({self.n_layer}, {self.n_head}) or (B, {self.n_layer}, "
-                                 f"{self.n_head})")
+            gates = step_gates(head_gates, self.n_layer, self.n_head)
         position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past_len:]  # (B, T)
         past = None if cache is None else _copy_past(cache.past)
         self._streams, self._gates = [], gates

@@ -132,6 +132,30 @@ class KVCache:
         return 0 if self.mask is None else self.mask.size(1)
 
 
+def step_mask(ids, attention_mask, cache) -> tuple[torch.Tensor, int]:
+    """`forward_step`'s (B, S) bool mask over past + new positions (True = real token) and
+    the number of past positions; a missing `attention_mask` means every new token is real."""
+    B, T = ids.shape
+    past_len = 0 if cache is None else cache.length
+    if attention_mask is None:
+        new = torch.ones(B, T, dtype=torch.bool, device=ids.device)
+        return (new if cache is None else torch.cat((cache.mask, new), dim=1)), past_len
+    mask = attention_mask.to(device=ids.device, dtype=torch.bool)
+    if mask.shape != (B, past_len + T):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, expected "
+                         f"{(B, past_len + T)} (past {past_len} + new {T} positions)")
+    return mask, past_len
+
+
+def step_gates(head_gates: torch.Tensor, n_layer: int, n_head: int) -> torch.Tensor:
+    """`forward_step`'s head gates, (L, H) or (B, L, H), as (B or 1, L, H)."""
+    gates = head_gates if head_gates.dim() == 3 else head_gates.unsqueeze(0)
+    if gates.shape[1:] != (n_layer, n_head):
+        raise ValueError(f"head_gates has shape {tuple(head_gates.shape)}, expected "
+                         f"({n_layer}, {n_head}) or (B, {n_layer}, {n_head})")
+    return gates
+
+
 class GPT(nn.Module):
     """Decoder-only transformer with pre-norm blocks, logit lens, head gates and a KV cache."""
 
@@ -199,15 +223,7 @@ class GPT(nn.Module):
         residuals: False skips collecting the per-block streams (training fast path).
         """
         B, T = ids.size()
-        past_len = 0 if cache is None else cache.length
-        if attention_mask is None:
-            new = torch.ones(B, T, dtype=torch.bool, device=ids.device)
-            mask = new if cache is None else torch.cat((cache.mask, new), dim=1)
-        else:
-            mask = attention_mask.to(device=ids.device, dtype=torch.bool)
-            if mask.shape != (B, past_len + T):
-                raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, expected "
-                                 f"{(B, past_len + T)} (past {past_len} + new {T} positions)")
+        mask, past_len = step_mask(ids, attention_mask, cache)
         S = past_len + T
 
         plain = cache is None and bool(mask.all())
@@ -230,13 +246,8 @@ class GPT(nn.Module):
             attn_mask = (causal & mask[:, None, :]) | (k_idx == q_idx)  # (B, T, S)
             attn_mask = attn_mask.unsqueeze(1)  # (B, 1, T, S)
 
-        gates = None
-        if head_gates is not None:
-            gates = head_gates if head_gates.dim() == 3 else head_gates.unsqueeze(0)  # (B|1,L,H)
-            if gates.shape[1:] != (self.n_layer, self.n_head):
-                raise ValueError(f"head_gates has shape {tuple(head_gates.shape)}, expected "
-                                 f"({self.n_layer}, {self.n_head}) or (B, {self.n_layer}, "
-                                 f"{self.n_head})")
+        gates = None if head_gates is None else step_gates(head_gates, self.n_layer,
+                                                           self.n_head)
 
         x = self.transformer.drop(self.transformer.wte(ids) + self.transformer.wpe(pos))
         streams = []
