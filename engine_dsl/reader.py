@@ -109,16 +109,21 @@ def _scan(text: str, filename: str, hy: bool) -> _Scan:
     def fail(pos: int, message: str) -> DslError:
         return _Scan(text, filename, text, text, []).error(pos, message)
 
+    def quoted_end(i: int, quote: str, what: str) -> int:
+        """Just past the `quote` that closes the one at i (backslash escapes skipped)."""
+        j = i + 1
+        while j < n and text[j] != quote:
+            j += 2 if text[j] == "\\" else 1
+        if j >= n:
+            raise fail(i, f"unterminated {what}")
+        return j + 1
+
     while i < n:
         c = text[i]
         if c == '"':
-            j = i + 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            if j >= n:
-                raise fail(i, "unterminated string")
-            blank(i, j + 1, skeleton)
-            i = j + 1
+            j = quoted_end(i, '"', "string")
+            blank(i, j, skeleton)
+            i = j
         elif c == ";":
             j = text.find("\n", i)
             j = n if j < 0 else j
@@ -128,13 +133,9 @@ def _scan(text: str, filename: str, hy: bool) -> _Scan:
         elif hy:
             i += 1
         elif c == "|":
-            j = i + 1
-            while j < n and text[j] != "|":
-                j += 2 if text[j] == "\\" else 1
-            if j >= n:
-                raise fail(i, "unterminated |identifier|")
-            blank(i, j + 1, skeleton)
-            i = j + 1
+            j = quoted_end(i, "|", "|identifier|")
+            blank(i, j, skeleton)
+            i = j
         elif text.startswith("#\\", i):
             blank(i, min(i + 3, n), skeleton)
             i += 3
