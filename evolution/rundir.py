@@ -80,6 +80,8 @@ class RunDir:
         """Make a new run directory holding `config` and copies of the seed files, all at once
         (built in a temp sibling, then renamed): a kill leaves no run or a whole one. Refuses
         a directory that already holds a run or other files."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path} is a file, not a directory; choose another --out")
         if self.path.exists() and (self.is_run() or any(self.path.iterdir())):
             what = "a run" if self.is_run() else "files"
             raise RunError(f"{self.path} already holds {what}; resume it with --resume "

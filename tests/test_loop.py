@@ -89,3 +89,8 @@ def test_a_run_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     assert sorted(p.name for p in run.path.parent.iterdir()) == ["x"]
     with pytest.raises(RunError, match="already holds a run"):
         run.create("[run]\n", seeds)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine\n")
+    with pytest.raises(RunError, match="is a file, not a directory"):
+        RunDir(a_file).create("[run]\n", seeds)
+    assert a_file.read_text() == "mine\n"
