@@ -148,6 +148,7 @@ def trace(program_path: str, run_path: str, prompt: str, top: int = 5,
     import torch
 
     from engine_dsl.decoders import plan as decoder_plan
+    from engine_dsl import semantics as sem
     from engine_dsl.decoders import uniforms
 
     run = open_run(run_path)
@@ -191,11 +192,9 @@ def trace(program_path: str, run_path: str, prompt: str, top: int = 5,
                     lines.append(f"  {label:<40} = {bool(value[0])} -> {taken} branch")
             if p.base == "greedy":
                 nxt = int(final[0].argmax())
-            else:
-                probs = torch.softmax(final[0].double(), -1)
-                u = float(uniforms(run.cfg.run.seed, torch.tensor([0]), torch.tensor([0]),
-                                   step)[0])
-                nxt = int(min(int((probs.cumsum(0) <= u).sum()), probs.numel() - 1))
+            else:  # the draw `decode` makes for this prompt's first sample
+                u = uniforms(run.cfg.run.seed, torch.tensor([0]), torch.tensor([0]), step)
+                nxt = int(sem.sample_exact(None, final[:1], u)[0])
             probs = torch.softmax(final[0].double(), -1)
             ent = float(-(probs * probs.clamp_min(1e-300).log()).sum())
             lines.append(f"  chosen {_show_token(nxt, tok)} (p = {float(probs[nxt]):.3f}, "

@@ -101,6 +101,29 @@ def test_show_lineage_eval_trace_export(tiny_run):
     assert "only a plain greedy or sample decoder" in err
 
 
+def test_trace_chooses_the_tokens_decode_chooses(tiny_run, tmp_path):
+    """The answer `trace` prints is the one `decode` gives that prompt (its first sample):
+    the same uniforms and the same inverse-CDF draw, also for a flat distribution."""
+    import engine_dsl
+    from evolution.inspect import open_run, trace
+
+    out, _ = tiny_run
+    run = open_run(str(out))
+    tok = run.tokenizer
+    programs = ["(sample (temperature logits 4.0))", "(sample (top-p logits 0.9))",
+                "(greedy (temperature logits 0.5))"]
+    for src in programs:
+        path = tmp_path / "p.scm"
+        path.write_text(f"(define p {src})\n")
+        body = engine_dsl.read(path.read_text(), str(path))[0].body
+        for prompt in ["12+34=", "7+8=", "999+1="]:
+            traced = trace(str(path), str(out), prompt).splitlines()[-1]
+            (got,) = engine_dsl.decode(run.model, [body], [tok.encode(prompt, bos=True)],
+                                       max_new_tokens=run.answer_cap(),
+                                       stop_token=tok.eos_id, seed=run.cfg.run.seed)[0]
+            assert traced == f"answer: {tok.decode(got.tokens)!r}", (src, prompt)
+
+
 def test_hand_edit_loop_continues_from_edited_programs_and_trained_model(tiny_run, tmp_path):
     out, _ = tiny_run
     edited = tmp_path / "edited.scm"
