@@ -483,7 +483,8 @@ def recover(path: Path, model, space, prompts, args) -> dict:
     cfg = EvolutionConfig(population_size=args.population, tune_steps=args.tune_steps,
                           tune_lr=0.1, seed=args.seed)
     tb = build_toolbox(cfg, space)
-    tuner = LikelihoodTuner(sub, steps=cfg.tune_steps, lr=cfg.tune_lr, batch=512)
+    tuner = LikelihoodTuner(sub, steps=cfg.tune_steps, lr=cfg.tune_lr, batch=512,
+                            guard=args.tune_guard)
     rng = random.Random(args.seed)
     pop = initial_population(tb, rng, seeds)
     generations = 0
@@ -544,6 +545,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kl-smoothing", type=float, default=SMOOTHING,
                     help="uniform mixed into the student for the KL (default: the "
                          "likelihood objective's)")
+    ap.add_argument("--no-tune-guard", dest="tune_guard", action="store_false",
+                    help="evolution keeps every tuning, also one that made the exact "
+                         "likelihood worse (LikelihoodTuner's guard off)")
     ap.add_argument("--train-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,

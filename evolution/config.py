@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from engine_dsl.registry import Limits
@@ -33,6 +34,7 @@ class EvolutionConfig:
     tune_steps: int = 10  # Adam steps per tuning
     tune_lr: float = 0.1  # Adam learning rate (unconstrained parameters)
     lamarckian: bool = True  # write tuned constants back (False: Baldwinian, fitness only)
+    tune_guard: bool = True  # keep a tuning only if the exact likelihood got no worse
     selection: str = "nsga2"  # "nsga2" (score up, cost down, size down) | "tournament"
     tournament_size: int = 3  # for "tournament"
     parsimony_size: float = 1.4  # in [1, 2]: size tournament pressure of "tournament"
@@ -55,7 +57,7 @@ class EvolutionConfig:
         """Raise ValueError naming the first field out of range."""
         def require(ok, message):
             if not ok:
-                raise ValueError(f"evolution config: {message}")
+                raise ValueError(message)
 
         require(self.population_size >= 1, "population_size must be >= 1")
         require(self.offspring_size is None or self.offspring_size >= 1,
@@ -67,8 +69,15 @@ class EvolutionConfig:
         require(not unknown, f"unknown mutation(s) {sorted(unknown)}; known: {MUTATIONS}")
         require(any(w > 0 for w in self.mutation_weights.values()),
                 "some mutation weight must be > 0")
+        require(all(w >= 0 for w in self.mutation_weights.values()),
+                "mutation weights must be >= 0")
+        require(0 <= self.mutation_heights[0] <= self.mutation_heights[1],
+                "mutation_heights must satisfy 0 <= lo <= hi")
+        require(0 < self.constant_sigma < math.inf, "constant_sigma must be finite and > 0")
+        require(0 <= self.mutant_fraction <= 1, "mutant_fraction must be in [0, 1]")
         require(0 <= self.tune_prob <= 1, "tune_prob must be in [0, 1]")
         require(self.tune_steps >= 0, "tune_steps must be >= 0")
+        require(0 < self.tune_lr < math.inf, "tune_lr must be finite and > 0")
         require(self.selection in SELECTIONS, f"selection must be one of {SELECTIONS}")
         require(1 <= self.parsimony_size <= 2, "parsimony_size must be in [1, 2]")
         require(self.tournament_size >= 1, "tournament_size must be >= 1")

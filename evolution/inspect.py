@@ -147,8 +147,8 @@ def trace(program_path: str, run_path: str, prompt: str, top: int = 5,
     `if` takes, and the token chosen (first definition of the file; first sample)."""
     import torch
 
-    from engine_dsl.decoders import plan as decoder_plan
     from engine_dsl import semantics as sem
+    from engine_dsl.decoders import plan as decoder_plan
     from engine_dsl.decoders import uniforms
 
     run = open_run(run_path)

@@ -351,7 +351,7 @@ class CoEvolution:
         if evo.tune_steps == 0:
             return None
         rows = self._rows(self.task.train[:TUNE_EXAMPLES])
-        return LikelihoodTuner(rows, steps=evo.tune_steps, lr=evo.tune_lr)
+        return LikelihoodTuner(rows, steps=evo.tune_steps, lr=evo.tune_lr, guard=evo.tune_guard)
 
     def _evolves(self, g: int) -> bool:
         loop, mode = self.cfg.loop, self.cfg.run.mode

@@ -13,7 +13,7 @@ import torch
 
 from engine_dsl.nodes import Expr, RealConst, WeightsConst, walk
 
-from .evaluation import CachedRows
+from .evaluation import CachedRows, LikelihoodEvaluator
 
 
 def has_constants(e: Expr) -> bool:
@@ -27,36 +27,45 @@ class LikelihoodTuner:
 
     steps, lr: Adam steps and learning rate; batch: rows per tuning (a random subset drawn
     from the seed; None: all rows); sharpness: of the relaxed masks (None: the default).
+    guard: keep the tuned constants only when the program's exact-mode likelihood of the
+    batch (what `LikelihoodEvaluator` scores) is no worse than before; the relaxed loss Adam
+    follows can improve while the exact one gets worse (soft masks around a top-p or min-p
+    cliff, a sigmoid-blended `if`).
     """
 
     def __init__(self, rows: CachedRows, steps: int = 10, lr: float = 0.1,
-                 batch: int | None = 1024, sharpness: float | None = None):
+                 batch: int | None = 1024, sharpness: float | None = None, guard: bool = True):
         self.rows, self.steps, self.lr, self.batch = rows, steps, lr, batch
-        self.sharpness = sharpness
+        self.sharpness, self.guard = sharpness, guard
         self.evaluations = 0  # loss evaluations made (for benchmarks)
         self.failures = 0  # tunings abandoned because a backward pass failed
+        self.rejected = 0  # tunings undone by the guard
 
-    def tune_batch(self, seed: int):
-        from engine_dsl.tuning import TuneBatch
-
+    def batch_rows(self, seed: int) -> CachedRows:
+        """The rows one tuning uses: a random subset of `batch` rows drawn from `seed`."""
         rows, n = self.rows, len(self.rows)
         if self.batch is not None and self.batch < n:
             g = torch.Generator().manual_seed(seed)
             rows = rows.subset(torch.randperm(n, generator=g)[: self.batch])
-        return TuneBatch(**rows.sources(), targets=rows.targets)
+        return rows
 
-    def run(self, decoder: Expr, seed: int = 0, callback=None):
+    def tune_batch(self, seed: int):
+        return _tune_batch(self.batch_rows(seed))
+
+    def run(self, decoder: Expr, seed: int = 0, callback=None, rows: CachedRows | None = None):
         """Tune `decoder` once; the `engine_dsl.tuning.TuneResult`, or None when there is
         nothing to tune or the backward pass failed. `callback(step, module)` is passed on to
-        `engine_dsl.tune` (called after each step; benchmarks read the constants there)."""
+        `engine_dsl.tune` (called after each step; benchmarks read the constants there).
+        rows: the batch's rows when the caller drew them already (`batch_rows(seed)`)."""
         import engine_dsl
 
         if not has_constants(decoder) or self.steps == 0:
             return None
         extra = {} if self.sharpness is None else {"sharpness": self.sharpness}
+        batch = _tune_batch(self.batch_rows(seed) if rows is None else rows)
         try:
-            result = engine_dsl.tune(decoder, self.tune_batch(seed), steps=self.steps,
-                                     lr=self.lr, callback=callback, **extra)
+            result = engine_dsl.tune(decoder, batch, steps=self.steps, lr=self.lr,
+                                     callback=callback, **extra)
         except RuntimeError:  # a kernel without a usable gradient: keep the program as is
             self.failures += 1
             return None
@@ -64,8 +73,23 @@ class LikelihoodTuner:
         return result
 
     def __call__(self, decoder: Expr, seed: int = 0) -> Expr:
-        result = self.run(decoder, seed)
-        return decoder if result is None else result.program
+        rows = self.batch_rows(seed)
+        result = self.run(decoder, seed, rows=rows)
+        if result is None:
+            return decoder
+        if self.guard:
+            exact = LikelihoodEvaluator(rows).log_likelihood
+            with torch.no_grad():
+                if exact(result.program) < exact(decoder):
+                    self.rejected += 1
+                    return decoder
+        return result.program
+
+
+def _tune_batch(rows: CachedRows):
+    from engine_dsl.tuning import TuneBatch
+
+    return TuneBatch(**rows.sources(), targets=rows.targets)
 
 
 def rewrap_base(decoder: Expr) -> Expr:

@@ -1,6 +1,8 @@
 """Pieces of the co-evolution loop, in process: the champion's loss inside model training,
 seed fitting, configuration."""
 
+import re
+
 import pytest
 import torch
 
@@ -61,6 +63,20 @@ def test_nested_defaults_survive_partial_sections():
     with pytest.raises(ConfigError, match="exceeds the cap model.block_size"):
         resolve(None, ["loop.max_new_tokens=500"])
 
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("evolution.population_size=0", "evolution: population_size must be >= 1"),
+    ("evolution.tune_lr=-1", "evolution: tune_lr must be finite and > 0"),
+    ("evolution.tune_lr=nan", "tune_lr must be finite"),
+    ("evolution.constant_sigma=0", "constant_sigma must be finite and > 0"),
+    ("evolution.mutant_fraction=1.5", "mutant_fraction must be in [0, 1]"),
+    ("evolution.mutation_heights=[3, 1]", "mutation_heights must satisfy 0 <= lo <= hi"),
+    ("evolution.mutation_weights={uniform = -1, shrink = 1}", "mutation weights must be >= 0"),
+])
+def test_settings_out_of_range_name_section_and_key(setting, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve(None, [setting])
 
 def test_a_run_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     """Config and seed copies appear together: a failure while they are written (as a kill

@@ -3,6 +3,8 @@ per-step callback, which the tuning benchmark reads its curves through)."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import engine_dsl
 from engine_dsl import Type
@@ -58,3 +60,33 @@ def test_tuner_run_is_none_when_nothing_can_move():
     assert LikelihoodTuner(rows, steps=0).run(
         engine_dsl.read_expr("(sample (temperature logits 0.7))", Type.DECODER)) is None
     assert tuner.evaluations == 0
+
+
+NUCLEUS = "(sample (top-p (temperature logits 1.0) 0.9))"
+
+
+def test_the_guard_undoes_a_tuning_that_made_the_exact_likelihood_worse():
+    """Five Adam steps on the relaxed loss move a top-p program the wrong way for its exact
+    distribution (soft mask around the cliff): the guard keeps the original constants."""
+    rows = _rows(n=400)
+    exact = LikelihoodEvaluator(rows).log_likelihood
+    d = engine_dsl.read_expr(NUCLEUS, Type.DECODER)
+    unguarded = LikelihoodTuner(rows, steps=5, lr=0.1, batch=None, guard=False)(d)
+    assert unguarded != d and exact(unguarded) < exact(d) - 0.05
+    guarded = LikelihoodTuner(rows, steps=5, lr=0.1, batch=None)
+    assert guarded(d) is d and guarded.rejected == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(src=st.sampled_from([NUCLEUS, "(sample (min-p logits 0.05))",
+                            "(sample (temperature logits 1.0))", "(sample (typical logits 0.9))",
+                            "(greedy (temperature (top-k logits 5) 1.5))"]),
+       lr=st.floats(0.01, 3.0), steps=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
+def test_a_guarded_tuning_never_lowers_the_exact_likelihood_of_its_batch(src, lr, steps, seed):
+    rows = _rows(n=300)
+    tuner = LikelihoodTuner(rows, steps=steps, lr=lr, batch=100)
+    d = engine_dsl.read_expr(src, Type.DECODER)
+    tuned = tuner(d, seed)
+    exact = LikelihoodEvaluator(tuner.batch_rows(seed)).log_likelihood
+    assert exact(tuned) >= exact(d)
+    assert tuner.rejected == 0 or tuned is d
