@@ -96,7 +96,8 @@ class RunDir:
 
     def require_run(self) -> None:
         if not self.path.is_dir():
-            raise RunError(f"{self.path}: no such run directory")
+            what = "a file, not a run directory" if self.path.exists() else "no such run directory"
+            raise RunError(f"{self.path}: {what}")
         if not self.is_run():
             raise RunError(f"{self.path}: not a run directory (no config.toml)")
 

@@ -109,4 +109,6 @@ def test_a_run_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     a_file.write_text("mine\n")
     with pytest.raises(RunError, match="is a file, not a directory"):
         RunDir(a_file).create("[run]\n", seeds)
+    with pytest.raises(RunError, match="a file, not a run directory"):
+        RunDir(a_file).require_run()
     assert a_file.read_text() == "mine\n"
