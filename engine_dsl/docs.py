@@ -62,11 +62,17 @@ def language_markdown() -> str:
         for p in PRIMITIVES.values():
             if p.family != family:
                 continue
-            out.append(f"| `{p.usage()}` | {p.signature()} | {p.doc} | {_constants(p)} |")
+            meaning = p.doc + (f"; in {_interval(p.bounds)}" if p.bounds else "")
+            out.append(f"| `{p.usage()}` | {p.signature()} | {meaning} | {_constants(p)} |")
     limits = Limits()
     out += ["", "## Caps (configurable)", "", "| cap | default |", "|---|---|"]
     out += [f"| `{name}` | {getattr(limits, name)} |" for name in Limits.field_names()]
     return "\n".join(out) + "\n"
+
+
+def _interval(bounds: tuple[float, float]) -> str:
+    lo, hi = (f"{b:g}" for b in bounds)
+    return f"[{lo}, {'inf)' if hi == 'inf' else hi + ']'}"
 
 
 def _constants(p) -> str:

@@ -7,6 +7,7 @@ its kernel in `engine_dsl/semantics.py` (a test fails if the two disagree). No t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from .types import ANY, NONNEGATIVE, PENALTY, POSITIVE, PROBABILITY, UNIT, Domain, Type
@@ -39,6 +40,7 @@ class Primitive:
     returns: Type
     doc: str
     family: str  # source | transform | measure | logic | decoder
+    bounds: tuple[float, float] | None = None  # a Real result's range, closed (simplifier)
 
     @property
     def arg_types(self) -> tuple[Type, ...]:
@@ -56,8 +58,8 @@ class Primitive:
         return "(" + " ".join([self.name, *(a.name for a in self.args)]) + ")"
 
 
-def _p(name, args, returns, family, doc):
-    return Primitive(name, tuple(args), returns, doc, family)
+def _p(name, args, returns, family, doc, bounds=None):
+    return Primitive(name, tuple(args), returns, doc, family, bounds)
 
 
 PRIMITIVES: dict[str, Primitive] = {
@@ -90,10 +92,12 @@ PRIMITIVES: dict[str, Primitive] = {
         _p("if", [Arg("c", B), Arg("A", L), Arg("B", L)], L, "transform",
            "row-wise choice: A where c holds, else B"),
         # measures: Logits -> Real
-        _p("entropy", [Arg("L", L)], R, "measure", "entropy of softmax(L), in nats"),
-        _p("max-prob", [Arg("L", L)], R, "measure", "the top probability of softmax(L)"),
+        _p("entropy", [Arg("L", L)], R, "measure", "entropy of softmax(L), in nats",
+           (0.0, math.inf)),
+        _p("max-prob", [Arg("L", L)], R, "measure", "the top probability of softmax(L)",
+           (0.0, 1.0)),
         _p("margin", [Arg("L", L)], R, "measure",
-           "top-1 minus top-2 probability of softmax(L)"),
+           "top-1 minus top-2 probability of softmax(L)", (0.0, 1.0)),
         # logic: Real/Bool -> Bool
         _p("<", [Arg("a", R, ANY), Arg("b", R, ANY)], B, "logic", "row-wise a < b"),
         _p(">", [Arg("a", R, ANY), Arg("b", R, ANY)], B, "logic", "row-wise a > b"),

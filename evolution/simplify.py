@@ -20,6 +20,9 @@ Bool
   (not (not c)) -> c, (not #t) -> #f, (and c c) / (or c c) -> c,
   (and #t c) -> c, (and #f c) -> #f, (or #f c) -> c, (or #t c) -> #t,
   (< x y), (> x y) of two literals -> #t / #f
+  (< m c), (> m c), (< c m), (> c m) -> #t / #f where the measure m's range (the registry's
+      `bounds`: entropy >= 0, max-prob and margin in [0, 1]) decides it for every row, by
+      more than float rounding (BOUNDS_SLACK): e.g. (< (max-prob L) 1.1) -> #t
 Decoder
   (greedy T) -> (greedy L) where T is temperature/top-k/top-p/min-p of L (all keep the
   argmax, and greedy reads nothing else)
@@ -39,12 +42,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from engine_dsl.nodes import Apply, BoolConst, CountConst, Expr, RealConst
+from engine_dsl.registry import PRIMITIVES
 
 from .bridge import SearchSpace
 
 ARGMAX_KEEPING = ("temperature", "top-k", "top-p", "min-p")
 SHIFT_INVARIANT = ("sample", "greedy", "mix", "contrast", "entropy", "max-prob", "margin")
 SHIFT_EQUIVARIANT = ("temperature", "top-k", "top-p", "min-p", "typical")
+BOUNDS_SLACK = 1e-4  # a measure may leave its range by float rounding (entropy -1e-7)
 
 
 def simplify(expr: Expr, space: SearchSpace | None = None, max_rounds: int = 50) -> Expr:
@@ -143,8 +148,28 @@ def _rule(e: Apply, space: SearchSpace | None) -> Expr:
         x, y = a
         if _lit(x) and _lit(y):
             return BoolConst(x.value < y.value if op == "<" else x.value > y.value)
+        decided = _by_bounds(op, x, y)
+        if decided is not None:
+            return BoolConst(decided)
     elif op == "greedy":
         (x,) = a
         if isinstance(x, Apply) and x.op in ARGMAX_KEEPING:
             return Apply("greedy", (x.args[0],))
     return e
+
+
+def _by_bounds(op: str, x: Expr, y: Expr) -> bool | None:
+    """The value of (op x y) on every row when one side is a literal and the other a
+    primitive whose range (`bounds`) lies wholly on one side of it; else None."""
+    if _lit(x):  # (< c m) is (> m c)
+        op, x, y = ("<" if op == ">" else ">"), y, x
+    bounds = PRIMITIVES[x.op].bounds if isinstance(x, Apply) else None
+    if bounds is None or not _lit(y):
+        return None
+    lo, hi = bounds
+    c = y.value
+    if c > hi + BOUNDS_SLACK:  # every m < c
+        return op == "<"
+    if c < lo - BOUNDS_SLACK:  # every m > c
+        return op == ">"
+    return None

@@ -5,6 +5,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import engine_dsl
 from engine_dsl import Apply, Type
@@ -66,6 +68,15 @@ RULE_CASES = [
     ("(if (or #f (> 0.5 0.7)) (layer 2) logits)", "logits"),
     ("(if (and (< (entropy logits) 2.0) (< (entropy logits) 2.0)) (layer 1) logits)",
      "(if (< (entropy logits) 2.0) (layer 1) logits)"),
+    ("(if (< (max-prob logits) 1.1) logits (layer 1))", "logits"),
+    ("(if (> (entropy logits) -0.5) (layer 1) logits)", "(layer 1)"),
+    ("(if (< 1.5 (margin logits)) (layer 1) logits)", "logits"),
+    ("(if (or (< (margin (top-k logits 2)) 0.2) (< (entropy logits) -0.53)) (layer 1) logits)",
+     "(if (< (margin (top-k logits 2)) 0.2) (layer 1) logits)"),
+    ("(if (< (entropy logits) 0.0) (layer 1) logits)",  # at a bound: not decided
+     "(if (< (entropy logits) 0.0) (layer 1) logits)"),
+    ("(if (> (max-prob logits) 1.0) (layer 1) logits)",
+     "(if (> (max-prob logits) 1.0) (layer 1) logits)"),
 ]
 
 
@@ -140,7 +151,18 @@ def _plant(e, rng):
         Apply("min-p", (Apply("min-p", (e, RealConst(0.05))), RealConst(0.2))),
         Apply("if", (Apply("<", (Apply("entropy", (e,)), RealConst(1.5))), e, e)),
         Apply("repetition-penalty", (e, RealConst(1.0))),
+        Apply("if", (_measure_vs_constant(e, rng), e, Apply("temperature", (e, RealConst(0.5))))),
     ])
+
+
+def _measure_vs_constant(e, rng):
+    """(< m c), (> m c), (< c m) or (> c m): a measure of e against a constant in or near
+    its range (the bounds rule fires on some, not on others)."""
+    from engine_dsl import RealConst
+
+    m = Apply(rng.choice(["entropy", "max-prob", "margin"]), (e,))
+    c = RealConst(rng.choice([-0.5, -1e-5, 0.0, 0.3, 1.0, 1.00001, 1.5, 30.0]))
+    return Apply(rng.choice(["<", ">"]), (m, c) if rng.random() < 0.5 else (c, m))
 
 
 def _decoder_log_probs(e, src):
@@ -218,3 +240,25 @@ def test_simplification_preserves_decoder_distributions_on_random_programs():
         assert _same_decoder(e, s, src), (engine_dsl.expr_to_scheme(e),
                                           engine_dsl.expr_to_scheme(s))
     assert changed > 40
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), V=st.integers(1, 40), keep=st.integers(1, 40),
+       scale=st.sampled_from([0.0, 1.0, 30.0, 1e4]))
+def test_measures_stay_in_their_registry_bounds(seed, V, keep, scale):
+    """The law the bounds rule rests on: every measure lies in its `bounds`, up to
+    BOUNDS_SLACK, also on flat, peaked and masked (-inf) logits."""
+    from engine_dsl.registry import PRIMITIVES
+    from evolution.simplify import BOUNDS_SLACK
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, V, generator=g) * scale
+    x[:, min(keep, V):] = -torch.inf  # a truncation's mask: at least one token kept
+    for p in PRIMITIVES.values():
+        if p.bounds is None:
+            continue
+        lo, hi = p.bounds
+        value = engine_dsl.compile_expr(Apply(p.name, (Apply("logits"),)))(
+            mode="exact", logits=x)
+        assert bool(((value >= lo - BOUNDS_SLACK) & (value <= hi + BOUNDS_SLACK)).all()), \
+            (p.name, value)
