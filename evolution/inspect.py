@@ -196,7 +196,7 @@ def trace(program_path: str, run_path: str, prompt: str, top: int = 5,
                 u = uniforms(run.cfg.run.seed, torch.tensor([0]), torch.tensor([0]), step)
                 nxt = int(sem.sample_exact(None, final[:1], u)[0])
             probs = torch.softmax(final[0].double(), -1)
-            ent = float(-(probs * probs.clamp_min(1e-300).log()).sum())
+            ent = max(0.0, float(sem.entropy(None, final[:1].double())[0]))  # never "-0.000"
             lines.append(f"  chosen {_show_token(nxt, tok)} (p = {float(probs[nxt]):.3f}, "
                          f"entropy {ent:.3f})")
             if nxt == tok.eos_id:
