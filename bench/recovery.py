@@ -505,6 +505,7 @@ def recover(path: Path, model, space, prompts, args) -> dict:
     return {"teacher": path.stem, "champion": engine_dsl.expr_to_scheme(champion),
             "symbolic": symbolic_match(champion, teacher_s), "kl": kl,
             "behavioural": kl < 0.01, "generations": generations,
+            "tunings": tuner.tunings, "undone": tuner.rejected,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -567,7 +568,9 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"{r['teacher']}: symbolic={'yes' if r['symbolic'] else 'no'} "
               f"behavioural={'yes' if r['behavioural'] else 'no'} kl={r['kl']:.4f} "
-              f"champion={r['champion']} ({r['generations']} generations, {r['seconds']} s)",
+              f"champion={r['champion']} ({r['generations']} generations, {r['seconds']} s, "
+              + (f"{r['undone']}/{r['tunings']} tunings undone by the guard)" if args.tune_guard
+                 else f"{r['tunings']} tunings)"),
               flush=True)
     n = len(results)
     k = sum(r["symbolic"] for r in results)

@@ -39,7 +39,8 @@ class LikelihoodTuner:
         self.sharpness, self.guard = sharpness, guard
         self.evaluations = 0  # loss evaluations made (for benchmarks)
         self.failures = 0  # tunings abandoned because a backward pass failed
-        self.rejected = 0  # tunings undone by the guard
+        self.tunings = 0  # tunings made by __call__ (for benchmarks)
+        self.rejected = 0  # ... of which the guard undid
 
     def batch_rows(self, seed: int) -> CachedRows:
         """The rows one tuning uses: a random subset of `batch` rows drawn from `seed`."""
@@ -77,6 +78,7 @@ class LikelihoodTuner:
         result = self.run(decoder, seed, rows=rows)
         if result is None:
             return decoder
+        self.tunings += 1
         if self.guard:
             exact = LikelihoodEvaluator(rows).log_likelihood
             with torch.no_grad():
