@@ -9,6 +9,8 @@ back into the tree).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from engine_dsl.nodes import Expr, RealConst, WeightsConst, walk
@@ -82,7 +84,8 @@ class LikelihoodTuner:
         if self.guard:
             exact = LikelihoodEvaluator(rows).log_likelihood
             with torch.no_grad():
-                if exact(result.program) < exact(decoder):
+                after, before = exact(result.program), exact(decoder)
+                if math.isnan(after) or after < before:
                     self.rejected += 1
                     return decoder
         return result.program
