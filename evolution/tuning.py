@@ -55,6 +55,9 @@ class LikelihoodTuner:
     def tune_batch(self, seed: int):
         return _tune_batch(self.batch_rows(seed))
 
+    def can_tune(self, decoder: Expr) -> bool:
+        return self.steps > 0 and has_constants(decoder)
+
     def run(self, decoder: Expr, seed: int = 0, callback=None, rows: CachedRows | None = None):
         """Tune `decoder` once; the `engine_dsl.tuning.TuneResult`, or None when there is
         nothing to tune or the backward pass failed. `callback(step, module)` is passed on to
@@ -62,7 +65,7 @@ class LikelihoodTuner:
         rows: the batch's rows when the caller drew them already (`batch_rows(seed)`)."""
         import engine_dsl
 
-        if not has_constants(decoder) or self.steps == 0:
+        if not self.can_tune(decoder):
             return None
         extra = {} if self.sharpness is None else {"sharpness": self.sharpness}
         batch = _tune_batch(self.batch_rows(seed) if rows is None else rows)
@@ -76,6 +79,8 @@ class LikelihoodTuner:
         return result
 
     def __call__(self, decoder: Expr, seed: int = 0) -> Expr:
+        if not self.can_tune(decoder):  # before drawing the rows (a gated pass, maybe)
+            return decoder
         rows = self.batch_rows(seed)
         result = self.run(decoder, seed, rows=rows)
         if result is None:
