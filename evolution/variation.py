@@ -268,7 +268,8 @@ def all_node_replacements(ind, recast_literals: bool = True) -> list[list]:
     for i, node in enumerate(ind):
         if not node.arity:
             continue
-        kids = [ind[c] for c in _children(ind, i)]
+        at = _children(ind, i)
+        kids = [ind[c] for c in at]
         for p in SLOT_PRIMITIVES[slots[i]]:
             if p.name == node.name or p.arity != node.arity:
                 continue
@@ -278,7 +279,7 @@ def all_node_replacements(ind, recast_literals: bool = True) -> list[list]:
                 continue
             new = list(ind)
             new[i] = p
-            for c, k, a in zip(_children(ind, i), kids, p.args, strict=True):
+            for c, k, a in zip(at, kids, p.args, strict=True):
                 if not fits(k.ret, a):  # a recast literal: same value, the new slot's class
                     new[c] = RealConstant(k.value, a, k.fixed)
             out.append(new)
