@@ -22,7 +22,8 @@ def _each_program(paths, failures: list):
         try:
             yield path, read_file(path)
         except DslError as e:
-            print(e, file=sys.stderr)
+            for error in (e, *e.others):  # every error the checker found in the file
+                print(error, file=sys.stderr)
             failures.append(path)
 
 
@@ -82,10 +83,11 @@ def cmd_evolve(args) -> int:
         run = CoEvolution(cfg, rundir, console)
         run.resume()
         if args.set:  # e.g. --set run.generations=10 extends a run; the run records it
-            from evolution.settings import dump_toml
+            from evolution.loop import config_text
 
-            rundir.write(rundir.config, dump_toml(cfg))
-        console.print(f"resuming {rundir.path} at generation {run.next_generation}")
+            rundir.write(rundir.config, config_text(cfg))
+        console.print(f"resuming {rundir.path} at generation {run.next_generation}",
+                      soft_wrap=True)
     else:
         overrides = {}
         flags = {("run", "generations"): args.generations, ("run", "seed"): args.seed,
@@ -101,20 +103,25 @@ def cmd_evolve(args) -> int:
         run = CoEvolution(cfg, rundir, console)
         run.start(seed_files=args.seeds, model_from=args.model_from)
         console.print(f"run directory: {rundir.path}  (task {cfg.task.name}, "
-                      f"{cfg.run.generations} generations, mode {cfg.run.mode})")
+                      f"{cfg.run.generations} generations, mode {cfg.run.mode})", soft_wrap=True)
 
     def show(entry):
+        from evolution.report import one_line
+        from evolution.views import tuned
+
         v = entry["valid"]
         c = entry["champion"]
-        src = c["source"] if len(c["source"]) <= 70 else c["source"][:67] + "..."
         print(f"gen {entry['generation']:>3}  best {v['champion']:.3f}  greedy {v['greedy']:.3f}"
-              f"  cost {c['cost']:.1f}  size {c['size']:>2}  {src}", flush=True)
+              f"  cost {c['cost']:.1f}  size {c['size']:>2}  tuned {tuned(entry)}  "
+              f"{one_line(c['source'], 60)}", flush=True)
 
     try:
         report = run.run(on_generation=show)
     except KeyboardInterrupt:
+        # soft_wrap: the command is one line to copy, at any terminal width
         console.print(f"interrupted: the last finished generation is checkpointed; continue "
-                      f"with: python run_evolution.py evolve --resume {rundir.path}")
+                      f"with: python run_evolution.py evolve --resume {rundir.path}",
+                      soft_wrap=True)
         return 130
     finally:
         run.close()
@@ -124,14 +131,14 @@ def cmd_evolve(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from evolution.inspect import show
+    from evolution.views import show
 
     print(show(args.dir, top=args.top))
     return EXIT_OK
 
 
 def cmd_lineage(args) -> int:
-    from evolution.inspect import lineage
+    from evolution.views import lineage
 
     print(lineage(args.dir, args.id))
     return EXIT_OK
@@ -140,30 +147,66 @@ def cmd_lineage(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    from evolution.inspect import evaluate
+    from evolution.views import evaluate
 
-    print(json.dumps(evaluate(args.program, args.run, args.split), indent=2))
+    print(json.dumps(evaluate(args.program, args.run, args.split, args.name), indent=2))
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from evolution.views import compare
+
+    print(compare(args.a, args.b, args.run, args.split))
+    return EXIT_OK
+
+
+def cmd_simplify(args) -> int:
+    from dataclasses import replace
+
+    from engine_dsl.files import dialect_of, read_file, render
+    from evolution.simplify import simplify
+
+    defs = read_file(args.file)
+    print(render([replace(d, body=simplify(d.body)) for d in defs], dialect_of(args.file)),
+          end="")
     return EXIT_OK
 
 
 def cmd_trace(args) -> int:
-    from evolution.inspect import trace
+    from evolution.views import trace
 
     print(trace(args.program, args.run, args.prompt, top=args.top,
-                max_new_tokens=args.max_new_tokens))
+                max_new_tokens=args.max_new_tokens, name=args.name))
     return EXIT_OK
 
 
 def cmd_export(args) -> int:
     import json
 
+    from engine_dsl import DslError
     from engine_dsl.export import to_generation_config
     from engine_dsl.files import read_file
+    from evolution.views import pick
 
-    defs = read_file(args.program)
+    defs = pick(read_file(args.program), args.name, args.program)
     text = Path(args.program).read_text(encoding="utf-8")
-    out = {d.name: to_generation_config(d, text) for d in defs}
+    out = {}
+    for d in defs:
+        try:
+            out[d.name] = to_generation_config(d, text)
+        except DslError as e:
+            if len(defs) == 1:
+                raise
+            raise DslError(f"{e.message} (in '{d.name}'; export one definition with --def "
+                           "NAME)", e.filename, e.line, e.col, e.source_line) from None
     print(json.dumps(out[defs[0].name] if len(defs) == 1 else out, indent=2))
+    return EXIT_OK
+
+
+def cmd_config(args) -> int:
+    from evolution.views import config_listing
+
+    print(config_listing())
     return EXIT_OK
 
 
@@ -224,7 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("program", metavar="PROGRAM")
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("--split", choices=("valid", "test"), default="valid")
+    p.add_argument("--def", dest="name", metavar="NAME", help="only this definition")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="two programs on the same prompts and draws: the "
+                                       "paired difference and where they differ")
+    p.add_argument("a", metavar="A", help="program file, or FILE:NAME for one definition")
+    p.add_argument("b", metavar="B", help="program file, or FILE:NAME")
+    p.add_argument("--run", required=True, metavar="DIR")
+    p.add_argument("--split", choices=("valid", "test"), default="valid")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("simplify", help="print a program file simplified (same exact-mode "
+                                        "behaviour)")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_simplify)
 
     p = sub.add_parser("trace", help="step-by-step view of a program decoding one prompt")
     p.add_argument("program", metavar="PROGRAM")
@@ -232,13 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, metavar="TEXT")
     p.add_argument("--top", type=int, default=5, help="tokens shown per distribution")
     p.add_argument("--max-new-tokens", type=int, metavar="N")
+    p.add_argument("--def", dest="name", metavar="NAME",
+                   help="the definition to trace (needed when the file holds several)")
     p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("export", help="a program as transformers GenerationConfig JSON")
     p.add_argument("program", metavar="PROGRAM")
     p.add_argument("--hf", action="store_true", required=True,
                    help="export for Hugging Face transformers (the one format)")
+    p.add_argument("--def", dest="name", metavar="NAME", help="only this definition")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("config", help="every setting: its default and what it means")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("check", help="read and type-check program files")
     p.add_argument("files", nargs="+", metavar="FILE")

@@ -36,7 +36,10 @@ def read(text: str | bytes, filename: str = "<string>", limits: Limits | None = 
     """Read and check a whole program file; raises `DslError` on any problem."""
     text = _decode(text, filename)
     datums, comments = read_datums(text, filename)
-    return _Checker(text, filename, limits or Limits()).program(datums, comments)
+    checker = _Checker(text, filename, limits or Limits())
+    defs = checker.program(datums, comments)
+    checker.raise_errors()
+    return defs
 
 
 def read_expr(text: str, expected: Type = Type.LOGITS, filename: str = "<expr>",
@@ -49,7 +52,11 @@ def read_expr(text: str, expected: Type = Type.LOGITS, filename: str = "<expr>",
         where = datums[1].span if len(datums) > 1 else None
         raise DslError.at(where, f"expected one expression, found {len(datums)}", text) \
             if where else DslError("expected one expression, found none", filename)
-    return checker.expr(datums[0], expected, None)
+    try:
+        return checker.expr(datums[0], expected, None)
+    except _Reported:
+        checker.raise_errors()
+        raise
 
 
 def _decode(text: str | bytes, filename: str) -> str:
@@ -96,12 +103,27 @@ def _show_number(v) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
+class _Reported(Exception):
+    """A part of the program failed and its errors are recorded: skip the enclosing form."""
+
+
 class _Checker:
+    """Checks on past an error: each definition, and each argument of an application, is
+    checked on its own, so one pass finds every error (the first is raised, carrying the
+    others)."""
+
     def __init__(self, text: str, filename: str, limits: Limits):
         self.define = "setv" if filename.endswith(".hy") else "define"
         self.text = text
         self.filename = filename
         self.limits = limits
+        self.errors: list[DslError] = []
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            first = self.errors[0]
+            first.others = tuple(self.errors[1:])
+            raise first
 
     def fail(self, d: Datum, message: str) -> DslError:
         return DslError.at(d.span, message, self.text)
@@ -116,10 +138,18 @@ class _Checker:
         defs: list[Definition] = []
         seen: dict[str, Datum] = {}
         for d in datums:
-            definition = self.definition(d)
+            try:
+                definition = self.definition(d)
+            except DslError as e:
+                self.errors.append(e)
+                continue
+            except _Reported:
+                continue
             if definition.name in seen:
                 first = seen[definition.name].span
-                raise self.fail(d, f"'{definition.name}' is already defined at line {first.line}")
+                self.errors.append(self.fail(d, f"'{definition.name}' is already defined at "
+                                                f"line {first.line}"))
+                continue
             seen[definition.name] = d
             defs.append(definition)
         return tuple(self.attach_comments(defs, datums, comments))
@@ -221,9 +251,18 @@ class _Checker:
                      f"{'s' if len(prim.args) != 1 else ''} {prim.usage()}, found {len(args)}")
         self.require(prim.returns is expected, d,
                      f"expected {expected}, found ({name} ...) of type {prim.returns}")
-        slots = [Slot(name, s) for s in prim.args]
-        checked = tuple(self.expr(a, s.arg.type, s) for a, s in zip(args, slots, strict=True))
-        return Apply(name, checked, d.span)
+        checked, failed = [], False
+        for a, arg in zip(args, prim.args, strict=True):
+            try:
+                checked.append(self.expr(a, arg.type, Slot(name, arg)))
+            except DslError as e:
+                self.errors.append(e)
+                failed = True
+            except _Reported:
+                failed = True
+        if failed:
+            raise _Reported
+        return Apply(name, tuple(checked), d.span)
 
     def fixed(self, d: Datum, args: list[Datum], expected: Type, slot: Slot | None) -> Expr:
         self.require(expected is Type.REAL, d, f"expected {expected}, found (fixed ...), "

@@ -6,7 +6,10 @@ from .nodes import Span
 
 
 class DslError(Exception):
-    """A program error at a source position. `str()` is the rendered message."""
+    """A program error at a source position. `str()` is the rendered message. `others`: the
+    further errors the checker found in the same file, in source order (`check` shows all)."""
+
+    others: tuple[DslError, ...] = ()
 
     def __init__(
         self,

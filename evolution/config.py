@@ -25,6 +25,7 @@ class EvolutionConfig:
     cxpb: float = 0.5  # an offspring comes from crossover with this probability ...
     mutpb: float = 0.5  # ... else from one mutation with this; else it is a copy
     leaf_bias: float | None = 0.1  # crossover picks leaves with this probability (None: uniform)
+    # relative odds of each mutation operator
     mutation_weights: dict[str, float] = field(default_factory=_default_mutation_weights)
     mutation_heights: tuple[int, int] = (0, 2)  # height of trees grown by mut_uniform
     constant_sigma: float = 0.3  # perturbation step, in the unconstrained parameterisation

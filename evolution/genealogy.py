@@ -1,7 +1,8 @@
 """Genealogy: who came from whom, by which operator; a networkx DiGraph saved as GraphML.
 
 Nodes are individual ids with attributes (operator, generation, program text and, once
-evaluated, score, cost, size); edges run parent -> child.
+evaluated, score, cost, size: the valid score taken in the individual's own generation);
+edges run parent -> child.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class Lineage:
         """Add (or update) an individual and the edges from its parents."""
         attrs = {"operator": ind.operator, "generation": int(ind.generation),
                  "program": expr_to_scheme(to_expr(ind)), "size": len(ind)}
-        if ind.fitness.valid:
+        if ind.fitness.valid and "score" not in self.graph.nodes.get(ind.id, {}):
+            # the score taken in its own generation (as that generation's file records it);
+            # a survivor re-scored on a later model keeps it
             score, cost, _ = ind.fitness.values
             attrs.update(score=float(score), cost=float(cost))
         self.graph.add_node(ind.id, **attrs)

@@ -47,10 +47,19 @@ from .population import (
     initial_population,
 )
 from .rundir import RunDir, RunError
-from .settings import RunConfig, dump_toml
+from .settings import RunConfig, to_dict
 from .tuning import LikelihoodTuner
 
 GREEDY = Apply("greedy", (Apply("logits"),))
+# settings the run derives from others: config.toml leaves them out, `config` says how
+DERIVED = {
+    "train.steps": "loop.pretrain_steps + run.generations x loop.train_steps (one cosine "
+                   "schedule over the whole run)",
+    "train.extra_lambda": "loop.program_lambda in co-evolution generations, 0 in pre-training",
+    "train.seed": "run.seed",
+    "evolution.seed": "run.seed",
+    "evolution.reevaluate_parents": "true (the model changes between generations)",
+}
 PROGRAMS_DIR = Path(__file__).resolve().parent.parent / "programs"
 TUNE_EXAMPLES = 256  # train examples whose answer tokens tune constants each generation
 
@@ -70,6 +79,17 @@ def read_seeds(paths, limits) -> list[Definition]:
     if not defs:
         raise RunError("no seed programs: the seed files hold no definitions")
     return defs
+
+
+def config_text(cfg: RunConfig) -> str:
+    """config.toml of a run: the resolved settings, less the ones it derives (`DERIVED`)."""
+    import tomli_w
+
+    data = to_dict(cfg)
+    for key in DERIVED:
+        section, name = key.split(".")
+        data[section].pop(name, None)
+    return tomli_w.dumps(data)
 
 
 def fit_to_model(d: Definition, n_layer: int, n_head: int) -> Definition:
@@ -180,7 +200,7 @@ class CoEvolution:
             cfg.run.seeds = [str(f) for f in files]
             cfg.run.model_from = str(model_from or "")
             # everything was read and checked: only now does the run directory appear
-            self.dir.create(dump_toml(cfg), {f.name: f.read_bytes() for f in files})
+            self.dir.create(config_text(cfg), {f.name: f.read_bytes() for f in files})
         self.seeds = seeds
         self.champion_loss = ChampionLoss(GREEDY)
         self.trainer = Trainer(model, self.tokenizer, self.task.train, self._schedule(),
@@ -229,6 +249,7 @@ class CoEvolution:
         self.task = self._task(self.difficulty)
         if not self.dir.model.exists():
             raise RunError(f"{self.dir.path}: no trained model yet (model/ is missing)")
+        self.next_generation = latest[1]["next_generation"] if latest else 0
         self.trainer = None
         self._model = load_model(str(self.dir.model), tokenizer=self.tokenizer)
         self._model.eval()
@@ -249,8 +270,7 @@ class CoEvolution:
         # the model moves between generations, so survivors are scored again on it
         evo = replace(evo, reevaluate_parents=True, seed=self.cfg.run.seed)
         toolbox = build_toolbox(evo, self._space())
-        if self._map is not None:
-            toolbox.register("map", self._map)
+        toolbox.register("map", self._tuning_map)
         return toolbox
 
     @property
@@ -289,23 +309,28 @@ class CoEvolution:
                 "program_loss": (sum(h["extra_loss"] for h in last) / len(last)
                                  if last[-1]["extra_loss"] is not None else None)}
 
-    def _progress(self, label: str, total: int):
-        from contextlib import contextmanager
+    def _progress(self, label: str, total: int | None = None):
+        from .progress import progress
 
-        @contextmanager
-        def bar():
-            if self.console is None:
-                yield lambda: None
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+        return progress(self.console, label, total)
 
-            with Progress("[progress.description]{task.description}", BarColumn(),
-                          MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
-                          transient=True) as progress:
-                task = progress.add_task(label, total=total)
-                yield lambda: progress.advance(task)
+    def _tuning_map(self, fn, items):
+        """`toolbox.map` for tuning (in-process or over the parallel map), with progress."""
+        items = list(items)
+        out = []
+        with self._progress(f"gen {self.next_generation} tuning", len(items)) as advance:
+            for result in (self._map or map)(fn, items):
+                out.append(result)
+                advance()
+        return out
 
-        return bar()
+    def _scoring(self, evaluator, label: str):
+        """`evaluator` announcing each call (one batched decode of many programs)."""
+        def evaluate(decoders):
+            with self._progress(f"{label}: scoring {len(decoders)} programs"):
+                return evaluator(decoders)
+
+        return evaluate
 
     def _prompts(self, examples: list[Example]) -> list[list[int]]:
         return [self.tokenizer.encode(e.input, bos=True) for e in examples]
@@ -336,10 +361,17 @@ class CoEvolution:
         self.model.eval()
         return cache_rows(self.model, batch.ids, mask)
 
+    def evaluation_seed(self, generation: int | None = None) -> int:
+        """The decoding draws of generation `generation`'s valid scoring (default: the last
+        committed one). Re-scoring on the final model (report, eval, compare) repeats the
+        last generation's draws, so a program scores what the hall of fame says."""
+        g = self.next_generation - 1 if generation is None else generation
+        return self.cfg.run.seed * 1000 + g
+
     def _evaluator(self, split: str, generation: int):
         examples = self._examples(split)
         if self.task.kind == "answer":
-            return self._answer_evaluator(examples, seed=self.cfg.run.seed * 1000 + generation)
+            return self._answer_evaluator(examples, seed=self.evaluation_seed(generation))
         return LikelihoodEvaluator(self._rows(examples))
 
     def _examples(self, split: str) -> list[Example]:
@@ -381,7 +413,8 @@ class CoEvolution:
         self.model.eval()
 
         t1 = time.perf_counter()
-        evaluator = self._evaluator("valid", g)
+        tuner = None
+        evaluator = self._scoring(self._evaluator("valid", g), f"gen {g}")
         toolbox = self._toolbox()
         with torch.no_grad():
             greedy_score, greedy_cost = evaluator([GREEDY])[0]
@@ -409,6 +442,8 @@ class CoEvolution:
 
         champion = self.population.champion()
         entry = self._log_entry(g, champion, greedy_score, greedy_cost, model_info, timings)
+        entry["tuning"] = _tuning_counts(
+            tuner, in_process=self._map is None or self.cfg.run.mode == "phase1")
         self._curriculum(entry)
         self._commit(g, entry, champion)
         return entry
@@ -416,9 +451,11 @@ class CoEvolution:
     def _retune(self, pop: Population, evaluator, tuner, toolbox, g: int) -> Population:
         """phase1: the same programs, every one's constants tuned again, scored again."""
         if tuner is not None:
-            for ind in pop.individuals:
-                tuned = tuner(to_expr(ind), self.rng.getrandbits(31))
-                ind[0:len(ind)] = to_tree(tuned)
+            with self._progress(f"gen {g} tuning", len(pop.individuals)) as advance:
+                for ind in pop.individuals:
+                    tuned = tuner(to_expr(ind), self.rng.getrandbits(31))
+                    ind[0:len(ind)] = to_tree(tuned)
+                    advance()
         for ind in pop.individuals:
             del ind.fitness.values
         pop.generation = g
@@ -455,7 +492,8 @@ class CoEvolution:
             "generation": g,
             "model": model_info,
             "valid": {"champion": champion.fitness.values[0], "greedy": greedy_score},
-            "champion": {"id": champion.id, "source": expr_to_scheme(expr),
+            "champion": {"id": champion.id,
+                         "source": expr_to_scheme(report.readable(expr, self._space())),
                          "score": champion.fitness.values[0],
                          "cost": champion.fitness.values[1],
                          "size": int(champion.fitness.values[2]), "constants": constants},
@@ -470,8 +508,9 @@ class CoEvolution:
     def _commit(self, g: int, entry: dict, champion) -> None:
         d = self.dir
         pop = self.population
-        d.write(d.generation_file(g), to_scheme(pop.definitions()))
-        d.write(d.hall_of_fame, to_scheme([to_definition(i, _info(i)) for i in _front(pop)]))
+        d.write(d.generation_file(g), to_scheme(self._readable(pop.definitions(), g)))
+        d.write(d.hall_of_fame, to_scheme(self._readable(
+            [to_definition(i, _info(i)) for i in _front(pop)], g)))
         pop.lineage.write_graphml(d.lineage)
         log_lines = d.append_log(entry)
         d.replace_dir(d.model, lambda p: save_model(self.model, str(p),
@@ -493,6 +532,26 @@ class CoEvolution:
         })
         self.next_generation = g + 1
 
+    def _readable(self, defs: list[Definition], g: int) -> list[Definition]:
+        """Definitions as written for reading (`report.readable`), their comment blocks
+        saying where the score was taken and, where simplifying shrank a program, the size
+        it was selected with."""
+        space = self._space()
+        scored = (f";; scored: valid split, {len(self._examples('valid'))} prompts, model of "
+                  f"generation {g} ({self.task.kind} task score)")
+        out = []
+        for d in defs:
+            body = report.readable(d.body, space)
+            comments = []
+            for c in d.comments:
+                if c.startswith(";; size: ") and engine_dsl.size(body) != engine_dsl.size(d.body):
+                    c = f";; size: {engine_dsl.size(body)} (evolved: {c[len(';; size: '):]})"
+                comments.append(c)
+                if c.startswith(";; score: "):
+                    comments.append(scored)
+            out.append(replace(d, body=body, comments=tuple(comments)))
+        return out
+
     def run(self, on_generation=None) -> dict:
         """Every remaining generation, then the final report; returns the report."""
         for g in range(self.next_generation, self.cfg.run.generations + 1):
@@ -511,11 +570,14 @@ class CoEvolution:
         for d in self.seeds:
             programs[f"seed:{d.name}"] = d.body
         out = {"task": self.task.name, "generation": self.next_generation - 1,
-               "champion_source": expr_to_scheme(programs["champion"]),
+               "champion_source": expr_to_scheme(report.readable(programs["champion"],
+                                                                  self._space())),
                "programs": {name: {} for name in programs}}
-        for split in ("valid", "test"):
-            for name, result in self.score(programs, split).items():
-                out["programs"][name][split] = result
+        with self._progress(f"final report: {len(programs)} programs", 2) as advance:
+            for split in ("valid", "test"):
+                for name, result in self.score(programs, split).items():
+                    out["programs"][name][split] = result
+                advance()
         self.dir.write_json(self.dir.report, out)
         return out
 
@@ -523,7 +585,7 @@ class CoEvolution:
         """{name: {score, ci95, cost, n}} of Decoder programs on a split, with a 95% bootstrap
         interval of the mean score (exact match; mean token log-likelihood for text tasks)."""
         names = list(programs)
-        scores, costs = self._per_item(split, [programs[n] for n in names])
+        scores, costs, _ = self.per_item(split, [programs[n] for n in names])
         out = {}
         for name, items, cost in zip(names, scores, costs, strict=True):
             mean, lo, hi = report.bootstrap_ci(items, self.cfg.loop.bootstrap,
@@ -532,16 +594,19 @@ class CoEvolution:
         return out
 
     @torch.no_grad()
-    def _per_item(self, split: str, exprs: list[Expr]) -> tuple[list[list[float]], list]:
-        """Per-example scores of each program on a split, and each program's mean cost."""
+    def per_item(self, split: str, exprs: list[Expr]) -> tuple[list[list[float]], list, list]:
+        """Per-item scores of each program on a split (per prompt; per token for text tasks),
+        each program's mean cost, and its answers (texts; None for text tasks). Every
+        program gets the same draws (common random numbers): differences are paired."""
         examples = self._examples(split)
         if self.task.kind == "answer":
-            ev = self._answer_evaluator(examples, seed=self.cfg.run.seed * 1000 + 999)
-            answers = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
+            ev = self._answer_evaluator(examples, seed=self.evaluation_seed())
+            decoded = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
                                         **ev.decode_options)
-            scores = [[float(self.tokenizer.decode(a.tokens) == e.output)
-                       for a, e in zip(ans, examples, strict=True)] for ans in answers]
-            return scores, [_mean([a.cost for a in ans]) for ans in answers]
+            answers = [[self.tokenizer.decode(a.tokens) for a in ans] for ans in decoded]
+            scores = [[float(a == e.output) for a, e in zip(ans, examples, strict=True)]
+                      for ans in answers]
+            return scores, [_mean([a.cost for a in ans]) for ans in decoded], answers
         from .evaluation import forward_cost, sampling_logits, target_log_probs
 
         rows = self._rows(examples)
@@ -549,7 +614,16 @@ class CoEvolution:
         for e in exprs:
             kind, logits_expr, _ = sampling_logits(e)
             scores.append(target_log_probs(logits_expr, kind, rows).tolist())
-        return scores, [forward_cost(e) for e in exprs]
+        return scores, [forward_cost(e) for e in exprs], [None] * len(exprs)
+
+
+def _tuning_counts(tuner, in_process: bool) -> dict | None:
+    """What constant tuning did this generation: tunings kept, undone by the guard, failed
+    (None where nothing was tuned here, or the tunings ran in worker processes)."""
+    if tuner is None or not in_process:
+        return None
+    return {"kept": tuner.tunings - tuner.rejected, "undone": tuner.rejected,
+            "failed": tuner.failures}
 
 
 def _mean(xs) -> float:

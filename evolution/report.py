@@ -1,7 +1,10 @@
-"""What a run shows a person: bootstrap intervals, plots (PNG) and the text of `show`.
+"""What a run shows a person: programs as a person writes them, bootstrap intervals, plots.
 
-Everything here reads the run directory's own records (log.jsonl, hall-of-fame.scm,
-report.json); nothing needs the model.
+Programs a run writes for reading (generation files, hall of fame, the per-generation line,
+`show`, `lineage`) are `readable`: simplified by `evolution.simplify` and with their tuned
+constants rounded to `SIGNIFICANT` significant digits (more where the rounded value would
+leave its domain; `(fixed ...)` constants are printed exactly). The exact values stay in the
+checkpoint (resume) and in log.jsonl's `constants`. Nothing here needs the model.
 """
 
 from __future__ import annotations
@@ -10,7 +13,70 @@ import json
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+
+SIGNIFICANT = 4  # significant digits of tuned constants in the programs a run writes
+SCORE_MEANING = {
+    "answer": "exact match: the fraction of prompts whose extracted answer equals the "
+              "reference",
+    "text": "mean log-probability per token (nats) of held-out text under the program's "
+            "per-step distribution (smoothed with 1e-4 uniform); closer to 0 is better",
+}
+
+
+def round_constants(expr, digits: int):
+    """`expr` with its tunable Real constants and Weights rounded to `digits` significant
+    digits (fixed constants are a hand-editor's values: kept exactly)."""
+    from engine_dsl.nodes import Apply, RealConst, WeightsConst
+
+    def r(x: float) -> float:
+        return float(f"{x:.{digits}g}")
+
+    def go(e):
+        if isinstance(e, RealConst) and not e.fixed:
+            return replace(e, value=r(e.value))
+        if isinstance(e, WeightsConst):
+            return replace(e, values=tuple(r(v) for v in e.values))
+        if isinstance(e, Apply) and e.args:
+            return replace(e, args=tuple(go(a) for a in e.args))
+        return e
+
+    return go(expr)
+
+
+def readable(expr, space=None):
+    """A Decoder program as a person would write it: simplified (`space`: the run's
+    `SearchSpace`, for the rules that need the model's shape), constants at `SIGNIFICANT`
+    digits, or more where rounding would take one out of its domain."""
+    from engine_dsl import DslError, Type, read_expr
+    from engine_dsl.printer import expr_to_scheme
+
+    from .simplify import simplify
+
+    expr = simplify(expr, space)
+    limits = space.limits if space is not None else None
+    for digits in (SIGNIFICANT, 6, 8):
+        shown = round_constants(expr, digits)
+        try:
+            read_expr(expr_to_scheme(shown), Type.DECODER, limits=limits)
+            return shown
+        except DslError:  # e.g. a top-p of 0.99996 would print as 1.0
+            continue
+    return expr
+
+
+def one_line(source, width: int = 60) -> str:
+    """A program (an Expr or its text) on one line, elided in the middle to `width` columns."""
+    if not isinstance(source, str):
+        from engine_dsl.printer import expr_to_scheme
+
+        source = expr_to_scheme(source)
+    text = " ".join(source.split())
+    if len(text) <= width:
+        return text
+    keep = width - 5
+    return f"{text[:keep - keep // 2]} ... {text[len(text) - keep // 2:]}"
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0,

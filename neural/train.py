@@ -32,8 +32,8 @@ class TrainConfig:
     min_lr: float = 3e-4  # floor of the cosine schedule
     warmup_steps: int = 100  # linear ramp from learning_rate / warmup_steps
     weight_decay: float = 0.1  # AdamW, matrices only
-    beta1: float = 0.9
-    beta2: float = 0.99
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.99  # AdamW second-moment decay
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     answer_only: bool = True  # LM loss on answer tokens only; False = prompt + answer
     grokfast_alpha: float = 0.98  # EMA decay of the slow-gradient filter, in [0, 1)

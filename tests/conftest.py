@@ -1,6 +1,8 @@
-"""Shared test setup: hypothesis profiles and the tests folder on sys.path (for strategies)."""
+"""Shared test setup: hypothesis profiles, the tests folder on sys.path (for strategies), and
+the one tiny run that the run-reading tests share (`tiny_run`, made once per session)."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +11,8 @@ from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
+TINY = str(ROOT / "tests" / "tiny.toml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(
@@ -27,3 +31,21 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def cli(*args, check=None):
+    """Run `run_evolution.py` as a user would; `check`: the exit code it must give."""
+    proc = subprocess.run([sys.executable, str(ROOT / "run_evolution.py"), *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300)
+    if check is not None:
+        assert proc.returncode == check, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(run directory, finished process) of one `evolve --config tests/tiny.toml`."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    proc = cli("evolve", "--out", out, "--config", TINY, check=0)
+    return out, proc

@@ -31,7 +31,9 @@ def test_bad_program_is_refused_with_position_and_message(path, capsys):
     assert first_line.startswith(f"{path}:{where}: error: "), err
     assert fragment in first_line, err
     assert "Traceback" not in err
-    # the offending line is quoted with a caret under the column
+    # the offending line is quoted with a caret under the column; further errors of the
+    # same file (check reports every one) follow in the same three-line form
     col = int(where.split(":")[1])
     lines = err.splitlines()
-    assert len(lines) == 3 and lines[2] == "  " + " " * (col - 1) + "^", err
+    assert len(lines) % 3 == 0 and lines[2] == "  " + " " * (col - 1) + "^", err
+    assert all(ln.startswith(f"{path}:") for ln in lines[::3]), err

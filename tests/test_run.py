@@ -2,7 +2,6 @@
 Ctrl-C, inspection commands and bad input. Runs `run_evolution.py` as a user would."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,28 +9,9 @@ import time
 
 import networkx as nx
 import pytest
-from conftest import ROOT
+from conftest import ENV, ROOT, TINY, cli
 
 from engine_dsl.files import read_file
-
-TINY = str(ROOT / "tests" / "tiny.toml")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def cli(*args, check=None):
-    proc = subprocess.run([sys.executable, str(ROOT / "run_evolution.py"), *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300)
-    if check is not None:
-        assert proc.returncode == check, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    proc = cli("evolve", "--out", out, "--config", TINY, check=0)
-    return out, proc
 
 
 def test_a_run_writes_the_directory_of_design_4(tiny_run):
@@ -105,7 +85,7 @@ def test_trace_chooses_the_tokens_decode_chooses(tiny_run, tmp_path):
     """The answer `trace` prints is the one `decode` gives that prompt (its first sample):
     the same uniforms and the same inverse-CDF draw, also for a flat distribution."""
     import engine_dsl
-    from evolution.inspect import open_run, trace
+    from evolution.views import open_run, trace
 
     out, _ = tiny_run
     run = open_run(str(out))
