@@ -203,6 +203,13 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_report(args) -> int:
+    from evolution.page import write_page
+
+    print(write_page(args.dir))
+    return EXIT_OK
+
+
 def cmd_config(args) -> int:
     from evolution.views import config_listing
 
@@ -299,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export for Hugging Face transformers (the one format)")
     p.add_argument("--def", dest="name", metavar="NAME", help="only this definition")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="write DIR/report.html: one self-contained page of "
+                                      "the run")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="every setting: its default and what it means")
     p.set_defaults(func=cmd_config)

@@ -76,7 +76,7 @@ def one_line(source, width: int = 60) -> str:
     if len(text) <= width:
         return text
     keep = width - 5
-    return f"{text[:keep - keep // 2]} ... {text[len(text) - keep // 2:]}"
+    return f"{text[:keep - keep // 2].rstrip()} ... {text[len(text) - keep // 2:].lstrip()}"
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0,
@@ -107,6 +107,25 @@ def read_log(run_dir: str | Path) -> list[dict]:
     return out
 
 
+def constant_lines(log: list[dict]) -> list[tuple[str, list[tuple[int, float]]]]:
+    """(label, [(generation, value)]) of the champion's constants: one line per constant of
+    a champion lineage (consecutive generations whose champions have the same constant
+    slots), labelled by slot and the lineage's first champion, e.g. 'temperature.t (g1-5)'."""
+    lines: list[tuple[str, list]] = []
+    current: dict[str, list] = {}
+    slots = None
+    for e in log:
+        constants = e["champion"].get("constants", {})
+        if tuple(constants) != slots:
+            slots, current = tuple(constants), {}
+            for key in constants:
+                current[key] = []
+                lines.append((f"{key.split(':', 1)[1]} ({e['champion']['id']})", current[key]))
+        for key, value in constants.items():
+            current[key].append((e["generation"], value))
+    return lines
+
+
 def write_plots(run_dir: str | Path, log: list[dict], writer) -> list[Path]:
     """PNG plots of a run's log; `writer(path, bytes)` writes atomically. Returns the paths."""
     import io
@@ -115,6 +134,7 @@ def write_plots(run_dir: str | Path, log: list[dict], writer) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     plots = Path(run_dir) / "plots"
     made = []
@@ -140,35 +160,40 @@ def write_plots(run_dir: str | Path, log: list[dict], writer) -> list[Path]:
     a1.set(xlabel="generation", ylabel="valid score", title="Score per generation")
     a2.set(xlabel="generation", ylabel="model forward tokens per answer",
            title="Cost per generation")
-    a1.legend(loc="best")
-    a2.legend(loc="best")
+    for ax in (a1, a2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="best")
     save(fig, "score-cost.png")
 
     # the last Pareto front
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(6, 4))
     if evo:
         pop = evo[-1]["population"]
         ax.scatter(pop["costs"], pop["scores"], s=[6 + 3 * s for s in pop["sizes"]],
                    alpha=0.4, label="population")
-        front = evo[-1]["front"]
+        front = sorted(evo[-1]["front"], key=lambda f: f["cost"])
+        ax.step([f["cost"] for f in front], [f["score"] for f in front], "r-", where="post",
+                alpha=0.5)
         ax.scatter([f["cost"] for f in front], [f["score"] for f in front], color="red",
                    label="Pareto front")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # labels never overlap
     ax.set(xlabel="cost (forward tokens per answer)", ylabel="valid score",
-           title="Pareto front (marker size: program size)")
+           title=f"Pareto front, generation {gens[-1] if gens else 0} (size: marker)")
     ax.legend(loc="best")
     save(fig, "pareto-front.png")
 
-    # the champion's constants over generations
-    fig, ax = plt.subplots(figsize=(6, 4))
-    series: dict[str, list[tuple[int, float]]] = {}
-    for e in evo:
-        for name, value in e["champion"].get("constants", {}).items():
-            series.setdefault(name, []).append((e["generation"], value))
-    for name, pts in list(series.items())[:12]:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+    # the champion's constants over generations, one line per champion lineage
+    fig, ax = plt.subplots(figsize=(9, 4))
+    lines = constant_lines(evo)
+    for label, pts in lines[:12]:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
     ax.set(xlabel="generation", ylabel="value", title="Champion constants")
-    if series:
-        ax.legend(loc="best", fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if lines:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no tunable constants in the champions", ha="center",
+                transform=ax.transAxes)
     save(fig, "constants.png")
 
     # model loss
@@ -182,5 +207,6 @@ def write_plots(run_dir: str | Path, log: list[dict], writer) -> list[Path]:
             ax.plot([p[0] for p in lam], [p[1] for p in lam], "s--", label="program loss")
         ax.legend(loc="best")
     ax.set(xlabel="generation (0 = pre-training)", ylabel="loss", title="Model loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save(fig, "model-loss.png")
     return made

@@ -92,8 +92,8 @@ def show(path: str, top: int = 5) -> str:
                       f"valid score on the model of generation {len(log) - 1}):"]
         for d in defs[:top]:
             info = provenance(d)
-            lines.append(f"  {d.name:<10} score {_number(info.get('score'), '.3f'):>6}  cost "
-                         f"{_number(info.get('cost'), '.1f'):>5}  size "
+            lines.append(f"  {d.name:<10} score {number(info.get('score'), '.3f'):>6}  cost "
+                         f"{number(info.get('cost'), '.1f'):>5}  size "
                          f"{engine_dsl.size(d.body):>3}  {one_line(d.body, 70)}")
     if rundir.report.exists():
         rep = json.loads(rundir.report.read_text(encoding="utf-8"))
@@ -108,7 +108,7 @@ def show(path: str, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _number(text: str | None, spec: str) -> str:
+def number(text: str | None, spec: str) -> str:
     """A number from a comment block, formatted; '?' where it is missing or not a number."""
     try:
         return format(float(text), spec)

@@ -232,6 +232,16 @@ def test_phase1_mode_keeps_the_seeds_structure(tmp_path):
     seeds = [ROOT / "programs" / p for p in ("greedy.scm", "nucleus.scm", "entropy-branch.scm")]
     expected = sorted(s for p in seeds for s in shapes(p))
     assert shapes(out / "generations" / "gen-0002.scm") == expected
+    # every generation tunes the two seeds that have constants, and says what it kept
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["tuning"]["kept"] + e["tuning"]["undone"] for e in log[1:]] == [2, 2]
+
+    def constants(path):
+        return sorted(n.value for d in read_file(path) for n in walk(d.body)
+                      if type(n).__name__ == "RealConst")
+
+    assert constants(out / "generations" / "gen-0002.scm") != \
+        constants(out / "generations" / "gen-0000.scm")
 
 
 def test_phased_mode_trains_model_then_programs_then_both(tmp_path):

@@ -44,7 +44,7 @@ def test_one_line_views_never_paste_a_block():
     text = engine_dsl.expr_to_scheme(long)
     assert one_line(text, 200) == " ".join(text.split()) and "\n" not in one_line(text, 200)
     short = one_line(long, 40)
-    assert len(short) == 40 and short.startswith("(vote 5 (sample") and " ... " in short
+    assert len(short) <= 40 and short.startswith("(vote 5 (sample") and " ... " in short
     assert short.endswith("0.8) 0.9)))")
 
 
