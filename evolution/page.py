@@ -19,6 +19,7 @@ import re
 import engine_dsl
 from engine_dsl import Definition, RealConst, WeightsConst
 from engine_dsl.files import read_file
+from neural.tasks import Example
 
 from .genealogy import Lineage
 from .loop import GREEDY
@@ -26,6 +27,7 @@ from .report import SCORE_MEANING, one_line, read_log, write_plots
 from .views import ancestry, node_program, number, open_run, provenance, trace, tuned
 
 SAMPLES = 8  # valid prompts shown with the champion's and greedy's outputs
+LINEAGE_NODES = 60  # the lineage graph draws at most this many of the latest ancestors
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
@@ -128,8 +130,9 @@ def _final_report(path) -> list[str]:
 
 def _hall_of_fame(hof, graph, run) -> list[str]:
     out = ["<h2>Hall of fame</h2><p class=meta>the Pareto front (score up, cost down, size "
-           "down), best first; each program beside its first parent and its ancestors' "
-           "constants</p>"]
+           "down), best first; each program against its first parent, and the constants "
+           "along its line of first parents (scores: valid, in each one's own generation)"
+           "</p>"]
     for d in hof:
         info = provenance(d)
         out.append(f"<h3><code>{_e(d.name)}</code>: score {number(info.get('score'), '.3f')}"
@@ -145,7 +148,7 @@ def _hall_of_fame(hof, graph, run) -> list[str]:
             out.append(f"<p>against parent <code>{_e(parents[0])}</code>: "
                        f"<code>{token_diff(before, after)}</code></p>")
         rows = []
-        for n in ancestry(graph, d.name):
+        for n in reversed(first_parents(graph, d.name)):
             program = node_program(graph.nodes[n])
             if isinstance(program, str):
                 continue
@@ -155,8 +158,17 @@ def _hall_of_fame(hof, graph, run) -> list[str]:
                 rows.append([str(graph.nodes[n].get("generation", "?")), _e(n),
                              "" if score is None else f"{score:.3f}", _e(values)])
         if rows:
-            out.append(_table(["gen", "ancestor", "score", "constants"], rows, {0, 2}))
+            out.append(_table(["gen", "program", "score", "constants"], rows, {0, 2}))
     return out
+
+
+def first_parents(graph, ident: str) -> list[str]:
+    """`ident`, its first parent, that one's first parent, ... (of a crossover's two
+    parents, the first by id: the lineage graph keeps no order)."""
+    chain = [ident]
+    while parents := list(graph.predecessors(chain[-1])):
+        chain.append(sorted(parents)[0] if len(parents) > 1 else parents[0])
+    return chain
 
 
 def constants_of(expr) -> str:
@@ -194,7 +206,7 @@ def _lineage_png(graph, ident: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    nodes = ancestry(graph, ident)
+    nodes = ancestry(graph, ident)[-LINEAGE_NODES:]
     by_gen: dict[int, list[str]] = {}
     for n in nodes:
         by_gen.setdefault(int(graph.nodes[n].get("generation", 0)), []).append(n)
@@ -215,7 +227,8 @@ def _lineage_png(graph, ident: str) -> bytes:
                     ha="center", fontsize=7)
     fig.colorbar(points, ax=ax, label="valid score (own generation)")
     ax.set_xticks(sorted(by_gen))
-    ax.set(xlabel="generation", yticks=[], title=f"ancestry of {ident}")
+    ax.set(xlabel="generation", yticks=[], title=f"ancestry of {ident}" + (
+        f" (the latest {LINEAGE_NODES} of its ancestry)" if len(nodes) == LINEAGE_NODES else ""))
     ax.margins(0.15, 0.4)
     buf = io.BytesIO()
     fig.tight_layout()
@@ -227,6 +240,9 @@ def _lineage_png(graph, ident: str) -> bytes:
 def _samples(run, champion) -> list[str]:
     """The champion beside greedy on the first valid prompts (same draws as its score)."""
     examples = run._examples("valid")[:SAMPLES]
+    if run.task.kind == "text":  # the first half of a held-out chunk; the rest is the human's
+        examples = [Example(e.output[:len(e.output) // 2], e.output[len(e.output) // 2:])
+                    for e in examples]
     tok = run.tokenizer
     prompts = [tok.encode(e.input, bos=True) for e in examples]
     decoded = engine_dsl.decode(run.model, [champion.body, GREEDY], prompts,
@@ -238,6 +254,8 @@ def _samples(run, champion) -> list[str]:
             for e, a, g in zip(examples, *decoded, strict=True)]
     what = "continuations" if run.task.kind == "text" else "answers"
     return [f"<h2>Sample {what}</h2><p class=meta>the champion <code>{_e(champion.name)}</code> "
-            f"and greedy on the first {len(rows)} valid prompts, side by side</p>",
+            f"and greedy on the first {len(rows)} valid prompts, side by side"
+            + (" (the draws of its score)" if run.task.kind == "answer" else
+               " (each prompt: the first half of a held-out chunk)") + "</p>",
             _table(["prompt", "reference", "champion", "greedy"], rows)]
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from conftest import cli
 
-from evolution.page import constants_of, token_diff
+from evolution.page import constants_of, first_parents, token_diff
 from evolution.report import constant_lines
 
 SECTIONS = ("Generations", "Pareto front", "Champion constants", "Final report", "Hall of fame",
@@ -118,3 +118,11 @@ def test_plots_have_integer_generation_axes(tiny_run):
                 checked += 1
         real_close(fig)
     assert checked == 4  # score, cost, constants, model loss
+
+
+def test_constants_follow_the_line_of_first_parents():
+    import networkx as nx
+
+    graph = nx.DiGraph([("g0-1", "g1-3"), ("g0-2", "g1-3"), ("g1-3", "g2-5"), ("g0-0", "g2-5")])
+    assert first_parents(graph, "g2-5") == ["g2-5", "g0-0"]
+    assert first_parents(graph, "g1-3") == ["g1-3", "g0-1"]
