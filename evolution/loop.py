@@ -537,8 +537,22 @@ class CoEvolution:
         saying where the score was taken and, where simplifying shrank a program, the size
         it was selected with."""
         space = self._space()
-        scored = (f";; scored: valid split, {len(self._examples('valid'))} prompts, model of "
-                  f"generation {g} ({self.task.kind} task score)")
+        n = len(self._examples("valid"))
+        scored = (f";; scored: valid split, {n} prompts, model of generation {g} "
+                  f"({report.SCORE_NAME[self.task.kind]}")
+        intervals: dict[int, str] = {}
+
+        def interval(score: str) -> str:
+            """95% interval of an exact-match score: k of n prompts (as `eval` gives it)."""
+            if self.task.kind != "answer":
+                return ""
+            k = round(float(score) * n)
+            if k not in intervals:
+                _, lo, hi = report.bootstrap_ci([1.0] * k + [0.0] * (n - k),
+                                                self.cfg.loop.bootstrap, seed=self.cfg.run.seed)
+                intervals[k] = f"; 95% interval [{lo:.3f}, {hi:.3f}]"
+            return intervals[k]
+
         out = []
         for d in defs:
             body = report.readable(d.body, space)
@@ -548,7 +562,7 @@ class CoEvolution:
                     c = f";; size: {engine_dsl.size(body)} (evolved: {c[len(';; size: '):]})"
                 comments.append(c)
                 if c.startswith(";; score: "):
-                    comments.append(scored)
+                    comments.append(f"{scored}{interval(c[len(';; score: '):])})")
             out.append(replace(d, body=body, comments=tuple(comments)))
         return out
 

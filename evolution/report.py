@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 SIGNIFICANT = 4  # significant digits of tuned constants in the programs a run writes
+SCORE_NAME = {"answer": "exact match", "text": "log-likelihood per token"}
 SCORE_MEANING = {
     "answer": "exact match: the fraction of prompts whose extracted answer equals the "
               "reference",
@@ -81,8 +82,10 @@ def one_line(source, width: int = 60) -> str:
 
 def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the mean and a percentile bootstrap interval of it."""
-    vals = [float(v) for v in values]
+    """(mean, low, high): the mean and a percentile bootstrap interval of it. The values
+    are sorted first, so the same values in any order give the same interval (the hall of
+    fame's interval of k correct answers of n is the one `eval` gives)."""
+    vals = sorted(float(v) for v in values)
     if not vals:
         return (math.nan, math.nan, math.nan)
     mean = sum(vals) / len(vals)

@@ -38,6 +38,14 @@ def test_readable_programs_are_simplified_with_short_constants(evolved, written)
     assert engine_dsl.expr_to_scheme(readable(_decoder(evolved))) == written
 
 
+def test_a_bootstrap_interval_does_not_depend_on_the_order_of_the_values():
+    from evolution.report import bootstrap_ci
+
+    values = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert bootstrap_ci(values, 200, seed=3) == bootstrap_ci(sorted(values), 200, seed=3)
+    assert bootstrap_ci([1.0] * 6, 200) == (1.0, 1.0, 1.0)
+
+
 def test_one_line_views_never_paste_a_block():
     long = _decoder("(vote 5 (sample (top-p (temperature (repetition-penalty (mix (layer 1) "
                     "(layer 2) 0.5) 1.1) 0.8) 0.9)))")
@@ -85,6 +93,9 @@ def test_every_view_shows_the_hall_of_fames_score(tiny_run):
         got = result["programs"][d.name]
         assert (f"{got['score']:.6g}", f"{got['cost']:.6g}") == (info["score"], info["cost"])
         assert got["n"] == 6
+        lo, hi = got["ci95"]
+        assert info["scored"] == ("valid split, 6 prompts, model of generation 2 (exact match; "
+                                  f"95% interval [{lo:.3f}, {hi:.3f}])")
     report = json.loads((out / "report.json").read_text())
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert report["programs"]["champion"]["valid"]["score"] == log[-1]["valid"]["champion"]
