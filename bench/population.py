@@ -46,7 +46,7 @@ import engine_dsl  # noqa: E402
 from engine_dsl.decoders import _select, chunk_rows, decode_each, plan  # noqa: E402
 from evolution.bridge import SearchSpace, to_expr  # noqa: E402
 from evolution.generation import ConstantSampler, random_individual  # noqa: E402
-from evolution.tuning import rewrap_base  # noqa: E402
+from engine_dsl.primitives.decoders import rewrap  # noqa: E402
 from neural import GPT, ByteTokenizer, GPTConfig, get_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +63,11 @@ def programs(n: int, model, seed: int = 0) -> list:
 
     for f in sorted((ROOT / "programs").glob("*.scm")):
         for d in engine_dsl.read(f.read_text(), str(f)):
-            add(rewrap_base(d.body))
+            add(rewrap(d.body))
     space = SearchSpace.for_model(model)
     rng, sampler = random.Random(seed), ConstantSampler(space)
     while len(out) < n:
-        add(rewrap_base(to_expr(random_individual(rng, sampler, (2, 5)))))
+        add(rewrap(to_expr(random_individual(rng, sampler, (2, 5)))))
     return out[:n]
 
 

@@ -54,8 +54,6 @@ from evolution.evaluation import (  # noqa: E402
 from evolution.generation import (  # noqa: E402
     LITERAL_SLOTS,
     ConstantSampler,
-    from_domain,
-    to_domain,
 )
 from evolution.population import build_toolbox, evolve_generation, initial_population  # noqa: E402
 from evolution.selection import one_standard_error_choice  # noqa: E402
@@ -320,14 +318,14 @@ class Polisher:
         for _ in range(self.refine_passes if len(paths) > 1 else 1):
             moved = False
             for path, dom in paths:
-                z0 = from_domain(_get(e, path).value, dom)
+                z0 = dom.unconstrained(_get(e, path).value)
 
                 def f(z, e=e, path=path, dom=dom):
-                    return self.score(_set(e, path, RealConst(to_domain(z, dom))))
+                    return self.score(_set(e, path, RealConst(dom.constrained(z))))
 
                 z, s = line_search(f, z0, best, self.refine_width)
                 if s > best:
-                    e, best, moved = _set(e, path, RealConst(to_domain(z, dom))), s, True
+                    e, best, moved = _set(e, path, RealConst(dom.constrained(z))), s, True
             if not moved:
                 break
         return e, best

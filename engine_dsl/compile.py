@@ -25,7 +25,6 @@ truncation) is evaluated by `semantics.truncation_chain`, one sort for the whole
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -34,33 +33,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import semantics as sem
-from .nodes import Apply, BoolConst, CountConst, Definition, Expr, RealConst, WeightsConst, type_of
+from .nodes import (
+    Apply,
+    BoolConst,
+    CountConst,
+    Definition,
+    Expr,
+    RealConst,
+    WeightsConst,
+    type_of,
+    with_constants,
+)
+from .primitives.sources import head_gates
 from .registry import PRIMITIVES
 from .types import Domain, Type
 
-INVERSE_EPS = 1e-6  # closed domain ends are pulled in this far (relative) before inverting
 MODES = ("exact", "relaxed")
+PER_NODE_INPUTS = frozenset({"gated", "uniform", "state"})  # one stream / slot per node
 
 
 # ----------------------------------------------------------------------------- transforms
 
 
 def to_unconstrained(value: float, domain: Domain | None) -> float:
-    """The parameter value whose transform is `value` (clamped inside the domain)."""
-    if domain is None or domain.transform == "identity":
-        return float(value)
-    if domain.transform == "softplus":
-        d = max(float(value) - domain.lo, INVERSE_EPS)
-        return d + math.log(-math.expm1(-d))  # log(expm1(d)), stable for large d
-    if domain.transform == "sigmoid":
-        u = (float(value) - domain.lo) / (domain.hi - domain.lo)
-        u = min(max(u, INVERSE_EPS), 1.0 - INVERSE_EPS)
-        return math.log(u) - math.log1p(-u)
-    raise ValueError(f"unknown transform {domain.transform!r}")
+    """The parameter value whose transform is `value` (`Domain.unconstrained`)."""
+    return float(value) if domain is None else domain.unconstrained(value)
 
 
 def to_domain(raw: torch.Tensor, domain: Domain | None) -> torch.Tensor:
-    """Differentiable map of an unconstrained parameter into its domain."""
+    """Differentiable map of an unconstrained parameter into its domain (the tensor twin of
+    `Domain.constrained`)."""
     if domain is None or domain.transform == "identity":
         return raw
     if domain.transform == "softplus":
@@ -74,10 +76,10 @@ def to_domain(raw: torch.Tensor, domain: Domain | None) -> torch.Tensor:
 
 
 class _Env:
-    __slots__ = ("mode", "ctx", "program")
+    __slots__ = ("mode", "ctx", "program", "record")
 
-    def __init__(self, mode, ctx, program):
-        self.mode, self.ctx, self.program = mode, ctx, program
+    def __init__(self, mode, ctx, program, record=None):
+        self.mode, self.ctx, self.program, self.record = mode, ctx, program, record
 
 
 class _Node:
@@ -130,10 +132,9 @@ class _Literal(_Node):
 
 
 class _Call(_Node):
-    def __init__(self, node: Apply, children: list[_Node], slot: int = 0):
-        self.node, self.children, self.slot = node, children, slot
-        prim = PRIMITIVES[node.op]
-        self.kernel = sem.KERNELS[node.op]
+    def __init__(self, node: Apply, children: list[_Node], slots: dict[str, int] | None = None):
+        self.node, self.children, self.slots = node, children, slots or {}
+        prim = self.prim = PRIMITIVES[node.op]
         # computed Reals are clamped into their slot's domain
         self.clamp = [a.domain if a.type is Type.REAL and isinstance(c, _Call) else None
                       for a, c in zip(prim.args, children, strict=True)]
@@ -142,13 +143,15 @@ class _Call(_Node):
         args = [c.run(env) for c in self.children]
         args = [a if d is None else sem.clamp_to_domain(a, d) for a, d in zip(args, self.clamp,
                                                                               strict=True)]
-        env.ctx.node, env.ctx.slot = self.node, self.slot
-        fn = self.kernel.exact if env.mode == "exact" else self.kernel.relaxed
-        return fn(env.ctx, *args)
+        env.ctx.node, env.ctx.slots = self.node, self.slots
+        out = self.prim.kernel(env.mode)(env.ctx, *args)
+        if env.record is not None:
+            env.record[self.node] = out
+        return out
 
 
 class _Chain(_Node):
-    """A run of temperature/top-k/top-p/min-p over one input (innermost first)."""
+    """A nesting of transforms with a fused form over one input (innermost first)."""
 
     def __init__(self, calls: list[_Call], source: _Node):
         self.calls, self.source = calls, source
@@ -161,15 +164,15 @@ class _Chain(_Node):
                 a = call.children[1].run(env)
                 if call.clamp[1] is not None:
                     a = sem.clamp_to_domain(a, call.clamp[1])
-                steps.append((call.node.op, a))
+                steps.append((call.prim, a))
             env.ctx.node = self.calls[-1].node
             return sem.truncation_chain(env.ctx, x, steps)
         for call in self.calls:
             a = call.children[1].run(env)
             if call.clamp[1] is not None:
                 a = sem.clamp_to_domain(a, call.clamp[1])
-            env.ctx.node = call.node
-            x = call.kernel.relaxed(env.ctx, x, a)
+            env.ctx.node, env.ctx.slots = call.node, call.slots
+            x = call.prim.relaxed(env.ctx, x, a)
         return x
 
 
@@ -194,7 +197,7 @@ class LogitsProgram(nn.Module):
         self._domains: list[Domain | None] = []
         self._literals: list[float | tuple[float, ...]] = []
         self._n_fixed = 0
-        self._n_gated = 0
+        self._n_reading: dict[str, int] = {}  # nodes so far reading each per-node input
         self.reads: set[str] = set()
         self._root = self._build(expr, None)
         self._versions = [p._version for p in self.constants]
@@ -228,29 +231,28 @@ class LogitsProgram(nn.Module):
             raise TypeError(f"not an expression: {e!r}")
         if e.op not in PRIMITIVES:
             raise ValueError(f"unknown primitive {e.op!r}")
-        self.reads.update({"logits": {"logits"}, "layer": {"residuals"},
-                           "layer-mix": {"residuals"}, "gated": {"gated"},
-                           "repetition-penalty": {"history"}}.get(e.op, set()))
-        if self.fuse and e.op in sem.CHAIN_OPS:
+        prim = PRIMITIVES[e.op]
+        self.reads.update(prim.reads)
+        if self.fuse and prim.fused is not None:
             run, inner = [], e
-            while isinstance(inner, Apply) and inner.op in sem.CHAIN_OPS:
+            while isinstance(inner, Apply) and PRIMITIVES[inner.op].fused is not None:
                 run.append(inner)
                 inner = inner.args[0]
-            if len(run) >= 2 and any(a.op != "temperature" for a in run):
+            if len(run) >= 2 and any(not PRIMITIVES[a.op].fused.rescale for a in run):
                 source = self._build(inner, None)
                 calls = []
                 for a in reversed(run):  # innermost first = prefix order of their args
-                    prim = PRIMITIVES[a.op]
-                    arg = self._build(a.args[1], prim.args[1].domain)
+                    p = PRIMITIVES[a.op]
+                    self.reads.update(p.reads)
+                    arg = self._build(a.args[1], p.args[1].domain)
                     calls.append(_Call(a, [source, arg]))
                 return _Chain(calls, source)
-        slot = 0
-        if e.op == "gated":
-            slot = self._n_gated
-            self._n_gated += 1
-        prim = PRIMITIVES[e.op]
+        slots = {}
+        for what in sorted(prim.reads & PER_NODE_INPUTS):
+            slots[what] = self._n_reading.get(what, 0)
+            self._n_reading[what] = slots[what] + 1
         children = [self._build(a, s.domain) for a, s in zip(e.args, prim.args, strict=True)]
-        return _Call(e, children, slot)
+        return _Call(e, children, slots)
 
     # -- evaluation
     def forward(self, logits: torch.Tensor | None = None, history: torch.Tensor | None = None,
@@ -281,11 +283,18 @@ class LogitsProgram(nn.Module):
             out = torch.full((n,), out, dtype=dtype)
         return out
 
+    def evaluate_nodes(self, sources: sem.Sources, nodes=None) -> dict:
+        """Exact value of every application node (of `nodes`, or all) on `sources`, keyed by
+        node (for `trace`; compile with fuse=False to see inside truncation chains)."""
+        record: dict = {}
+        self._root.run(_Env("exact", sem.Context(sources), self, record))
+        return record if nodes is None else {n: record[n] for n in nodes}
+
     # -- constants
     @property
     def n_gated(self) -> int:
-        """Number of `gated` nodes (extra forward streams when decoding)."""
-        return self._n_gated
+        """Number of nodes reading a gated forward (extra forward streams when decoding)."""
+        return self._n_reading.get("gated", 0)
 
     def values(self) -> list[float | tuple[float, ...]]:
         """Current constant values in their domains (Weights as tuples), prefix order."""
@@ -302,31 +311,22 @@ class LogitsProgram(nn.Module):
         return out
 
     def gate_values(self, n_layer: int, n_head: int) -> list[torch.Tensor]:
-        """sigmoid(g) as (n_layer, n_head) for each `gated` node, prefix order."""
-        out = []
-        self._collect_gates(self._root, out)
-        gates = []
-        for call in out:
-            g = call.children[0].run(_Env("exact", None, self))
-            if g.numel() != n_layer * n_head:
-                from .errors import DslError
+        """The head gates (n_layer, n_head) of each node reading a gated forward (its Weights
+        argument through sigmoid), prefix order."""
+        return [head_gates(call.children[0].run(_Env("exact", None, self)).detach(), n_layer,
+                           n_head, call.node.span)
+                for call in self._calls() if "gated" in call.prim.reads]
 
-                raise DslError.at(call.node.span,
-                                  f"gated needs n_layer x n_head = {n_layer} x {n_head} = "
-                                  f"{n_layer * n_head} weights, found {g.numel()}")
-            gates.append(torch.sigmoid(g.detach()).view(n_layer, n_head))
-        return gates
-
-    def _collect_gates(self, n: _Node, out: list):
-        if isinstance(n, _Chain):
-            self._collect_gates(n.source, out)
-            for c in n.calls:
-                self._collect_gates(c.children[1], out)
-        elif isinstance(n, _Call):
-            if n.node.op == "gated":
-                out.append(n)
-            for c in n.children:
-                self._collect_gates(c, out)
+    def _calls(self):
+        """Every `_Call` in prefix order."""
+        stack = [self._root]
+        while stack:
+            n = stack.pop()
+            if isinstance(n, _Chain):
+                stack.extend(reversed([n.source, *(c.children[1] for c in n.calls)]))
+            elif isinstance(n, _Call):
+                yield n
+                stack.extend(reversed(n.children))
 
     def to_expr(self) -> Expr:
         """The compiled expression with the current (e.g. tuned) constant values."""
@@ -335,36 +335,9 @@ class LogitsProgram(nn.Module):
 
 def write_back(expr: Expr | Definition, program: LogitsProgram | Sequence) -> Expr | Definition:
     """`expr` with its tunable reals and Weights replaced, in prefix order, by the program's
-    current values (or by a given list of values). Lamarckian write-back in one call."""
-    values = list(program.values() if isinstance(program, LogitsProgram) else program)
-    if isinstance(expr, Definition):
-        return replace(expr, body=write_back(expr.body, values))
-    it = iter(values)
-    count = [0]
-
-    def go(node: Expr) -> Expr:
-        if isinstance(node, RealConst) and not node.fixed:
-            count[0] += 1
-            v = next(it)
-            return node if float(v) == node.value else replace(node, value=float(v))
-        if isinstance(node, WeightsConst):
-            count[0] += 1
-            v = next(it)
-            if not isinstance(v, (tuple, list, torch.Tensor)):
-                raise ValueError(f"write_back: a Weights literal needs a vector, got {v!r}")
-            v = tuple(float(x) for x in v)
-            return node if v == node.values else replace(node, values=v)
-        if isinstance(node, Apply):
-            return replace(node, args=tuple(go(a) for a in node.args))
-        return node
-
-    try:
-        out = go(expr)
-    except StopIteration:
-        raise ValueError(f"write_back: {len(values)} values for more constants") from None
-    if count[0] != len(values):
-        raise ValueError(f"write_back: {len(values)} values for {count[0]} constants")
-    return out
+    current values (or by a given list of values): `nodes.with_constants`."""
+    return with_constants(expr, program.values() if isinstance(program, LogitsProgram)
+                          else program)
 
 
 def compile_expr(expr: Expr | Definition | str, *, fuse: bool = True) -> LogitsProgram:

@@ -60,7 +60,10 @@ import torch
 
 from . import semantics as sem
 from .compile import LogitsProgram
-from .nodes import Apply, Definition, Expr, type_of
+from .nodes import Definition, Expr, type_of
+from .primitives import Primitive
+from .registry import PRIMITIVES
+from .primitives.decoders import structure
 from .types import Type
 
 
@@ -76,11 +79,12 @@ class Decoding:
 
 @dataclass
 class DecoderPlan:
-    """A Decoder program as its layers (outer first), base step rule and Logits program."""
+    """A Decoder program as its aggregator layers (outer first), its chooser and its compiled
+    Logits program (`primitives.decoders.structure`)."""
 
     expr: Expr
-    layers: list[tuple[str, int]]  # ("vote" | "best-of", n), outermost first
-    base: str  # "greedy" | "sample"
+    layers: list[tuple[Primitive, int]]  # (aggregator, n), outermost first
+    chooser: Primitive
     logits_expr: Expr
     module: LogitsProgram
 
@@ -90,7 +94,7 @@ class DecoderPlan:
 
 
 def plan(program: Expr | Definition | str) -> DecoderPlan:
-    """Split a Decoder program into its vote/best-of layers, base rule and Logits program."""
+    """Split a Decoder program into its aggregator layers, chooser and Logits program."""
     if isinstance(program, str):
         from .checker import read_expr
 
@@ -98,12 +102,8 @@ def plan(program: Expr | Definition | str) -> DecoderPlan:
     expr = program.body if isinstance(program, Definition) else program
     if type_of(expr) is not Type.DECODER:
         raise ValueError(f"expected a Decoder program, got a {type_of(expr)} expression")
-    layers, node = [], expr
-    while isinstance(node, Apply) and node.op in ("vote", "best-of"):
-        layers.append((node.op, int(node.args[0].value)))
-        node = node.args[1]
-    assert isinstance(node, Apply) and node.op in ("greedy", "sample"), node
-    return DecoderPlan(expr, layers, node.op, node.args[0], LogitsProgram(node.args[0]))
+    s = structure(expr)
+    return DecoderPlan(expr, list(s.layers), s.chooser, s.logits, LogitsProgram(s.logits))
 
 
 # ----------------------------------------------------------------------------- random numbers
@@ -125,13 +125,19 @@ def _mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _srl(z, 31)
 
 
-def uniforms(seed: int, prompt: torch.Tensor, sample: torch.Tensor, step: int) -> torch.Tensor:
-    """u in [0, 1) (float64, one per row) depending only on (seed, prompt, sample, step)."""
+def uniforms(seed: int, prompt: torch.Tensor, sample: torch.Tensor, step: int,
+             stream: int = 0) -> torch.Tensor:
+    """u in [0, 1) (float64, one per row) depending only on (seed, prompt, sample, step,
+    stream). Stream 0 is the chooser's draw; stream 1 + k the k-th program node's that reads
+    random numbers (`Sources.uniform`)."""
     seed = int(seed) & ((1 << 64) - 1)
     seed = seed - (1 << 64) if seed >= 1 << 63 else seed
     z = torch.full_like(prompt, seed, dtype=torch.int64)
-    for v in (prompt.to(torch.int64), sample.to(torch.int64),
-              torch.full_like(prompt, int(step), dtype=torch.int64)):
+    parts = [prompt.to(torch.int64), sample.to(torch.int64),
+             torch.full_like(prompt, int(step), dtype=torch.int64)]
+    if stream:  # stream 0 hashes as it always did
+        parts.append(torch.full_like(prompt, int(stream), dtype=torch.int64))
+    for v in parts:
         z = _mix64(z + _GOLDEN) ^ v
     z = _mix64(z + _GOLDEN)
     return _srl(z, 11).to(torch.float64) * (2.0 ** -53)
@@ -190,7 +196,8 @@ def _as_list(programs):
 def _plan_key(pl: DecoderPlan):
     """Identity of a plan's behaviour (structure and current constants), or None."""
     try:
-        key = (pl.base, tuple(pl.layers), pl.logits_expr, tuple(pl.module.values()))
+        key = (pl.chooser.name, tuple((p.name, n) for p, n in pl.layers), pl.logits_expr,
+               tuple(pl.module.values()))
         hash(key)
     except TypeError:
         return None
@@ -206,9 +213,11 @@ class _Block:
     start: int
     n: int
     stream_starts: list[int]
-    reads_history: bool
-    reads_residuals: bool
-    samples: int = 1
+    state: sem.RowState | None = None  # per-row state of stateful primitives
+
+    @property
+    def reads(self) -> set[str]:
+        return self.plan.module.reads
 
 
 CHUNK_ROWS = 1024  # rows per forward call on the CPU (see `chunk_rows`)
@@ -242,27 +251,12 @@ def _take(x: torch.Tensor, sel: slice | torch.Tensor) -> torch.Tensor:
     return x[sel] if isinstance(sel, slice) else x.index_select(0, sel)
 
 
-@torch.no_grad()
-def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 32,
-           stop_token: int | None = None, seed: int = 0, pad_token: int = 0,
-           share: bool = True):
-    """Decode every program on every prompt in one batch per step (see the module doc).
+# ----------------------------------------------------------------------------- row layout
 
-    Returns answers[p][i] (a `Decoding`) for a list of programs, answers[i] for one program.
-    `share=False` disables prefix sharing, compaction and the merging of identical programs
-    (a plainer reference path).
-    """
-    progs, single = _as_list(programs)
-    plans = [p if isinstance(p, DecoderPlan) else plan(p) for p in progs]
-    prompts = [list(map(int, p)) for p in prompts]
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
-    N, L, H = len(prompts), model.n_layer, model.n_head
-    device = next((t.device for t in _model_tensors(model)), torch.device("cpu"))
 
-    # -- identical programs (same structure and constants) decode once
+def _distinct(plans: list[DecoderPlan], share: bool):
+    """Identical programs (same structure and constants) decode once: (slot of each plan,
+    the distinct plans)."""
     slot_of, distinct, seen = [], [], {}
     for pl in plans:
         key = _plan_key(pl) if share else None
@@ -273,20 +267,54 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
             distinct.append(pl)
         else:
             slot_of.append(seen[key])
+    return slot_of, distinct
 
-    # -- rows: main rows of greedy programs, then of sampling programs, then gated streams.
-    # Each program's rows are contiguous, so its logits are a slice of the batch.
-    order = sorted(range(len(distinct)), key=lambda q: distinct[q].base != "greedy")
+
+@dataclass
+class _Layout:
+    """Every row of one decode. Main rows come program by program, grouped by chooser (in
+    registry order), so each program's rows and each chooser's rows are contiguous; then one
+    block of rows per gated stream. Per row: its prompt, sample, gated stream (0 = plain) and
+    main row."""
+
+    blocks: list[_Block]  # by distinct program
+    groups: list[tuple[Primitive, int, int]]  # chooser and its main rows [start, end)
+    R_main: int
+    R: int
+    prompt_t: torch.Tensor
+    sample_t: torch.Tensor
+    gate_t: torch.Tensor
+    main_t: torch.Tensor
+    gates_of: list[torch.Tensor]  # one (L, H) per gated stream, in row order
+
+    def edges(self) -> torch.Tensor:
+        """Block and group boundaries as original row ids."""
+        b = self.blocks
+        return torch.tensor(sorted({0, self.R_main, self.R}
+                                   | {g0 for _, g0, _ in self.groups}
+                                   | {x.start for x in b} | {x.start + x.n for x in b}
+                                   | {s for x in b for s in x.stream_starts}
+                                   | {s + x.n for x in b for s in x.stream_starts}))
+
+
+def _layout(distinct: list[DecoderPlan], N: int, L: int, H: int) -> _Layout:
+    rank = {name: i for i, name in enumerate(PRIMITIVES)}
+    order = sorted(range(len(distinct)), key=lambda q: rank[distinct[q].chooser.name])
     blocks: list[_Block] = [None] * len(distinct)  # type: ignore[list-item]
+    groups: list[tuple[Primitive, int, int]] = []
     cursor = 0
     for q in order:
         pl = distinct[q]
-        blocks[q] = _Block(pl, cursor, N * pl.samples, [], "history" in pl.module.reads,
-                           "residuals" in pl.module.reads, pl.samples)
-        cursor += N * pl.samples
+        n = N * pl.samples
+        state = sem.RowState(n) if "state" in pl.module.reads else None
+        blocks[q] = _Block(pl, cursor, n, [], state)
+        if groups and groups[-1][0] is pl.chooser:
+            groups[-1] = (pl.chooser, groups[-1][1], cursor + n)
+        else:
+            groups.append((pl.chooser, cursor, cursor + n))
+        cursor += n
     R_main = cursor
-    G_main = sum(blocks[q].n for q in order if distinct[q].base == "greedy")
-    gates_of: list[torch.Tensor] = []  # one (L, H) per gated stream, in row order
+    gates_of: list[torch.Tensor] = []
     for q in order:
         b = blocks[q]
         if b.plan.module.n_gated:
@@ -294,229 +322,259 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                 b.stream_starts.append(cursor)
                 gates_of.append(g)
                 cursor += b.n
-    R = cursor
-    # per row: prompt, sample, gated stream (0 = plain) and its main row
-    prompt_parts, sample_parts, gate_parts, main_parts = [], [], [], []
+    parts: list[list[torch.Tensor]] = [[], [], [], []]  # prompt, sample, gate, main row
+
+    def add(b: _Block, gate: int):
+        S = b.plan.samples
+        parts[0].append(torch.arange(N).repeat_interleave(S))
+        parts[1].append(torch.arange(S).repeat(N))
+        parts[2].append(torch.full((b.n,), gate, dtype=torch.long))
+        parts[3].append(torch.arange(b.start, b.start + b.n))
+
+    for q in order:
+        add(blocks[q], 0)
     k = 0
     for q in order:
-        b = blocks[q]
-        S = b.plan.samples
-        pr = torch.arange(N).repeat_interleave(S)
-        sa = torch.arange(S).repeat(N)
-        mr = torch.arange(b.start, b.start + b.n)
-        prompt_parts.append(pr)
-        sample_parts.append(sa)
-        gate_parts.append(torch.zeros(b.n, dtype=torch.long))
-        main_parts.append(mr)
-    for q in order:
-        b = blocks[q]
-        S = b.plan.samples
-        for _ in b.stream_starts:
+        for _ in blocks[q].stream_starts:
             k += 1
-            prompt_parts.append(torch.arange(N).repeat_interleave(S))
-            sample_parts.append(torch.arange(S).repeat(N))
-            gate_parts.append(torch.full((b.n,), k, dtype=torch.long))
-            main_parts.append(torch.arange(b.start, b.start + b.n))
-    prompt_t = torch.cat(prompt_parts)
-    sample_t = torch.cat(sample_parts)
-    gate_t = torch.cat(gate_parts)
-    main_t = torch.cat(main_parts)
-    n_gates = len(gates_of)
-    gate_rows = None
+            add(blocks[q], k)
+    prompt_t, sample_t, gate_t, main_t = (torch.cat(p) for p in parts)
+    return _Layout(blocks, groups, R_main, cursor, prompt_t, sample_t, gate_t, main_t, gates_of)
+
+
+# ----------------------------------------------------------------------------- decoding state
+
+
+@dataclass
+class _Rows:
+    """The batch as it decodes: which original rows are still in it (`rid`, ascending),
+    their model caches (consecutive chunks: [rows, cache]), attention mask and last
+    outputs, and per original row the answer so far."""
+
+    rid: torch.Tensor
+    parts: list
+    mask: torch.Tensor
+    logits: torch.Tensor
+    residuals: list
+    gen: torch.Tensor
+    gen_len: torch.Tensor
+    stopped: torch.Tensor
+    ll: torch.Tensor
+    done: torch.Tensor
+    finished_in_batch: int = 0
+
+
+def _prefill(model, lay: _Layout, prompt_ids, prompt_mask, device, share: bool, N: int,
+             max_new_tokens: int):
+    """Run the prompts: each distinct (gates, prompt) once and its cache copied to its rows
+    when the cache can be re-indexed (`select` is then that function), else every row's
+    prompt itself. Returns (rows, select)."""
+    R, n_gates = lay.R, len(lay.gates_of)
+    gate_rows = table = None
     if n_gates:
-        table = torch.stack([torch.ones(L, H)] + [g.float() for g in gates_of]).to(device)
-        gate_rows = table.index_select(0, gate_t.to(device))  # (R, L, H)
-
-    # -- prompts, left padded
-    P = max(len(p) for p in prompts)
-    prompt_ids = torch.full((N, P), pad_token, dtype=torch.long)
-    prompt_mask = torch.zeros(N, P, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        prompt_ids[i, P - len(p):] = torch.tensor(p)
-        prompt_mask[i, P - len(p):] = True
-    prompt_hist = torch.where(prompt_mask, prompt_ids, -1)  # -1 = padding in history
-    prompt_len = prompt_mask.sum(1)
-
-    # -- prefill: each distinct (gates, prompt) once (unit g * N + i), then copy to the rows
+        L, H = lay.gates_of[0].shape
+        table = torch.stack([torch.ones(L, H)] + [g.float() for g in lay.gates_of]).to(device)
+        gate_rows = table.index_select(0, lay.gate_t.to(device))  # (R, L, H)
     select = None
     if share:
         u_prompt = torch.arange(N).repeat(1 + n_gates)
-        u_gates = None
-        if n_gates:
-            u_gates = table.repeat_interleave(N, dim=0)
+        u_gates = table.repeat_interleave(N, dim=0) if n_gates else None
         out = model.forward_step(prompt_ids[u_prompt].to(device),
                                  attention_mask=prompt_mask[u_prompt].to(device),
                                  head_gates=u_gates)
         select = _cache_selector(model, out.cache, N * (1 + n_gates))
-    # the batch runs as consecutive chunks of rows, each with its own cache: [rows, cache]
     chunk = chunk_rows(device) or R
     spans = [(c0, min(c0 + chunk, R)) for c0 in range(0, R, chunk)]
     if select is not None:
-        k_dev = (gate_t * N + prompt_t).to(device)
+        k_dev = (lay.gate_t * N + lay.prompt_t).to(device)
         parts = [[c1 - c0, select(out.cache, k_dev[c0:c1])] for c0, c1 in spans]
         logits = out.logits[:, -1].index_select(0, k_dev)
         residuals = [h[:, -1].index_select(0, k_dev) for h in out.residuals]
     else:  # run every row's prompt itself
-        outs = [model.forward_step(prompt_ids[prompt_t[c0:c1]].to(device),
-                                   attention_mask=prompt_mask[prompt_t[c0:c1]].to(device),
+        outs = [model.forward_step(prompt_ids[lay.prompt_t[c0:c1]].to(device),
+                                   attention_mask=prompt_mask[lay.prompt_t[c0:c1]].to(device),
                                    head_gates=None if gate_rows is None else gate_rows[c0:c1])
                 for c0, c1 in spans]
         parts = [[c1 - c0, o.cache] for (c0, c1), o in zip(spans, outs, strict=True)]
         logits, residuals = _last_positions(outs, True)
-    mask = prompt_mask[prompt_t].to(device)
-    needs_residuals = any(b.reads_residuals for b in blocks)
+    rows = _Rows(rid=torch.arange(R), parts=parts, mask=prompt_mask[lay.prompt_t].to(device),
+                 logits=logits, residuals=residuals,
+                 gen=torch.full((R, max_new_tokens), -1, dtype=torch.long),
+                 gen_len=torch.zeros(R, dtype=torch.long),
+                 stopped=torch.zeros(R, dtype=torch.bool),
+                 ll=torch.zeros(R, dtype=torch.float64), done=torch.zeros(R, dtype=torch.bool))
+    return rows, select, gate_rows
 
-    gen = torch.full((R, max_new_tokens), -1, dtype=torch.long)
-    gen_len = torch.zeros(R, dtype=torch.long)
-    stopped = torch.zeros(R, dtype=torch.bool)
-    ll = torch.zeros(R, dtype=torch.float64)
-    done = torch.zeros(R, dtype=torch.bool)
-    rid = torch.arange(R)  # original row id of each row in the batch (ascending)
-    finished_in_batch = 0
-    # block boundaries as original row ids; in the batch they are searchsorted(rid, ...)
-    edges = torch.tensor(sorted({0, G_main, R_main, R}
-                                | {b.start for b in blocks} | {b.start + b.n for b in blocks}
-                                | {s for b in blocks for s in b.stream_starts}
-                                | {s + b.n for b in blocks for s in b.stream_starts}))
+
+def _random(seed: int, lay: _Layout, rows: torch.Tensor, t: int, device):
+    """Sources.uniform for these original rows at step t (common random numbers)."""
+    prompt, sample = lay.prompt_t[rows], lay.sample_t[rows]
+    return lambda stream: uniforms(seed, prompt, sample, t, stream).to(device)
+
+
+def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_hist,
+                device, observe=None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One decoding step: every program's exact module transforms its own live rows'
+    logits (from the sources it reads), then each chooser picks the tokens of all its rows
+    at once. Returns (chosen token per main row in the batch, live mask of the batch, all
+    live). `observe(t, q, rows, sources, scores, chosen)`, if given, sees each program's
+    rows (original ids), the sources and scores its module got and the tokens chosen."""
+    R, R_main = lay.R, lay.R_main
+    B = st.rid.numel()
+    live_t = ~st.done[st.rid]
+    all_live = bool(live_t.all())
+    edges = lay.edges()
     edge_list = edges.tolist()
-    main_pos = main_t  # position of each row's main row in the batch
-
-    for t in range(max_new_tokens):
-        B = rid.numel()
-        live_t = ~done[rid]
-        all_live = bool(live_t.all())
-        if B == R:
-            at = dict(zip(edge_list, edge_list, strict=True))
-        else:
-            at = dict(zip(edge_list, torch.searchsorted(rid, edges).tolist(), strict=True))
-        M, G = at[R_main], at[G_main]
+    if B == R:
+        at = dict(zip(edge_list, edge_list, strict=True))
+    else:
+        at = dict(zip(edge_list, torch.searchsorted(st.rid, edges).tolist(), strict=True))
+    M = at[R_main]
+    if not all_live:
+        n_live = torch.cat([torch.zeros(1, dtype=torch.long), live_t.long().cumsum(0)])
+    logits = st.logits
+    main_logits = logits[:M]
+    Y = torch.empty_like(main_logits) if all_live else torch.zeros_like(main_logits)
+    separate = []  # (position index or slice, chosen) of programs that choose on their own
+    seen = []  # for observe: (q, rows, sel, sources, scores)
+    for q, b in enumerate(lay.blocks):
+        a, e = at[b.start], at[b.start + b.n]
+        if a == e:
+            continue
+        idx = None
         if not all_live:
-            n_live = torch.cat([torch.zeros(1, dtype=torch.long), live_t.long().cumsum(0)])
-        main_logits = logits[:M]
-        Y = torch.empty_like(main_logits) if all_live else torch.zeros_like(main_logits)
-        separate = []  # (position index or slice, chosen) of programs sampled on their own
-        for b in blocks:
-            a, e = at[b.start], at[b.start + b.n]
-            if a == e:
+            alive = int(n_live[e] - n_live[a])
+            if alive == 0:
                 continue
-            idx = None
-            if not all_live:
-                alive = int(n_live[e] - n_live[a])
-                if alive == 0:
-                    continue
-                if alive < e - a:
-                    idx = live_t[a:e].nonzero().squeeze(1)
-            if idx is None:  # every row of the block is live: slices, no copies
-                rows = rid[a:e]
-                sel: slice | torch.Tensor = slice(a, e)
-                streams = [logits[at[s0]:at[s0] + e - a] for s0 in b.stream_starts]
-            else:
-                rows = rid[a + idx]
-                i_dev = idx.to(device)
-                sel = i_dev + a
-                streams = [logits.index_select(0, i_dev + at[s0]) for s0 in b.stream_starts]
-            hist = None
-            if b.reads_history:
-                hist = torch.cat([prompt_hist[prompt_t[rows]], gen[rows, :t]], dim=1).to(device)
-            src = sem.Sources(
-                logits=_take(logits, sel), history=hist,
-                residuals=[_take(h, sel) for h in residuals] if b.reads_residuals else None,
-                lens=model.lens, n_layer=L, n_head=H, gated=streams or None)
-            y = b.plan.module(sources=src, mode="exact")
-            if y.dtype != Y.dtype or y.shape != src.logits.shape:
-                # unusual output: choose this program's tokens on its own (as before)
-                if b.plan.base == "greedy":
-                    chosen = sem.greedy_exact(None, y)
-                else:
-                    u = uniforms(seed, prompt_t[rows], sample_t[rows], t)
-                    chosen = sem.sample_exact(None, y, u)
-                separate.append((slice(a, e) if idx is None else a + idx, chosen))
-            elif idx is None:
-                Y[a:e] = y
-            else:
-                Y.index_copy_(0, (a + idx).to(device), y)
-        # one argmax for all greedy rows, one inverse-CDF draw for all sampling rows
-        chosen = torch.zeros(M, dtype=torch.long, device=device)
-        if G:
-            chosen[:G] = sem.greedy_exact(None, Y[:G])
-        if M > G:
-            rows = rid[G:M]
-            u = uniforms(seed, prompt_t[rows], sample_t[rows], t).to(device)
-            step = chunk_rows(device) or M - G
-            for c0 in range(G, M, step):  # row by row the same; small buffers are faster
-                c1 = min(c0 + step, M)
-                chosen[c0:c1] = sem.sample_exact(None, Y[c0:c1], u[c0 - G:c1 - G])
-        for where_, c in separate:
-            chosen[where_ if isinstance(where_, slice) else where_.to(device)] = c
-        # in the logits' own precision (a float64 copy of every row cost more than the
-        # programs); summed over the answer in float64
-        lp = torch.log_softmax(main_logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
-        lp = lp.double().cpu()
-        chosen = chosen.cpu()
-        if all_live:
-            ll[rid[:M]] += lp
+            if alive < e - a:
+                idx = live_t[a:e].nonzero().squeeze(1)
+        if idx is None:  # every row of the block is live: slices, no copies
+            rows = st.rid[a:e]
+            sel: slice | torch.Tensor = slice(a, e)
+            streams = [logits[at[s0]:at[s0] + e - a] for s0 in b.stream_starts]
         else:
-            keep_m = live_t[:M]
-            ll[rid[:M][keep_m]] += lp[keep_m]
-        # stream rows take their main row's token
-        if B == R:
-            tok = chosen[main_pos] if R > R_main else chosen
+            rows = st.rid[a + idx]
+            i_dev = idx.to(device)
+            sel = i_dev + a
+            streams = [logits.index_select(0, i_dev + at[s0]) for s0 in b.stream_starts]
+        reads = b.reads
+        if b.state is not None:
+            b.state.rows = rows - b.start
+        src = sem.Sources(
+            logits=_take(logits, sel),
+            history=torch.cat([prompt_hist[lay.prompt_t[rows]], st.gen[rows, :t]], dim=1)
+            .to(device) if "history" in reads else None,
+            generated=st.gen[rows, :t].to(device) if "generated" in reads else None,
+            residuals=[_take(h, sel) for h in st.residuals] if "residuals" in reads else None,
+            lens=model.lens, n_layer=model.n_layer, n_head=model.n_head, gated=streams or None,
+            uniform=_random(seed, lay, rows, t, device) if "uniform" in reads else None,
+            state=b.state)
+        y = b.plan.module(sources=src, mode="exact")
+        if observe is not None:
+            seen.append((q, rows, sel, src, y))
+        if y.dtype != Y.dtype or y.shape != src.logits.shape:
+            # unusual output: choose this program's tokens on its own
+            ctx = sem.Context(sem.Sources(uniform=_random(seed, lay, rows, t, device)))
+            separate.append((slice(a, e) if idx is None else a + idx,
+                             b.plan.chooser.exact(ctx, y)))
+        elif idx is None:
+            Y[a:e] = y
         else:
-            tok = chosen[torch.searchsorted(rid, main_t[rid])]
-        if all_live:
-            rows = rid
-            gen[rows, t] = tok
-        else:
-            rows = rid[live_t]
-            gen[rows, t] = tok[live_t]
-        gen_len[rows] += 1
-        hit_stop = (tok == stop_token) if stop_token is not None else torch.zeros_like(live_t)
-        stopped[rows] = hit_stop if all_live else hit_stop[live_t]
-        newly = live_t & (hit_stop | (t + 1 >= max_new_tokens))
-        n_new = int(newly.sum())
-        if n_new:
-            done[rid[newly]] = True
-            if bool(done.all()):
-                break
-        finished_in_batch += n_new
-        if select is not None and finished_in_batch * 4 >= B:
-            keep = (~done[rid]).nonzero().squeeze(1)
-            k_dev = keep.to(device)
-            c0, kept_parts = 0, []
-            for n, part_cache in parts:
-                mine = k_dev[(k_dev >= c0) & (k_dev < c0 + n)] - c0
-                if mine.numel() == n:
-                    kept_parts.append([n, part_cache])
-                elif mine.numel():
-                    kept_parts.append([mine.numel(), select(part_cache, mine)])
-                c0 += n
-            parts = kept_parts
-            mask = mask.index_select(0, k_dev)
-            tok = tok[keep]
-            rid = rid[keep]
-            finished_in_batch = 0
-        mask = torch.cat([mask, torch.ones(rid.numel(), 1, dtype=torch.bool, device=device)],
-                         dim=1)
-        gates_now = None
-        if gate_rows is not None:
-            gates_now = gate_rows if rid.numel() == R else gate_rows.index_select(
-                0, rid.to(device))
-        tok_dev, outs, c0 = tok[:, None].to(device), [], 0
-        for part in parts:
-            n, c1 = part[0], c0 + part[0]
-            o = model.forward_step(tok_dev[c0:c1], attention_mask=mask[c0:c1], cache=part[1],
-                                   head_gates=None if gates_now is None else gates_now[c0:c1])
-            part[1] = o.cache
-            outs.append(o)
-            c0 = c1
-        logits, residuals = _last_positions(outs, needs_residuals)
+            Y.index_copy_(0, (a + idx).to(device), y)
+    # each chooser once over all its rows (in chunks: row by row the same, small buffers
+    # are faster)
+    chosen = torch.zeros(M, dtype=torch.long, device=device)
+    for chooser, g0, g1 in lay.groups:
+        c_lo, c_hi = at[g0], at[g1]
+        step = chunk_rows(device) or max(c_hi - c_lo, 1)
+        for c0 in range(c_lo, c_hi, step):
+            c1 = min(c0 + step, c_hi)
+            ctx = sem.Context(sem.Sources(uniform=_random(seed, lay, st.rid[c0:c1], t, device)))
+            chosen[c0:c1] = chooser.exact(ctx, Y[c0:c1])
+    for where_, c in separate:
+        chosen[where_ if isinstance(where_, slice) else where_.to(device)] = c
+    for q, rows, sel, src, y in seen:
+        observe(t, q, rows, src, y, chosen[sel])
+    return chosen, live_t, all_live
 
-    # -- answers: samples -> vote / best-of layers, innermost first
-    gen_l, len_l, stop_l, ll_l = gen.tolist(), gen_len.tolist(), stopped.tolist(), ll.tolist()
-    plen = prompt_len.tolist()
+
+def _advance(t: int, chosen, live_t, all_live: bool, st: _Rows, lay: _Layout, model, *,
+             select, gate_rows, stop_token, max_new_tokens: int, device,
+             needs_residuals: bool) -> bool:
+    """Record the chosen tokens (stream rows take their main row's), the answers'
+    log-likelihood and stops; drop finished rows once a quarter of the batch has finished
+    (when caches can be re-indexed); feed the tokens to the model. False when every row is
+    done."""
+    R, R_main = lay.R, lay.R_main
+    B, M = st.rid.numel(), chosen.numel()
+    # in the logits' own precision (a float64 copy of every row cost more than the
+    # programs); summed over the answer in float64
+    lp = torch.log_softmax(st.logits[:M], dim=-1).gather(1, chosen[:, None]).squeeze(1)
+    lp = lp.double().cpu()
+    chosen = chosen.cpu()
+    if all_live:
+        st.ll[st.rid[:M]] += lp
+    else:
+        keep_m = live_t[:M]
+        st.ll[st.rid[:M][keep_m]] += lp[keep_m]
+    if B == R:
+        tok = chosen[lay.main_t] if R > R_main else chosen
+    else:
+        tok = chosen[torch.searchsorted(st.rid, lay.main_t[st.rid])]
+    rows = st.rid if all_live else st.rid[live_t]
+    st.gen[rows, t] = tok if all_live else tok[live_t]
+    st.gen_len[rows] += 1
+    hit_stop = (tok == stop_token) if stop_token is not None else torch.zeros_like(live_t)
+    st.stopped[rows] = hit_stop if all_live else hit_stop[live_t]
+    newly = live_t & (hit_stop | (t + 1 >= max_new_tokens))
+    n_new = int(newly.sum())
+    if n_new:
+        st.done[st.rid[newly]] = True
+        if bool(st.done.all()):
+            return False
+    st.finished_in_batch += n_new
+    if select is not None and st.finished_in_batch * 4 >= B:
+        keep = (~st.done[st.rid]).nonzero().squeeze(1)
+        k_dev = keep.to(device)
+        c0, kept_parts = 0, []
+        for n, part_cache in st.parts:
+            mine = k_dev[(k_dev >= c0) & (k_dev < c0 + n)] - c0
+            if mine.numel() == n:
+                kept_parts.append([n, part_cache])
+            elif mine.numel():
+                kept_parts.append([mine.numel(), select(part_cache, mine)])
+            c0 += n
+        st.parts = kept_parts
+        st.mask = st.mask.index_select(0, k_dev)
+        tok = tok[keep]
+        st.rid = st.rid[keep]
+        st.finished_in_batch = 0
+    st.mask = torch.cat([st.mask, torch.ones(st.rid.numel(), 1, dtype=torch.bool,
+                                             device=device)], dim=1)
+    gates_now = None
+    if gate_rows is not None:
+        gates_now = gate_rows if st.rid.numel() == R else gate_rows.index_select(
+            0, st.rid.to(device))
+    tok_dev, outs, c0 = tok[:, None].to(device), [], 0
+    for part in st.parts:
+        n, c1 = part[0], c0 + part[0]
+        o = model.forward_step(tok_dev[c0:c1], attention_mask=st.mask[c0:c1], cache=part[1],
+                               head_gates=None if gates_now is None else gates_now[c0:c1])
+        part[1] = o.cache
+        outs.append(o)
+        c0 = c1
+    st.logits, st.residuals = _last_positions(outs, needs_residuals)
+    return True
+
+
+def _aggregate(lay: _Layout, st: _Rows, N: int, prompt_len: list[int]) -> list[list[Decoding]]:
+    """Per distinct program and prompt: its samples' answers, reduced by the aggregator
+    layers, innermost first."""
+    gen_l, len_l = st.gen.tolist(), st.gen_len.tolist()
+    stop_l, ll_l = st.stopped.tolist(), st.ll.tolist()
     answers: list[list[Decoding]] = []
-    for b in blocks:
-        pl, S = b.plan, b.samples
+    for b in lay.blocks:
+        pl, S = b.plan, b.plan.samples
         n_streams = 1 + pl.module.n_gated
         per_prompt = []
         for i in range(N):
@@ -525,20 +583,68 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                 r = b.start + i * S + j
                 g = len_l[r]
                 toks = gen_l[r][:g - 1 if stop_l[r] else g]
-                cost = n_streams * (plen[i] + g - 1)
+                cost = n_streams * (prompt_len[i] + g - 1)
                 cands.append(Decoding(toks, stop_l[r], cost, ll_l[r]))
-            for op, n in reversed(pl.layers):
-                choose = sem.KERNELS[op].exact
+            for agg, n in reversed(pl.layers):
                 nxt = []
                 for g0 in range(0, len(cands), n):
                     group = cands[g0:g0 + n]
-                    best = group[choose(None, n, [(tuple(c.tokens), c.log_likelihood)
-                                                  for c in group])]
+                    best = group[agg.exact(None, n, [(tuple(c.tokens), c.log_likelihood)
+                                                     for c in group])]
                     nxt.append(dataclasses.replace(best, cost=sum(c.cost for c in group)))
                 cands = nxt
             assert len(cands) == 1
             per_prompt.append(cands[0])
         answers.append(per_prompt)
+    return answers
+
+
+@torch.no_grad()
+def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 32,
+           stop_token: int | None = None, seed: int = 0, pad_token: int = 0,
+           share: bool = True, observe=None):
+    """Decode every program on every prompt in one batch per step (see the module doc).
+
+    Returns answers[p][i] (a `Decoding`) for a list of programs, answers[i] for one program.
+    `share=False` disables prefix sharing, compaction and the merging of identical programs
+    (a plainer reference path). `observe`: see `decode_step` (q indexes the distinct
+    programs, in the order given when no two are identical).
+    """
+    progs, single = _as_list(programs)
+    plans = [p if isinstance(p, DecoderPlan) else plan(p) for p in progs]
+    prompts = [list(map(int, p)) for p in prompts]
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    N = len(prompts)
+    device = next((t.device for t in _model_tensors(model)), torch.device("cpu"))
+    slot_of, distinct = _distinct(plans, share)
+    lay = _layout(distinct, N, model.n_layer, model.n_head)
+
+    # prompts, left padded
+    P = max(len(p) for p in prompts)
+    prompt_ids = torch.full((N, P), pad_token, dtype=torch.long)
+    prompt_mask = torch.zeros(N, P, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        prompt_ids[i, P - len(p):] = torch.tensor(p)
+        prompt_mask[i, P - len(p):] = True
+    prompt_hist = torch.where(prompt_mask, prompt_ids, -1)  # -1 = padding in history
+
+    st, select, gate_rows = _prefill(model, lay, prompt_ids, prompt_mask, device, share, N,
+                                     max_new_tokens)
+    needs_residuals = any("residuals" in b.reads for b in lay.blocks)
+    for t in range(max_new_tokens):
+        chosen, live_t, all_live = decode_step(t, st, lay, model, seed=seed,
+                                               prompt_hist=prompt_hist, device=device,
+                                               observe=observe)
+        if not _advance(t, chosen, live_t, all_live, st, lay, model, select=select,
+                        gate_rows=gate_rows, stop_token=stop_token,
+                        max_new_tokens=max_new_tokens, device=device,
+                        needs_residuals=needs_residuals):
+            break
+
+    answers = _aggregate(lay, st, N, prompt_mask.sum(1).tolist())
     results, used = [], set()
     for q in slot_of:
         if q in used:  # a duplicate program: its own copies of the same answers

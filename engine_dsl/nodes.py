@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from .registry import PRIMITIVES
 from .types import Type
 
 
@@ -81,6 +80,8 @@ class Definition:
 
 def type_of(e: Expr) -> Type:
     if isinstance(e, Apply):
+        from .registry import PRIMITIVES  # the registry's entries hold nodes: import late
+
         return PRIMITIVES[e.op].returns
     return LITERAL_TYPES[type(e)]
 
@@ -110,24 +111,44 @@ def height(e: Expr) -> int:
     return best
 
 
-def tunable_constants(e: Expr) -> list[RealConst]:
-    """The trainable real literals of `e` in prefix order (fixed ones excluded)."""
-    return [n for n in walk(e) if isinstance(n, RealConst) and not n.fixed]
+def tunable_constants(e: Expr) -> list[RealConst | WeightsConst]:
+    """The trainable literals of `e` in prefix order: non-fixed reals and Weights vectors
+    (a compiled program's parameters; `with_constants` writes values back)."""
+    return [n for n in walk(e)
+            if (isinstance(n, RealConst) and not n.fixed) or isinstance(n, WeightsConst)]
 
 
-def with_constants(e: Expr, values: list[float]) -> Expr:
-    """`e` with its tunable real constants replaced, in prefix order (Lamarckian write-back)."""
-    values = [float(v) for v in values]
-    n = len(tunable_constants(e))
-    if len(values) != n:
-        raise ValueError(f"expected {n} constant values, got {len(values)}")
+def with_constants(e: Expr | Definition, values) -> Expr | Definition:
+    """`e` with its tunable constants (trainable reals and Weights vectors, in prefix order:
+    the order of a compiled program's parameters) replaced by `values` (Lamarckian
+    write-back). Constants whose value is unchanged keep their node."""
+    values = list(values)
+    if isinstance(e, Definition):
+        return replace(e, body=with_constants(e.body, values))
     it = iter(values)
+    count = 0
 
     def go(node: Expr) -> Expr:
-        if isinstance(node, RealConst):
-            return node if node.fixed else replace(node, value=next(it))
+        nonlocal count
+        if isinstance(node, RealConst) and not node.fixed:
+            count += 1
+            v = float(next(it))
+            return node if v == node.value else replace(node, value=v)
+        if isinstance(node, WeightsConst):
+            count += 1
+            v = next(it)
+            if isinstance(v, (int, float)):
+                raise ValueError(f"a Weights literal needs a vector, got {v!r}")
+            v = tuple(float(x) for x in v)
+            return node if v == node.values else replace(node, values=v)
         if isinstance(node, Apply):
             return replace(node, args=tuple(go(a) for a in node.args))
         return node
 
-    return go(e)
+    try:
+        out = go(e)
+    except StopIteration:
+        raise ValueError(f"{len(values)} values for more constants") from None
+    if count != len(values):
+        raise ValueError(f"{len(values)} values for {count} constants")
+    return out

@@ -10,7 +10,7 @@ where `batch` holds one row per answer position (the model's logits there, and t
 residual streams or gated-forward callable if the program reads them) plus the target ids
 (`ignore_index` = -100 skips a row). Parameters are the unconstrained constants (see
 `compile`), optimised with Adam; a Decoder program is tuned through its Logits expression
-(vote/best-of/greedy/sample do not change the per-step distribution used here).
+(its aggregators and chooser do not change the per-step distribution used here).
 
 `callback(step, module)`, if given, is called after each Adam step (step = 1, 2, ...) with
 the module holding the current constants (read them with `module.to_expr()`); benchmarks use
@@ -26,7 +26,8 @@ import torch
 
 from . import semantics as sem
 from .compile import LogitsProgram, compile_expr, write_back
-from .nodes import Apply, Definition, Expr, type_of
+from .nodes import Definition, Expr, type_of
+from .primitives.decoders import structure
 from .types import Type
 
 IGNORE_INDEX = -100
@@ -44,15 +45,6 @@ class TuneResult:
     program: Expr | Definition | LogitsProgram  # with the tuned constants
     losses: list[float] = field(default_factory=list)
     module: LogitsProgram | None = None
-
-
-def _logits_part(expr: Expr) -> Expr:
-    node = expr
-    while isinstance(node, Apply) and node.op in ("vote", "best-of"):
-        node = node.args[1]
-    if isinstance(node, Apply) and node.op in ("greedy", "sample"):
-        return node.args[0]
-    return node
 
 
 def loss(module: LogitsProgram, batch: TuneBatch, sharpness: float) -> torch.Tensor:
@@ -86,7 +78,7 @@ def tune(program: Expr | Definition | LogitsProgram | str, batch: TuneBatch, ste
     else:
         original = compile_expr(program).expr if isinstance(program, str) else program
         body = original.body if isinstance(original, Definition) else original
-        part = _logits_part(body) if type_of(body) is Type.DECODER else body
+        part = structure(body).logits if type_of(body) is Type.DECODER else body
         module = compile_expr(part)
     params = [p for p in module.parameters() if p.requires_grad]
     losses: list[float] = []
@@ -99,6 +91,8 @@ def tune(program: Expr | Definition | LogitsProgram | str, batch: TuneBatch, ste
         opt.zero_grad(set_to_none=True)
         value = loss(module, batch, sharpness)
         losses.append(float(value.detach()))
+        if not value.requires_grad:  # no constant reaches the loss: nothing to follow
+            break
         value.backward()
         opt.step()
         if callback is not None:

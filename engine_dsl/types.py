@@ -43,6 +43,52 @@ class Domain:
             return False
         return not (x > self.hi or (self.hi_open and x == self.hi))
 
+    # One set of transforms for every float use (the torch twin of `constrained` is
+    # `engine_dsl.compile.to_domain`, the same formulas on tensors).
+    def clamp(self, x: float) -> float:
+        """x pulled into the domain (open ends by DOMAIN_EPS)."""
+        lo = self.lo + (DOMAIN_EPS if self.lo_open else 0.0)
+        hi = self.hi - (DOMAIN_EPS if self.hi_open else 0.0)
+        return min(max(float(x), lo), hi) if math.isfinite(lo) or math.isfinite(hi) else x
+
+    def constrained(self, z: float) -> float:
+        """The domain value of an unconstrained parameter z (the map tuning uses; z is
+        clipped to [-30, 30] first), nudged inside where rounding reached an open end."""
+        z = max(-30.0, min(30.0, z))
+        if self.transform == "softplus":
+            x = self.lo + math.log1p(math.exp(z))
+        elif self.transform == "sigmoid":
+            x = self.lo + (self.hi - self.lo) / (1.0 + math.exp(-z))
+        else:
+            x = z
+        return x if self.contains(x) else self._nudge_inside(x)
+
+    def _nudge_inside(self, x: float) -> float:
+        if not math.isfinite(x):
+            x = 0.0
+        lo = self.lo if not math.isinf(self.lo) else -1e300
+        hi = self.hi if not math.isinf(self.hi) else 1e300
+        x = min(max(x, lo), hi)
+        if self.lo_open and x <= self.lo:
+            x = math.nextafter(self.lo, math.inf) if math.isinf(self.hi) \
+                else self.lo + 1e-6 * (self.hi - self.lo)
+        if self.hi_open and x >= self.hi:
+            x = self.hi - 1e-6 * (self.hi - self.lo) if not math.isinf(self.lo) \
+                else math.nextafter(self.hi, -1)
+        return x
+
+    def unconstrained(self, value: float) -> float:
+        """The parameter whose transform is `value`, ends pulled in by INVERSE_EPS
+        (relative), so closed ends such as a mix weight of 0 give finite parameters."""
+        if self.transform == "softplus":
+            d = max(float(value) - self.lo, INVERSE_EPS)
+            return d + math.log(-math.expm1(-d))  # log(expm1(d)), stable for large d
+        if self.transform == "sigmoid":
+            u = (float(value) - self.lo) / (self.hi - self.lo)
+            u = min(max(u, INVERSE_EPS), 1.0 - INVERSE_EPS)
+            return math.log(u) - math.log1p(-u)
+        return float(value)
+
     def describe(self) -> str:
         """Human text of the set, e.g. 'in (0, 1)' or '>= 1'."""
         if math.isinf(self.lo) and math.isinf(self.hi):
@@ -59,6 +105,9 @@ class Domain:
 def _num(x: float) -> str:
     return str(int(x)) if x == int(x) else repr(x)
 
+
+DOMAIN_EPS = 1e-6  # run-time clamp margin for open domain ends
+INVERSE_EPS = 1e-6  # closed domain ends are pulled in this far (relative) before inverting
 
 ANY = Domain("real")
 POSITIVE = Domain("positive", lo=0.0, transform="softplus")

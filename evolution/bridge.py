@@ -38,8 +38,10 @@ from engine_dsl.nodes import (
     WeightsConst,
 )
 from engine_dsl.printer import format_real
-from engine_dsl.registry import PRIMITIVES, Arg, Limits, Primitive
+from engine_dsl.registry import PRIMITIVES, Arg, Limits, Primitive, baseline, freeze
 from engine_dsl.types import ANY, Domain, Type
+
+freeze(__name__)  # the primitive set below is built once from the registry
 
 # --- search space -------------------------------------------------------------------------
 
@@ -118,8 +120,6 @@ TYPE_CLASSES: dict[Type, type] = {}
 for _t in Type:
     _bases = tuple(c for (t, _), c in SLOT_CLASSES.items() if t is _t and _t is Type.REAL)
     TYPE_CLASSES[_t] = _new_type(_t.value, _bases, doc=f"the program type {_t}")
-CLASS_TYPES: dict[type, Type] = {c: t for t, c in TYPE_CLASSES.items()}
-CLASS_TYPES.update({c: t for (t, _), c in SLOT_CLASSES.items()})
 
 
 def slot_class(prim: Primitive, index: int) -> type:
@@ -127,10 +127,6 @@ def slot_class(prim: Primitive, index: int) -> type:
     arg = prim.args[index]
     key = _slot_key(prim, arg)
     return TYPE_CLASSES[arg.type] if key is None else SLOT_CLASSES[arg.type, key]
-
-
-def type_of_class(cls: type) -> Type:
-    return CLASS_TYPES[cls]
 
 
 def fits(node_ret: type, slot: type) -> bool:
@@ -269,7 +265,7 @@ def _build_pset() -> gp.PrimitiveSetTyped:
 
 
 PSET: gp.PrimitiveSetTyped = _build_pset()
-LOGITS_TERMINAL: gp.Terminal = PSET.mapping["logits"]
+LOGITS_TERMINAL: gp.Terminal = PSET.mapping[baseline().args[0].op]  # the model's logits
 
 
 def primitive(name: str) -> gp.Primitive | gp.Terminal:

@@ -15,13 +15,15 @@ Programs only transform logits, so the model work is shared:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from engine_dsl.nodes import Apply, Expr, walk
+from engine_dsl.primitives import Primitive
+from engine_dsl.primitives.decoders import structure
+from engine_dsl.registry import PRIMITIVES
 
 SMOOTHING = 1e-4  # likelihood: the program's distribution is mixed with this much uniform
 
@@ -29,23 +31,20 @@ SMOOTHING = 1e-4  # likelihood: the program's distribution is mixed with this mu
 # --- decoders as distributions ---------------------------------------------------------------
 
 
-def sampling_logits(decoder: Expr) -> tuple[str, Expr, int]:
-    """(kind, Logits expression, repeats) of a Decoder: kind is "sample" or "greedy";
-    vote/best-of wrappers multiply `repeats` (their answer distribution is approximated by
-    the inner decoder's per-token distribution)."""
-    repeats, e = 1, decoder
-    while isinstance(e, Apply) and e.op in ("vote", "best-of"):
-        repeats *= e.args[0].value
-        e = e.args[1]
-    if not (isinstance(e, Apply) and e.op in ("sample", "greedy")):
-        raise ValueError(f"not a Decoder expression: {e!r}")
-    return e.op, e.args[0], repeats
+def sampling_logits(decoder: Expr) -> tuple[Primitive, Expr, int]:
+    """(chooser, Logits expression, repeats) of a Decoder: the aggregators' counts multiply
+    `repeats` (their answer distribution is approximated by the chooser's per-token
+    distribution)."""
+    s = structure(decoder)
+    return s.chooser, s.logits, s.samples
 
 
 def forward_cost(decoder: Expr) -> float:
-    """Model forward tokens per answer token: repeats x (1 + one extra pass per `gated`)."""
+    """Model forward tokens per answer token: repeats x (1 + one extra pass per node that
+    reads a gated forward)."""
     _, logits_expr, repeats = sampling_logits(decoder)
-    gated = sum(1 for n in walk(logits_expr) if isinstance(n, Apply) and n.op == "gated")
+    gated = sum(1 for n in walk(logits_expr)
+                if isinstance(n, Apply) and "gated" in PRIMITIVES[n.op].reads)
     return float(repeats * (1 + gated))
 
 
@@ -82,15 +81,30 @@ class FrozenLens:
 
 class GatedForward:
     """gates (L, H) -> (R, V): the logits of a head-gated forward pass at the cached rows
-    (a picklable callable, so cached rows can be shipped to worker processes)."""
+    (a picklable callable, so cached rows can be shipped to worker processes).
+    grad=False: the model's parameters take no gradient (tuning); grad=True: differentiable
+    in the model too (the model's training loss through a program)."""
 
-    def __init__(self, model, ids: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor):
+    def __init__(self, model, ids: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None, grad: bool = False):
         self.model, self.ids, self.seq, self.pos = model, ids, seq, pos
+        self.attention_mask, self.grad = attention_mask, grad
 
     def __call__(self, gates: torch.Tensor) -> torch.Tensor:
-        with _Frozen(self.model):
-            out = self.model.forward_step(self.ids, head_gates=gates)
+        if self.grad:
+            out = self.model.forward_step(self.ids, attention_mask=self.attention_mask,
+                                          head_gates=gates)
+        else:
+            with _Frozen(self.model):
+                out = self.model.forward_step(self.ids, attention_mask=self.attention_mask,
+                                              head_gates=gates)
         return out.logits[self.seq, self.pos]
+
+    def subset(self, index: torch.Tensor) -> GatedForward:
+        """The pass over only the sequences the rows at `index` are in."""
+        seqs, seq = torch.unique(self.seq[index], return_inverse=True)
+        mask = None if self.attention_mask is None else self.attention_mask[seqs]
+        return GatedForward(self.model, self.ids[seqs], seq, self.pos[index], mask, self.grad)
 
 
 @dataclass
@@ -105,21 +119,30 @@ class CachedRows:
     lens: Callable[[torch.Tensor], torch.Tensor] | None
     n_layer: int
     n_head: int
+    generated: torch.Tensor | None = None  # (R, T) the answer up to the position, -1 = pad
+    row_ids: torch.Tensor | None = None  # (R,) which row of the full set (its random numbers)
 
     def sources(self) -> dict:
-        """Keyword sources for a compiled program (`LogitsProgram.__call__`)."""
+        """Keyword sources for a compiled program (`LogitsProgram.__call__`). Random numbers:
+        fixed per row (`uniforms(0, row, 0, 0, stream)`), so scores are repeatable."""
+        from engine_dsl.decoders import uniforms
+
+        rows = torch.arange(len(self)) if self.row_ids is None else self.row_ids
+        zeros = torch.zeros_like(rows)
         return dict(logits=self.logits, residuals=list(self.residuals), history=self.history,
-                    lens=self.lens, gated=self.gated, n_layer=self.n_layer, n_head=self.n_head)
+                    generated=self.generated, lens=self.lens, gated=self.gated,
+                    n_layer=self.n_layer, n_head=self.n_head,
+                    uniform=lambda stream: uniforms(0, rows, zeros, 0, stream))
 
     def subset(self, index: torch.Tensor) -> CachedRows:
         """The rows at `index` (a gated pass then runs only over the sequences they are in)."""
-        g, gated = self.gated, None
-        if g is not None:
-            seqs, seq = torch.unique(g.seq[index], return_inverse=True)
-            gated = GatedForward(g.model, g.ids[seqs], seq, g.pos[index])
+        gated = None if self.gated is None else self.gated.subset(index)
+        rows = torch.arange(len(self)) if self.row_ids is None else self.row_ids
         return CachedRows(self.logits[index], tuple(r[index] for r in self.residuals),
                           self.history[index], self.targets[index], gated, self.lens,
-                          self.n_layer, self.n_head)
+                          self.n_layer, self.n_head,
+                          None if self.generated is None else self.generated[index],
+                          rows[index])
 
     def __len__(self) -> int:
         return self.targets.numel()
@@ -138,26 +161,17 @@ def cache_rows(model, ids: torch.Tensor, score_mask: torch.Tensor,
     with torch.set_grad_enabled(grad):
         out = model.forward_step(inputs, attention_mask=mask)
     si, ti = score_mask[:, 1:].nonzero(as_tuple=True)  # (sequence, position) of each row
-    hist = torch.where(torch.arange(inputs.size(1))[None, :] <= ti[:, None], inputs[si], -1)
+    upto = torch.arange(inputs.size(1))[None, :] <= ti[:, None]
+    hist = torch.where(upto, inputs[si], -1)
+    answer = torch.where(upto & score_mask[si, :-1].bool(), inputs[si], -1)  # scored = answer
     if grad:
-        lens, gated = model.lens, _GatedRows(model, inputs, si, ti, mask)
+        lens = model.lens
     else:
-        lens, gated = FrozenLens(model), GatedForward(model, inputs, si, ti)
+        lens = FrozenLens(model)
+    gated = GatedForward(model, inputs, si, ti, mask, grad)
     return CachedRows(out.logits[si, ti], tuple(r[si, ti] for r in out.residuals), hist,
-                      ids[si, ti + 1], gated, lens, model.n_layer, model.n_head)
+                      ids[si, ti + 1], gated, lens, model.n_layer, model.n_head, answer)
 
-
-class _GatedRows:
-    """gates -> (R, V) logits of a head-gated pass, differentiable in the model too."""
-
-    def __init__(self, model, ids, seq, pos, attention_mask):
-        self.model, self.ids, self.seq, self.pos = model, ids, seq, pos
-        self.attention_mask = attention_mask
-
-    def __call__(self, gates: torch.Tensor) -> torch.Tensor:
-        out = self.model.forward_step(self.ids, attention_mask=self.attention_mask,
-                                      head_gates=gates)
-        return out.logits[self.seq, self.pos]
 
 
 def program_scores(logits_expr: Expr | None, rows: CachedRows, *, mode: str = "exact",
@@ -170,11 +184,8 @@ def program_scores(logits_expr: Expr | None, rows: CachedRows, *, mode: str = "e
     return f(mode=mode, **rows.sources(), **extra).float()
 
 
-def _log_probs(scores: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "greedy":  # a point mass on the argmax
-        logp = torch.full_like(scores, -math.inf)
-        return logp.scatter_(1, scores.argmax(-1, keepdim=True), 0.0)
-    return torch.log_softmax(scores, dim=-1)
+def _log_probs(scores: torch.Tensor, chooser: Primitive) -> torch.Tensor:
+    return chooser.distribution(scores)
 
 
 def _smooth(logp: torch.Tensor, smoothing: float, V: int) -> torch.Tensor:
@@ -184,20 +195,20 @@ def _smooth(logp: torch.Tensor, smoothing: float, V: int) -> torch.Tensor:
     return torch.log(torch.exp(logp) * (1 - smoothing) + smoothing / V)
 
 
-def program_log_probs(logits_expr: Expr | None, kind: str, rows: CachedRows, *,
+def program_log_probs(logits_expr: Expr | None, chooser: Primitive, rows: CachedRows, *,
                       mode: str = "exact", program=None, smoothing: float = SMOOTHING,
                       sharpness: float | None = None) -> torch.Tensor:
     """(R, V) log-probabilities of the next token under a program (smoothed with uniform)."""
     scores = program_scores(logits_expr, rows, mode=mode, program=program, sharpness=sharpness)
-    return _smooth(_log_probs(scores, kind), smoothing, scores.size(-1))
+    return _smooth(_log_probs(scores, chooser), smoothing, scores.size(-1))
 
 
-def target_log_probs(logits_expr: Expr | None, kind: str, rows: CachedRows, *,
+def target_log_probs(logits_expr: Expr | None, chooser: Primitive, rows: CachedRows, *,
                      mode: str = "exact", program=None, smoothing: float = SMOOTHING,
                      sharpness: float | None = None) -> torch.Tensor:
     """(R,) smoothed log-probability of each row's observed next token."""
     scores = program_scores(logits_expr, rows, mode=mode, program=program, sharpness=sharpness)
-    lp = _log_probs(scores, kind).gather(1, rows.targets[:, None]).squeeze(1)
+    lp = _log_probs(scores, chooser).gather(1, rows.targets[:, None]).squeeze(1)
     return _smooth(lp, smoothing, scores.size(-1))
 
 
@@ -210,8 +221,8 @@ class LikelihoodEvaluator:
         self.smoothing = smoothing
 
     def log_likelihood(self, decoder: Expr) -> float:
-        kind, logits_expr, _ = sampling_logits(decoder)
-        lp = target_log_probs(logits_expr, kind, self.rows, smoothing=self.smoothing)
+        chooser, logits_expr, _ = sampling_logits(decoder)
+        lp = target_log_probs(logits_expr, chooser, self.rows, smoothing=self.smoothing)
         return float(lp.mean())
 
     @torch.no_grad()

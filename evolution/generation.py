@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 from engine_dsl.nodes import Definition, Expr
 from engine_dsl.registry import PRIMITIVES
-from engine_dsl.types import Domain, Type
+from engine_dsl.registry import baseline
+from engine_dsl.types import Type
 
 from .bridge import (
     LOGITS_TERMINAL,
@@ -34,6 +35,7 @@ from .bridge import (
     fits,
     individual,
     slot_class,
+    to_tree,
 )
 
 DECODER = TYPE_CLASSES[Type.DECODER]
@@ -84,42 +86,6 @@ SLOT_PRIMITIVES: dict[type, list] = {
 # --- literal values --------------------------------------------------------------------------
 
 
-def to_domain(z: float, d: Domain) -> float:
-    """The domain value of an unconstrained parameter z (the map tuning uses)."""
-    z = max(-30.0, min(30.0, z))
-    if d.transform == "softplus":
-        x = d.lo + math.log1p(math.exp(z))
-    elif d.transform == "sigmoid":
-        x = d.lo + (d.hi - d.lo) / (1.0 + math.exp(-z))
-    else:
-        x = z
-    return x if d.contains(x) else _nudge_inside(x, d)
-
-
-def from_domain(x: float, d: Domain) -> float:
-    """The unconstrained parameter of a domain value (inverse of `to_domain`, clamped)."""
-    if d.transform == "softplus":
-        y = max(x - d.lo, 1e-12)
-        return y + math.log(-math.expm1(-y)) if y < 30 else y
-    if d.transform == "sigmoid":
-        u = min(max((x - d.lo) / (d.hi - d.lo), 1e-9), 1 - 1e-9)
-        return math.log(u / (1 - u))
-    return x
-
-
-def _nudge_inside(x: float, d: Domain) -> float:
-    if not math.isfinite(x):
-        x = 0.0
-    lo = d.lo if not math.isinf(d.lo) else -1e300
-    hi = d.hi if not math.isinf(d.hi) else 1e300
-    x = min(max(x, lo), hi)
-    if d.lo_open and x <= d.lo:
-        x = math.nextafter(d.lo, math.inf) if math.isinf(d.hi) else d.lo + 1e-6 * (d.hi - d.lo)
-    if d.hi_open and x >= d.hi:
-        x = d.hi - 1e-6 * (d.hi - d.lo) if not math.isinf(d.lo) else math.nextafter(d.hi, -1)
-    return x
-
-
 def _round(x: float, digits: int = 3) -> float:
     if x == 0 or not math.isfinite(x):
         return x
@@ -147,8 +113,8 @@ class ConstantSampler:
         d = REAL_DOMAINS[key]
         if d.transform == "identity":  # thresholds compared with entropy / probabilities
             return _round(rng.uniform(0.0, 3.0))
-        x = _round(to_domain(rng.gauss(0.0, 1.2), d))
-        return x if d.contains(x) else to_domain(from_domain(x, d), d)
+        x = _round(d.constrained(rng.gauss(0.0, 1.2)))
+        return x if d.contains(x) else d.constrained(d.unconstrained(x))
 
     def count(self, key: str, rng: random.Random) -> int:
         lo, hi = self.count_range(key)
@@ -223,7 +189,8 @@ def choose_primitive(prims: list, rng: random.Random):
 def random_individual(rng: random.Random, sampler: ConstantSampler, heights: tuple[int, int],
                       tries: int = 20) -> Individual:
     """Ramped half-and-half: height uniform in `heights`, grow or full at even odds; redrawn
-    until within the space's size and height caps (falls back to `(greedy logits)`)."""
+    until within the space's size and height caps (falls back to the baseline decoder,
+    `registry.baseline()`)."""
     limits = sampler.space.limits
     for _ in range(tries):
         h = rng.randint(*heights)
@@ -231,7 +198,7 @@ def random_individual(rng: random.Random, sampler: ConstantSampler, heights: tup
         ind = Individual(tree)
         if len(ind) <= limits.max_size and ind.height <= limits.max_height:
             return ind
-    return Individual([PSET.mapping["greedy"], LOGITS_TERMINAL])
+    return Individual(to_tree(baseline()))
 
 
 def init_population(n: int, rng: random.Random, sampler: ConstantSampler, new_id,

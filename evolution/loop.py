@@ -30,6 +30,7 @@ import torch
 import engine_dsl
 from engine_dsl import PRIMITIVES, Apply, Definition, DslError, Expr, Type, WeightsConst
 from engine_dsl.files import read_file
+from engine_dsl.registry import baseline
 from engine_dsl.printer import expr_to_scheme, to_scheme
 from neural import GPT, ByteTokenizer, Curriculum, DataError, Trainer, get_task
 from neural.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
@@ -50,7 +51,7 @@ from .rundir import RunDir, RunError
 from .settings import RunConfig, to_dict
 from .tuning import LikelihoodTuner
 
-GREEDY = Apply("greedy", (Apply("logits"),))
+GREEDY = baseline()  # the fixed decoding a user would pick: (greedy logits)
 # settings the run derives from others: config.toml leaves them out, `config` says how
 DERIVED = {
     "train.steps": "loop.pretrain_steps + run.generations x loop.train_steps (one cosine "
@@ -93,8 +94,8 @@ def config_text(cfg: RunConfig) -> str:
 
 
 def fit_to_model(d: Definition, n_layer: int, n_head: int) -> Definition:
-    """A seed adapted to the model: Weights literals resized to n_layer (layer-mix) or
-    n_layer x n_head (gated) by repeating or truncating; `(layer k)` beyond the model is an
+    """A seed adapted to the model: Weights literals resized to their slot's shape (n_layer,
+    or n_layer x n_head) by repeating or truncating; a block index beyond the model is an
     error naming the seed's position."""
 
     def go(e: Expr) -> Expr:
@@ -104,14 +105,13 @@ def fit_to_model(d: Definition, n_layer: int, n_head: int) -> Definition:
             if arg.type is Type.COUNT and arg.shape == "layers" and a.value > n_layer:
                 raise DslError.at(e.span, f"({e.op} {a.value}) but the model has "
                                           f"{n_layer} blocks")
-        if e.op in ("layer-mix", "gated"):
-            n = n_layer if e.op == "layer-mix" else n_layer * n_head
-            w = e.args[0]
-            if len(w.values) != n:
-                values = tuple(w.values[i % len(w.values)] for i in range(n))
-                return replace(e, args=(WeightsConst(values, w.span),))
-            return e
-        return replace(e, args=tuple(go(a) for a in e.args))
+        args = []
+        for arg, a in zip(PRIMITIVES[e.op].args, e.args, strict=True):
+            n = {"layers": n_layer, "layers x heads": n_layer * n_head}.get(arg.shape)
+            if isinstance(a, WeightsConst) and n is not None and len(a.values) != n:
+                a = WeightsConst(tuple(a.values[i % len(a.values)] for i in range(n)), a.span)
+            args.append(go(a))
+        return replace(e, args=tuple(args))
 
     return replace(d, body=go(d.body))
 

@@ -40,7 +40,6 @@ class LikelihoodTuner:
         self.rows, self.steps, self.lr, self.batch = rows, steps, lr, batch
         self.sharpness, self.guard = sharpness, guard
         self.evaluations = 0  # loss evaluations made (for benchmarks)
-        self.failures = 0  # tunings abandoned because a backward pass failed
         self.tunings = 0  # tunings made by __call__ (for benchmarks)
         self.rejected = 0  # ... of which the guard undid
 
@@ -60,7 +59,7 @@ class LikelihoodTuner:
 
     def run(self, decoder: Expr, seed: int = 0, callback=None, rows: CachedRows | None = None):
         """Tune `decoder` once; the `engine_dsl.tuning.TuneResult`, or None when there is
-        nothing to tune or the backward pass failed. `callback(step, module)` is passed on to
+        nothing to tune. `callback(step, module)` is passed on to
         `engine_dsl.tune` (called after each step; benchmarks read the constants there).
         rows: the batch's rows when the caller drew them already (`batch_rows(seed)`)."""
         import engine_dsl
@@ -69,12 +68,8 @@ class LikelihoodTuner:
             return None
         extra = {} if self.sharpness is None else {"sharpness": self.sharpness}
         batch = _tune_batch(self.batch_rows(seed) if rows is None else rows)
-        try:
-            result = engine_dsl.tune(decoder, batch, steps=self.steps, lr=self.lr,
-                                     callback=callback, **extra)
-        except RuntimeError:  # a kernel without a usable gradient: keep the program as is
-            self.failures += 1
-            return None
+        result = engine_dsl.tune(decoder, batch, steps=self.steps, lr=self.lr,
+                                 callback=callback, **extra)
         self.evaluations += len(result.losses)
         return result
 
@@ -100,12 +95,3 @@ def _tune_batch(rows: CachedRows):
     from engine_dsl.tuning import TuneBatch
 
     return TuneBatch(**rows.sources(), targets=rows.targets)
-
-
-def rewrap_base(decoder: Expr) -> Expr:
-    """`decoder` without its vote/best-of wrappers: the sample/greedy of its Logits."""
-    from engine_dsl.nodes import Apply
-
-    while isinstance(decoder, Apply) and decoder.op in ("vote", "best-of"):
-        decoder = decoder.args[1]
-    return decoder

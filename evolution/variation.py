@@ -28,9 +28,7 @@ from .generation import (
     LITERAL_SLOTS,
     SLOT_PRIMITIVES,
     ConstantSampler,
-    from_domain,
     generate,
-    to_domain,
 )
 
 # --- limits ----------------------------------------------------------------------------------
@@ -201,7 +199,7 @@ def mut_constant(ind, rng: random.Random, sigma: float = 0.3, mode: str = "one")
         node = ind[i]
         if isinstance(node, RealConstant):
             d = node.domain
-            ind[i] = RealConstant(to_domain(from_domain(node.value, d) + rng.gauss(0, sigma), d),
+            ind[i] = RealConstant(d.constrained(d.unconstrained(node.value) + rng.gauss(0, sigma)),
                                   node.ret)
         else:
             ind[i] = WeightsConstant(tuple(v + rng.gauss(0, sigma) for v in node.value), node.ret)
@@ -232,14 +230,6 @@ def mut_count(ind, rng: random.Random, sampler: ConstantSampler):
         value = node.value + 1 if node.value < hi else node.value - 1
     ind[i] = CountConstant(value, node.ret)
     return (ind,)
-
-
-def random_mutation(ind, rng: random.Random, operators: dict, weights: dict):
-    """Apply one mutation drawn by `weights` (name -> weight) from `operators`
-    (name -> callable(ind) -> (ind,)); returns ((ind,), name)."""
-    names = [n for n in operators if weights.get(n, 0) > 0]
-    name = rng.choices(names, [weights[n] for n in names])[0]
-    return operators[name](ind), name
 
 
 # --- exhaustive neighbourhoods (local search) --------------------------------------------------

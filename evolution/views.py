@@ -8,6 +8,7 @@ import math
 import engine_dsl
 from engine_dsl import Apply, Definition, DslError, Expr, Type
 from engine_dsl.files import read_file
+from engine_dsl.registry import baseline
 
 from .genealogy import Lineage
 from .report import SCORE_MEANING, bootstrap_ci, one_line, read_log, readable
@@ -197,7 +198,7 @@ def evaluate(program_path: str, run_path: str, split: str = "valid",
     run = open_run(run_path)
     defs = program_defs(program_path, run, name)
     programs = {d.name: d.body for d in defs}
-    programs.setdefault("greedy", Apply("greedy", (Apply("logits"),)))
+    programs.setdefault("greedy", baseline())
     results = run.score(programs, split)
     return {"run": str(run.dir.path), "task": run.task.name, "split": split,
             "scored_on": _scored_on(run, split), "score": SCORE_MEANING[run.task.kind],
@@ -331,67 +332,61 @@ def field_comments(cls) -> dict[str, str]:
 
 def trace(program_path: str, run_path: str, prompt: str, top: int = 5,
           max_new_tokens: int | None = None, name: str | None = None) -> str:
-    """Step by step: every Logits node's top tokens, every measure's value, the branch each
-    `if` takes, and the token chosen (definition `name`, or the file's only one; first
-    sample)."""
-    import torch
-
-    from engine_dsl import semantics as sem
-    from engine_dsl.decoders import plan as decoder_plan
-    from engine_dsl.decoders import uniforms
-
+    """`trace_decoding` of definition `name` (or the file's only one) on a run's model."""
     run = open_run(run_path)
     d = one_definition(program_path, run, name)
-    tok, model = run.tokenizer, run.model
+    return trace_decoding(run.model, run.tokenizer, d, prompt, seed=run.cfg.run.seed,
+                          max_new_tokens=max_new_tokens or run.answer_cap(), top=top)
+
+
+def trace_decoding(model, tok, d: Definition, prompt: str, *, seed: int, max_new_tokens: int,
+                   top: int = 5) -> str:
+    """Step by step: every Logits node's top tokens, every measure's value, the branch each
+    `if` takes, and the token chosen (first sample). The steps are `engine_dsl.decode`'s own
+    (its observer sees the sources each step gave the program and the token its chooser
+    picked), so what is shown is what decoding did."""
+    import torch
+
+    from engine_dsl.decoders import decode
+    from engine_dsl.decoders import plan as decoder_plan
+
     p = decoder_plan(d.body)
     nodes = _evaluation_order(p.logits_expr)
-    modules = {id(n): engine_dsl.compile_expr(n) for n in nodes}
+    unfused = engine_dsl.compile_expr(p.logits_expr, fuse=False)  # every node's own value
     ids = tok.encode(prompt, bos=True)
-    limit = max_new_tokens or run.answer_cap()
     lines = [f"trace of {d.name}: {one_line(d.body, 100)}",
-             f"prompt {prompt!r}; {p.base} over the Logits program"
-             + (f"; {' / '.join(f'{k} {n}' for k, n in p.layers)}: first sample shown"
+             f"prompt {prompt!r}; {p.chooser.name} over the Logits program"
+             + (f"; {' / '.join(f'{a.name} {n}' for a, n in p.layers)}: first sample shown"
                 if p.layers else "")]
-    answer = []
-    with torch.no_grad():
-        for step in range(limit):
-            x = torch.tensor([ids])
-            out = model.forward_step(x)
+    answer: list[int] = []
 
-            def gated(gates, x=x):
-                return model.forward_step(x, head_gates=gates).logits[:, -1]
-
-            sources = dict(logits=out.logits[:, -1], history=x,
-                           residuals=[r[:, -1] for r in out.residuals], lens=model.lens,
-                           gated=gated, n_layer=model.n_layer, n_head=model.n_head)
-            lines.append(f"step {step + 1}: text so far {tok.decode(answer)!r}")
-            final = None
-            for n in nodes:
-                value = modules[id(n)](mode="exact", **sources)
-                kind = engine_dsl.type_of(n)
-                label = _short(n)
-                if kind is Type.LOGITS:
-                    lines.append(f"  {label:<40} {_top_tokens(value[0], tok, top)}")
-                    if n is nodes[-1]:
-                        final = value
-                elif kind is Type.REAL:
-                    lines.append(f"  {label:<40} = {float(value[0]):.4f}")
-                elif kind is Type.BOOL:
-                    taken = "then" if bool(value[0]) else "else"
-                    lines.append(f"  {label:<40} = {bool(value[0])} -> {taken} branch")
-            if p.base == "greedy":
-                nxt = int(final[0].argmax())
-            else:  # the draw `decode` makes for this prompt's first sample
-                u = uniforms(run.cfg.run.seed, torch.tensor([0]), torch.tensor([0]), step)
-                nxt = int(sem.sample_exact(None, final[:1], u)[0])
-            probs = torch.softmax(final[0].double(), -1)
-            ent = max(0.0, float(sem.entropy(None, final[:1].double())[0]))  # never "-0.000"
-            lines.append(f"  chosen {_show_token(nxt, tok)} (p = {float(probs[nxt]):.3f}, "
-                         f"entropy {ent:.3f})")
-            if nxt == tok.eos_id:
-                break
+    def observe(t, q, rows, src, y, chosen):
+        if int(rows[0]) != 0:  # only the first sample of the prompt
+            return
+        lines.append(f"step {t + 1}: text so far {tok.decode(answer)!r}")
+        values = unfused.evaluate_nodes(src, nodes)
+        for n in nodes:
+            value = values[n]
+            kind = engine_dsl.type_of(n)
+            label = _short(n)
+            if kind is Type.LOGITS:
+                lines.append(f"  {label:<40} {_top_tokens(value[0], tok, top)}")
+            elif kind is Type.REAL:
+                lines.append(f"  {label:<40} = {float(value[0]):.4f}")
+            elif kind is Type.BOOL:
+                taken = "then" if bool(value[0]) else "else"
+                lines.append(f"  {label:<40} = {bool(value[0])} -> {taken} branch")
+        final = y[:1].double()
+        nxt = int(chosen[0])
+        probs = torch.softmax(final[0], -1)
+        ent = -float((probs * torch.log_softmax(final[0], -1)).nan_to_num().sum())
+        lines.append(f"  chosen {_show_token(nxt, tok)} (p = {float(probs[nxt]):.3f}, "
+                     f"entropy {max(0.0, ent):.3f})")  # never "-0.000"
+        if nxt != tok.eos_id:
             answer.append(nxt)
-            ids.append(nxt)
+
+    decode(model, p, [ids], max_new_tokens=max_new_tokens, stop_token=tok.eos_id, seed=seed,
+           observe=observe)
     lines.append(f"answer: {tok.decode(answer)!r}")
     return "\n".join(lines)
 

@@ -43,7 +43,8 @@ def _toy_evaluate(exprs):
 
 def _toy_tune(expr, seed):
     rng = random.Random(seed)
-    values = [c.value * (1 + 0.01 * rng.random()) if c.value < 0.9 else c.value
+    values = [c.values if isinstance(c, engine_dsl.WeightsConst)
+              else c.value * (1 + 0.01 * rng.random()) if c.value < 0.9 else c.value
               for c in engine_dsl.tunable_constants(expr)]
     return engine_dsl.with_constants(expr, values)
 

@@ -207,7 +207,7 @@ def test_mix_of_equal_arguments_drops_where_a_shift_is_unseen(before, after):
 @pytest.mark.parametrize("text,kind", [
     ("(mix logits logits 0.5)", Type.LOGITS),  # a Logits value is read exactly
     ("(sample (repetition-penalty (mix logits logits 0.5) 1.3))", Type.DECODER),  # sign matters
-    ("(sample (temperature (repetition-penalty (mix logits logits 0.5) 1.3) 0.7))",
+    ("(sample (top-p (repetition-penalty (mix logits logits 0.5) 1.3) 0.7))",
      Type.DECODER),
 ])
 def test_mix_of_equal_arguments_kept_where_its_value_is_read(text, kind):
@@ -249,7 +249,7 @@ def test_measures_stay_in_their_registry_bounds(seed, V, keep, scale):
     """The law the bounds rule rests on: every measure lies in its `bounds`, up to
     BOUNDS_SLACK, also on flat, peaked and masked (-inf) logits."""
     from engine_dsl.registry import PRIMITIVES
-    from evolution.simplify import BOUNDS_SLACK
+    from engine_dsl.primitives.logic import BOUNDS_SLACK
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(5, V, generator=g) * scale
@@ -262,3 +262,23 @@ def test_measures_stay_in_their_registry_bounds(seed, V, keep, scale):
             mode="exact", logits=x)
         assert bool(((value >= lo - BOUNDS_SLACK) & (value <= hi + BOUNDS_SLACK)).all()), \
             (p.name, value)
+
+
+@pytest.mark.parametrize("text,want", [
+    # a hidden-teacher run found the first for a teacher written as the second
+    ("(sample (temperature (repetition-penalty logits 1.59) 0.8))",
+     "(sample (repetition-penalty (temperature logits 0.8) 1.59))"),
+    ("(sample (repetition-penalty (temperature logits 0.8) 1.59))",
+     "(sample (repetition-penalty (temperature logits 0.8) 1.59))"),
+    ("(sample (top-k (temperature logits 0.5) 7))", "(sample (top-k (temperature logits 0.5) 7))"),
+    ("(sample (temperature (top-k logits 7) 0.5))", "(sample (top-k (temperature logits 0.5) 7))"),
+    # commuting brings equal transforms together, which then merge
+    ("(sample (temperature (top-k (temperature logits 0.5) 7) 0.5))",
+     "(sample (top-k (temperature logits 0.25) 7))"),
+    ("(sample (top-p (temperature logits 0.5) 0.9))", "(sample (top-p (temperature logits 0.5) 0.9))"),
+])
+def test_commuting_transforms_print_in_one_canonical_order(text, want):
+    """Nestings of transforms whose registry entries say they commute are ordered by the
+    registry (earlier innermost), so equivalent programs print the same."""
+    e = engine_dsl.read_expr(text, Type.DECODER)
+    assert engine_dsl.expr_to_scheme(simplify(e, SPACE)) == want

@@ -13,7 +13,8 @@ import engine_dsl
 from engine_dsl import read_expr
 from engine_dsl.decoders import Decoding, decode, decode_each, plan, uniforms
 from engine_dsl.protocol import LanguageModel, ModelOutput
-from engine_dsl.semantics import KERNELS
+from engine_dsl.primitives.decoders import inverse_cdf
+from engine_dsl.registry import PRIMITIVES
 
 DEC = engine_dsl.Type.DECODER
 
@@ -267,14 +268,14 @@ def test_uniforms_are_a_counter_based_hash():
 def test_inverse_cdf_sampling_follows_the_distribution():
     x = torch.tensor([[0.0, 1.0, 2.0, float("-inf")]]).expand(20000, -1)
     u = uniforms(0, torch.arange(20000), torch.zeros(20000, dtype=torch.long), 0)
-    tok = KERNELS["sample"].exact(None, x, u)
+    tok = inverse_cdf(x, u)
     freq = torch.bincount(tok, minlength=4).double() / 20000
     assert freq[3] == 0
     assert torch.allclose(freq[:3], torch.softmax(x[0, :3].double(), -1), atol=0.015)
 
 
 def test_vote_and_best_of_selection_rules():
-    vote, best = KERNELS["vote"].exact, KERNELS["best-of"].exact
+    vote, best = PRIMITIVES["vote"].exact, PRIMITIVES["best-of"].exact
     cands = [((1, 2), -3.0), ((4,), -1.0), ((1, 2), -3.0), ((4,), -0.5), ((7,), 0.0)]
     assert vote(None, 5, cands) in (1, 3)  # tie 2-2: the higher log-likelihood answer (4,)
     assert best(None, 5, cands) == 4
@@ -286,7 +287,8 @@ def test_vote_returns_the_most_frequent_answer():
     d = decode(m, "(vote 5 (sample (temperature logits 2.0)))", [[1, 2]], max_new_tokens=2,
                seed=4)[0]
     p = plan(read_expr("(vote 5 (sample (temperature logits 2.0)))", DEC))
-    assert p.samples == 5 and p.base == "sample" and p.layers == [("vote", 5)]
+    assert p.samples == 5 and p.chooser.name == "sample" \
+        and [(a.name, n) for a, n in p.layers] == [("vote", 5)]
     assert isinstance(d, Decoding) and d.cost == 5 * (2 + len(d.tokens) - 1 + int(d.stopped))
 
 
@@ -358,7 +360,7 @@ def test_sample_draws_only_tokens_that_can_be_drawn(seed, dtype, u):
     x = (torch.randn(4, 13, generator=g) * 4).to(dtype)
     x[torch.rand(4, 13, generator=g) < 0.5] = float("-inf")
     x[:, 5] = 0.0  # at least one token survives in every row
-    tok = KERNELS["sample"].exact(None, x, torch.full((4,), u, dtype=torch.float64))
+    tok = inverse_cdf(x, torch.full((4,), u, dtype=torch.float64))
     assert bool(torch.isfinite(x.gather(1, tok[:, None])).all())
     cum = torch.softmax(x, -1).cumsum(-1)
     target = (torch.tensor(u, dtype=dtype) * cum[:, -1])

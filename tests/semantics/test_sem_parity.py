@@ -18,20 +18,31 @@ from transformers import (
 )
 
 import engine_dsl
-from engine_dsl import PRIMITIVES, semantics
+from engine_dsl import PRIMITIVES
+from engine_dsl.primitives._torch import order_key
 
 EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 40
 
 
-def test_every_primitive_has_an_exact_and_a_relaxed_kernel():
-    """KERNELS and PRIMITIVES name the same primitives with the same arities."""
-    assert semantics.check_kernels() == []
-    assert set(semantics.KERNELS) == set(PRIMITIVES)
+def test_every_primitive_has_kernels_of_its_arity():
+    """Each entry holds an exact and a relaxed kernel taking ctx + one argument per slot."""
+    import inspect
+
+    for p in PRIMITIVES.values():
+        for mode in ("exact", "relaxed"):
+            params = inspect.signature(p.kernel(mode)).parameters.values()
+            required = [q for q in params if q.default is inspect.Parameter.empty]
+            assert len(required) == 1 + len(p.args), (p.name, mode)
+        assert (p.distribution is not None) == p.is_chooser, p.name
 
 
-def test_a_missing_kernel_is_reported(monkeypatch):
-    monkeypatch.delitem(semantics.KERNELS, "top-p")
-    assert any("top-p" in p for p in semantics.check_kernels())
+def test_an_entry_without_a_kernel_is_refused():
+    from engine_dsl.registry import Arg, entry, register
+
+    with pytest.raises(ValueError, match="exact kernel"):
+        register(entry("no-kernel", [Arg("L", engine_dsl.Type.LOGITS)],
+                       engine_dsl.Type.LOGITS, "transform", "nothing"))
+    assert "no-kernel" not in PRIMITIVES
 
 
 def make_logits(seed: int, B: int, V: int, kind: str) -> torch.Tensor:
@@ -102,12 +113,14 @@ def test_a_fast_sort_that_orders_ties_differently_changes_nothing(seed, B, V, ki
     puts ties the other way round, the kept sets still match the warpers."""
     x = make_logits(seed, B, V, kind)
     want = hf_warper(op, p)(None, x.clone())
-    original = semantics._ascending
-    semantics._ascending = _ties_reversed
+    from engine_dsl.primitives import truncations
+
+    original = truncations.ascending
+    truncations.ascending = _ties_reversed
     try:
         got = ours(op, p, x)
     finally:
-        semantics._ascending = original
+        truncations.ascending = original
     assert torch.equal(got, want)
 
 
@@ -224,6 +237,6 @@ def test_integer_order_keys_sort_like_the_floats():
     x = torch.tensor([[float("-inf"), -3.5, -0.0, 0.0, 1e-30, -1e-30, 2.0, float("inf"), 7.0]])
     for dtype in (torch.float32, torch.float64):
         xs = x.to(dtype)
-        keys = semantics._order_key(xs)
+        keys = order_key(xs)
         order = torch.sort(keys, stable=True).indices
         assert torch.equal(xs[0, order[0]], torch.sort(xs, stable=True).values[0])

@@ -6,7 +6,8 @@ import torch
 
 import engine_dsl
 from engine_dsl import Definition, read_expr
-from engine_dsl.semantics import Context, Sources, top_p_exact
+from engine_dsl.primitives.truncations import top_p_exact
+from engine_dsl.semantics import Context, Sources
 from engine_dsl.tuning import TuneBatch, tune
 
 

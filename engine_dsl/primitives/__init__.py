@@ -1,0 +1,177 @@
+"""What a primitive is (DESIGN §1): one `Primitive` entry holds all of it.
+
+The families live one module each beside their kernels (`sources`, `truncations`,
+`penalties`, `measures`, `logic`, `decoders`); `engine_dsl.registry` gathers them. Nothing
+outside an entry and the kernels it points to branches on a primitive's name: the checker,
+the compiler, the decoder, the simplifier, the exporters, the DEAP bridge, the docs and the
+test strategies read the fields below. No torch is imported here (kernels load it on first
+use, `_torch.py`), so reading and checking programs stays fast.
+
+Kernels. `exact(ctx, *args)` and `relaxed(ctx, *args)` take one positional argument per slot
+(run-time values: see `engine_dsl.semantics`); `relaxed` defaults to `exact`. A kernel reads
+the inputs named in `reads` through `ctx` (`ctx.need(name)`, `ctx.counts(V)`,
+`ctx.uniform()`, `ctx.state(init)` / `ctx.set_state(v)`), never anything else.
+
+Decoders come in two kinds, told apart by their slots: a *chooser* has a Logits slot and picks
+one token per row and step (`exact(ctx, x) -> ids`; `distribution(x)` is the per-step
+log-distribution of its choice, for scoring), an *aggregator* has a Count and a Decoder slot
+and picks one of n candidate answers (`exact(ctx, n, [(tokens, log_likelihood), ...]) ->
+index`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..types import Domain, Type
+
+# The inputs a primitive may read, with what a caller must pass when one is missing.
+INPUTS: dict[str, str] = {
+    "logits": "pass the model's logits",
+    "history": "pass history=ids (prompt + answer so far)",
+    "generated": "pass generated=ids (the answer so far; -1 = padding)",
+    "residuals": "pass residuals= (one (B, C) tensor per block) and lens=",
+    "lens": "pass lens= (final norm + LM head)",
+    "gated": "pass gated= (a callable gates -> logits, or precomputed logits)",
+    "uniform": "pass uniform= (a callable stream -> (B,) uniforms in [0, 1))",
+    "state": "pass state= (a semantics.RowState carried across decoding steps)",
+}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument slot of a primitive.
+
+    domain: for Real slots, the set a literal there must lie in (and its tuning transform).
+    cap: for Count slots, the `Limits` field bounding the value (None: no cap but >= 1).
+    shape: how the slot depends on the model. Weights slots: "layers" (one weight per block)
+      or "layers x heads"; a Count slot: "layers" (a block index, at most the model's number
+      of blocks).
+    test_range: (lo, hi) of values property tests draw for this slot (default: from the
+      domain or cap, unbounded ends at +-1e6).
+    """
+
+    name: str
+    type: Type
+    domain: Domain | None = None
+    cap: str | None = None
+    shape: str | None = None
+    test_range: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Fused:
+    """How a transform joins the fused truncation chain (`semantics.truncation_chain`).
+
+    apply(vals, arg): the transform on each row's surviving scores sorted ascending (B, K),
+      -inf for dropped ones; returns the new scores (same order) or None where fusing could
+      differ from the unfused kernel (a tie or near-tie at a cut): the chain then falls back.
+    rescale: it only rescales (keeps every survivor and the order), e.g. temperature.
+    keeps_top: it keeps at most int(arg) top scores (ties at the cut kept), so a chain whose
+      first cut it is only needs the int(arg) + 1 best scores.
+    """
+
+    apply: Callable[[Any, Any], Any]
+    rescale: bool = False
+    keeps_top: bool = False
+
+
+@dataclass(frozen=True)
+class Export:
+    """One engine's name for a primitive: the parameter key, where the engine applies it in
+    its fixed order (`rank`, innermost first) and the value that turns it off (`neutral`);
+    a chooser sets its key to `value` (transformers' do_sample)."""
+
+    key: str
+    rank: int = 0
+    neutral: Any = None
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """A whole primitive: signature, kernels, inputs, simplifier facts, exports.
+
+    family: source | transform | measure | logic | decoder (docs, grouping).
+    reads: inputs from `INPUTS` the kernels take from the context.
+    bounds: a Real result's closed range (the simplifier decides comparisons outside it).
+    neutral: the value of the last (Real or Count) slot at which the form returns its first
+      argument unchanged (temperature 1, a penalty 1); "vocab" for a Count at least the
+      vocabulary size.
+    merge: (op (op L a) b) == (op L merge(a, b)) for literal a and b of the same fixedness.
+    keeps_argmax: a transform whose top token is its first argument's.
+    argmax_only: a chooser that reads only the top token of its Logits.
+    shift: how a per-row additive shift of the Logits arguments passes through:
+      "invariant" (the result does not change), "equivariant" (the result shifts the same),
+      None (anything else).
+    commutes: transforms with which nesting order does not matter ((a (b L x) y) ==
+      (b (a L y) x)); the simplifier orders such nestings canonically (registry order,
+      earlier innermost). Symmetric: either entry may name the other.
+    rule: any further rewrite of an application: rule(e, space) -> Expr or None.
+    export: engine -> `Export` (engines with a fixed processing order).
+    fused: how it joins the fused truncation chain, or None.
+    distribution: choosers only (see the module doc).
+    """
+
+    name: str
+    args: tuple[Arg, ...]
+    returns: Type
+    doc: str
+    family: str
+    exact: Callable | None = None
+    relaxed: Callable | None = None
+    reads: frozenset[str] = frozenset()
+    bounds: tuple[float, float] | None = None
+    neutral: float | str | None = None
+    merge: Callable[[Any, Any], Any] | None = None
+    keeps_argmax: bool = False
+    argmax_only: bool = False
+    shift: str | None = None
+    commutes: frozenset[str] = frozenset()
+    rule: Callable | None = None
+    export: Mapping[str, Export] = field(default_factory=dict)
+    fused: Fused | None = None
+    distribution: Callable | None = None
+
+    def __post_init__(self):
+        unknown = set(self.reads) - set(INPUTS)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown inputs {sorted(unknown)}; "
+                             f"known: {', '.join(INPUTS)}")
+        if self.relaxed is None:
+            object.__setattr__(self, "relaxed", self.exact)
+        object.__setattr__(self, "reads", frozenset(self.reads))
+        object.__setattr__(self, "commutes", frozenset(self.commutes))
+
+    @property
+    def arg_types(self) -> tuple[Type, ...]:
+        return tuple(a.type for a in self.args)
+
+    @property
+    def is_chooser(self) -> bool:
+        return self.returns is Type.DECODER and Type.LOGITS in self.arg_types
+
+    @property
+    def is_aggregator(self) -> bool:
+        return self.returns is Type.DECODER and Type.DECODER in self.arg_types
+
+    def signature(self) -> str:
+        """e.g. 'Logits Real -> Logits'."""
+        ins = " ".join(str(t) for t in self.arg_types)
+        return f"{ins} -> {self.returns}" if ins else str(self.returns)
+
+    def usage(self) -> str:
+        """e.g. '(top-p L p)'; a bare name for nullary primitives."""
+        if not self.args:
+            return self.name
+        return "(" + " ".join([self.name, *(a.name for a in self.args)]) + ")"
+
+    def kernel(self, mode: str) -> Callable:
+        return self.exact if mode == "exact" else self.relaxed
+
+
+def entry(name, args, returns, family, doc, **facts) -> Primitive:
+    """A `Primitive` from a list of slots (the families' shorthand)."""
+    return Primitive(name, tuple(args), returns, doc, family, **facts)

@@ -1,0 +1,204 @@
+"""Temperature and the truncations (top-k, top-p, min-p, typical).
+
+Exact kernels follow the `transformers` warpers (TemperatureLogitsWarper, TopKLogitsWarper,
+TopPLogitsWarper, MinPLogitsWarper, TypicalLogitsWarper, min_tokens_to_keep = 1): the same
+operations in the same order, so kept sets agree even on exact ties. Relaxed kernels never
+make a new -inf: each computes a per-token margin m (how far inside the kept set the token
+is, in the primitive's own unit: logits for top-k, probability for top-p and typical,
+log-probability for min-p) and adds log sigmoid(sharpness * m) to the scores, floored (see
+`_torch.apply_soft_mask`). The top token of top-p/min-p/typical always keeps mask 1.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from ..types import POSITIVE, PROBABILITY, Type
+from . import Arg, Export, Fused, entry
+from ._torch import (
+    BIG,
+    NEG_INF,
+    apply_soft_mask,
+    ascending,
+    col,
+    colt,
+    finite_only,
+    one_minus,
+    resort,
+    sorted_soft_mask,
+    tie_at_cut,
+    torch,
+)
+
+L, R, C = Type.LOGITS, Type.REAL, Type.COUNT
+CUT_SLACK = 1e-6  # fused chain: a cumulative sum this close to a cut is re-done unfused
+
+
+# ----------------------------------------------------------------------------- temperature
+
+
+def temperature_exact(ctx, x, t):
+    return x / col(t, x)
+
+
+def temperature_relaxed(ctx, x, t):
+    return finite_only(lambda v: v / col(t, v), x)
+
+
+def temperature_fused(vals, t):
+    return vals / col(t, vals)
+
+
+# ----------------------------------------------------------------------------- top-k
+
+
+def top_k_exact(ctx, x, k: int):
+    k = min(max(int(k), 1), x.size(-1))
+    kth = torch.topk(x, k)[0][..., -1, None]
+    return x.masked_fill(x < kth, NEG_INF)
+
+
+def top_k_relaxed(ctx, x, k: int):
+    V = x.size(-1)
+    k = min(max(int(k), 1), V)
+    sd = torch.sort(x, dim=-1, descending=True).values
+    kth = sd[:, k - 1 : k]
+    kept = (x >= kth).sum(-1, keepdim=True)  # the exact kept count (ties at the k-th kept)
+    nxt = sd.gather(1, kept.clamp(max=V - 1))
+    full = (kept >= V) | ~torch.isfinite(nxt) | ~torch.isfinite(kth)
+    tau = torch.where(full, torch.zeros_like(kth), (kth + nxt) / 2)
+    z = torch.where(full, torch.full_like(x, BIG), ctx.sharpness * (x - tau))
+    return apply_soft_mask(x, z)
+
+
+def top_k_fused(vals, k):
+    K = vals.size(-1)
+    k = min(max(int(k), 1), K)
+    return vals.masked_fill(vals < vals[:, K - k : K - k + 1], NEG_INF)
+
+
+# ----------------------------------------------------------------------------- top-p
+
+
+def top_p_exact(ctx, x, p):
+    sorted_logits, sorted_idx = ascending(x)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cum <= one_minus(p, x)
+    remove[..., -1:] = False
+    # the same values in the same order either way, so `remove` stands; only which of the
+    # tied tokens it falls on can differ
+    resort(x, sorted_idx, tie_at_cut(sorted_logits, remove))
+    remove = remove.scatter(1, sorted_idx, remove)
+    return x.masked_fill(remove, NEG_INF)
+
+
+def top_p_relaxed(ctx, x, p):
+    probs = torch.softmax(x, dim=-1)
+    order = torch.sort(x, dim=-1, descending=True).indices
+    ps = probs.gather(1, order)
+    above = torch.cumsum(ps, dim=-1) - ps  # mass strictly before each token
+    return apply_soft_mask(x, sorted_soft_mask(order, ctx.sharpness * (col(p, x) - above)))
+
+
+def top_p_fused(vals, p):
+    if vals.size(-1) < 2:
+        return vals  # a lone survivor always stays
+    cum = vals.softmax(dim=-1).cumsum(dim=-1)
+    cut = one_minus(p, vals)
+    remove = cum <= cut
+    remove[:, -1] = False
+    # order of ties and float sums may differ from a full sort at the cut: check
+    if bool(tie_at_cut(vals, remove).any() | ((cum - cut).abs() < CUT_SLACK).any()):
+        return None
+    return vals.masked_fill(remove, NEG_INF)
+
+
+# ----------------------------------------------------------------------------- min-p
+
+
+def min_p_exact(ctx, x, p):
+    probs = torch.softmax(x, dim=-1)
+    top = probs.amax(dim=-1, keepdim=True)
+    remove = probs < col(p, x) * top
+    remove.scatter_(-1, torch.topk(probs, 1, dim=-1).indices, False)
+    return x.masked_fill(remove, NEG_INF)
+
+
+def min_p_relaxed(ctx, x, p):
+    logp = torch.log_softmax(x, dim=-1)
+    top = logp.amax(-1, keepdim=True)
+    z = ctx.sharpness * (logp - top - torch.log(colt(p, x)))
+    z = torch.where(logp == top, torch.full_like(z, BIG), z)
+    return apply_soft_mask(x, z)
+
+
+def min_p_fused(vals, p):
+    probs = vals.softmax(dim=-1)
+    bar = col(p, vals) * probs[:, -1:]
+    if bool(((probs - bar).abs() <= CUT_SLACK * bar).any()):
+        return None  # too close to the cut to trust another summation order
+    remove = probs < bar
+    remove[:, -1] = False
+    return vals.masked_fill(remove, NEG_INF)
+
+
+# ----------------------------------------------------------------------------- typical
+
+
+def typical_exact(ctx, x, p):
+    normalized = torch.log_softmax(x, dim=-1)
+    probs = torch.exp(normalized)
+    ent = -(normalized * probs).nansum(-1, keepdim=True)
+    shifted = torch.abs((-normalized) - ent)
+    sorted_scores, sorted_idx = ascending(shifted)
+    sorted_logits = x.gather(-1, sorted_idx)
+    # equal scores of different tokens: their order changes the sums, keep torch.sort's
+    tied = sorted_scores[:, 1:] == sorted_scores[:, :-1]
+    if resort(shifted, sorted_idx, (tied & (sorted_logits[:, 1:] != sorted_logits[:, :-1]))
+              .any(-1)):
+        sorted_logits = x.gather(-1, sorted_idx)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    last = (cum < col(p, x)).sum(dim=1)
+    last.clamp_(max=sorted_scores.shape[-1] - 1)
+    remove = sorted_scores > sorted_scores.gather(1, last.view(-1, 1))
+    remove[..., :1] = False
+    remove = remove.scatter(1, sorted_idx, remove)
+    return x.masked_fill(remove, NEG_INF)
+
+
+def typical_relaxed(ctx, x, p):
+    logp = torch.log_softmax(x, dim=-1)
+    fin = torch.isfinite(logp)
+    safe = torch.where(fin, logp, torch.zeros_like(logp))
+    ent = -(torch.exp(safe) * safe * fin).sum(-1, keepdim=True)
+    shifted = torch.where(fin, torch.abs(-safe - ent), float("inf"))
+    order = torch.sort(shifted.detach(), dim=-1).indices
+    ps = torch.exp(safe).mul(fin).gather(1, order)
+    above = torch.cumsum(ps, dim=-1) - ps
+    return apply_soft_mask(x, sorted_soft_mask(order, ctx.sharpness * (col(p, x) - above)))
+
+
+ENTRIES = [
+    entry("temperature", [Arg("L", L), Arg("t", R, POSITIVE, test_range=(0.05, 20.0))], L,
+          "transform", "L / t", exact=temperature_exact, relaxed=temperature_relaxed,
+          neutral=1.0, merge=operator.mul, keeps_argmax=True, shift="equivariant",
+          commutes={"top-k", "repetition-penalty"}, fused=Fused(temperature_fused, rescale=True),
+          export={"hf": Export("temperature", 1, 1.0)}),
+    entry("top-k", [Arg("L", L), Arg("k", C, test_range=(1, 100))], L, "transform",
+          "keep the k highest scores (ties at the k-th kept)", exact=top_k_exact,
+          relaxed=top_k_relaxed, neutral="vocab", merge=min, keeps_argmax=True,
+          shift="equivariant", fused=Fused(top_k_fused, keeps_top=True),
+          export={"hf": Export("top_k", 2, 0)}),
+    entry("top-p", [Arg("L", L), Arg("p", R, PROBABILITY)], L, "transform",
+          "nucleus: keep the smallest top set whose probability reaches p", exact=top_p_exact,
+          relaxed=top_p_relaxed, keeps_argmax=True, shift="equivariant",
+          fused=Fused(top_p_fused), export={"hf": Export("top_p", 3, 1.0)}),
+    entry("min-p", [Arg("L", L), Arg("p", R, PROBABILITY)], L, "transform",
+          "keep tokens whose probability is at least p x the top probability",
+          exact=min_p_exact, relaxed=min_p_relaxed, merge=max, keeps_argmax=True,
+          shift="equivariant", fused=Fused(min_p_fused), export={"hf": Export("min_p", 4)}),
+    entry("typical", [Arg("L", L), Arg("p", R, PROBABILITY)], L, "transform",
+          "locally typical set of probability mass p", exact=typical_exact,
+          relaxed=typical_relaxed, shift="equivariant",
+          export={"hf": Export("typical_p", 5, 1.0)}),
+]
