@@ -49,7 +49,7 @@ from .registry import PRIMITIVES
 from .types import Domain, Type
 
 MODES = ("exact", "relaxed")
-PER_NODE_INPUTS = frozenset({"gated", "uniform", "state"})  # one stream / slot per node
+PER_NODE_INPUTS = frozenset({"gated_forward", "uniform", "state"})  # one stream / slot per node
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -288,13 +288,18 @@ class LogitsProgram(nn.Module):
         node (for `trace`; compile with fuse=False to see inside truncation chains)."""
         record: dict = {}
         self._root.run(_Env("exact", sem.Context(sources), self, record))
+        rows = 1 if sources.logits is None else sources.logits.size(0)
+        for n, v in record.items():  # a constant result stands for every row
+            if isinstance(v, (bool, int, float)):
+                record[n] = torch.full((rows,), v, dtype=torch.bool if isinstance(v, bool)
+                                       else torch.float64)
         return record if nodes is None else {n: record[n] for n in nodes}
 
     # -- constants
     @property
     def n_gated(self) -> int:
         """Number of nodes reading a gated forward (extra forward streams when decoding)."""
-        return self._n_reading.get("gated", 0)
+        return self._n_reading.get("gated_forward", 0)
 
     def values(self) -> list[float | tuple[float, ...]]:
         """Current constant values in their domains (Weights as tuples), prefix order."""
@@ -315,7 +320,7 @@ class LogitsProgram(nn.Module):
         argument through sigmoid), prefix order."""
         return [head_gates(call.children[0].run(_Env("exact", None, self)).detach(), n_layer,
                            n_head, call.node.span)
-                for call in self._calls() if "gated" in call.prim.reads]
+                for call in self._calls() if "gated_forward" in call.prim.reads]
 
     def _calls(self):
         """Every `_Call` in prefix order."""

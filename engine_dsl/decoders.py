@@ -62,8 +62,8 @@ from . import semantics as sem
 from .compile import LogitsProgram
 from .nodes import Definition, Expr, type_of
 from .primitives import Primitive
-from .registry import PRIMITIVES
 from .primitives.decoders import structure
+from .registry import PRIMITIVES
 from .types import Type
 
 
@@ -466,7 +466,8 @@ def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_his
             .to(device) if "history" in reads else None,
             generated=st.gen[rows, :t].to(device) if "generated" in reads else None,
             residuals=[_take(h, sel) for h in st.residuals] if "residuals" in reads else None,
-            lens=model.lens, n_layer=model.n_layer, n_head=model.n_head, gated=streams or None,
+            lens=model.lens, n_layer=model.n_layer, n_head=model.n_head,
+            gated_forward=streams or None,
             uniform=_random(seed, lay, rows, t, device) if "uniform" in reads else None,
             state=b.state)
         y = b.plan.module(sources=src, mode="exact")

@@ -12,8 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from .nodes import Apply
-from .primitives import INPUTS, Arg, Export, Fused, Primitive, entry  # noqa: F401  (re-exported)
-from .primitives import decoders, logic, measures, mixing, penalties, sources, truncations
+from .primitives import (  # noqa: F401  (re-exported)
+    INPUTS,
+    Arg,
+    Export,
+    Fused,
+    Primitive,
+    decoders,
+    entry,
+    logic,
+    measures,
+    mixing,
+    penalties,
+    sources,
+    truncations,
+)
 from .types import Type
 
 FAMILY_MODULES = (sources, truncations, penalties, mixing, measures, logic, decoders)
@@ -43,15 +56,15 @@ _frozen_by: list[str] = []  # who built tables from the registry (no registering
 def register(prim: Primitive) -> Primitive:
     """Add a primitive (a plug-in, or a test). Must run before `freeze` (the DEAP primitive
     set is built from the registry when `evolution` is imported)."""
-    if _frozen_by:
-        raise RuntimeError(f"register {prim.name!r} before importing {_frozen_by[0]}: "
-                           f"it built its tables from the registry")
     if prim.name in PRIMITIVES or prim.name in SPECIAL_FORMS:
         raise ValueError(f"{prim.name!r} is already a primitive or special form")
     if prim.family not in FAMILIES:
         raise ValueError(f"{prim.name}: family must be one of {FAMILIES}")
     if prim.exact is None:
         raise ValueError(f"{prim.name}: an entry needs its exact kernel")
+    if _frozen_by:
+        raise RuntimeError(f"register {prim.name!r} before importing {_frozen_by[0]}: "
+                           f"it built its tables from the registry")
     PRIMITIVES[prim.name] = prim
     return prim
 

@@ -37,7 +37,7 @@ import torch
 
 from .errors import DslError
 from .primitives import INPUTS
-from .primitives._torch import BIG, INT_KEY_MAX_V, NEG_INF, order_key, ascending
+from .primitives._torch import BIG, INT_KEY_MAX_V, NEG_INF, ascending, order_key
 from .types import DOMAIN_EPS, Domain
 
 DEFAULT_SHARPNESS = 30.0
@@ -88,7 +88,7 @@ class Sources:
     generated: (B, T) ids of the answer so far (the generated tokens), -1 = padding.
     residuals: L tensors (B, C), the last position's residual stream after each block, and
       `lens` mapping (..., C) -> (..., V) (final norm + LM head).
-    gated: a callable taking head gates (n_layer, n_head) in [0, 1] and returning (B, V)
+    gated_forward: a callable taking head gates (n_layer, n_head) in [0, 1] and returning (B, V)
       logits of the gated forward pass (differentiable for tuning), or a sequence of
       precomputed (B, V) logits, one per gated node in prefix order.
     uniform: a callable stream -> (B,) float64 uniforms in [0, 1) from the common random
@@ -103,7 +103,7 @@ class Sources:
     generated: torch.Tensor | None = None
     residuals: Sequence[torch.Tensor] | None = None
     lens: Callable[[torch.Tensor], torch.Tensor] | None = None
-    gated: Callable[[torch.Tensor], torch.Tensor] | Sequence[torch.Tensor] | None = None
+    gated_forward: Callable[[torch.Tensor], torch.Tensor] | Sequence[torch.Tensor] | None = None
     uniform: Callable[[int], torch.Tensor] | None = None
     state: RowState | None = None
     n_layer: int | None = None

@@ -6,7 +6,7 @@ Types. DEAP types are Python classes and a slot accepts a node whose return clas
 subclass of the slot's class. Literals must also respect the slot they sit in (a temperature
 is > 0, a top-p mass in (0, 1), a `layer` index <= n_layer, a `gated` vector has
 n_layer x n_head entries), so every literal-bearing slot gets its own refined class:
-`Real_probability`, `Count_layer`, `Weights_heads`, ... A literal's terminal returns that
+`Real_probability`, `Count_block`, `Weights_heads`, ... A literal's terminal returns that
 refined class, so crossover and mutation can only move it into slots of the same kind. The
 measures (`entropy`, ...) return the plain `Real`, which subclasses every `Real_*`, so a
 measure fits in any Real slot. `Logits`, `Bool` and `Decoder` need no refinement.
@@ -85,7 +85,7 @@ def _count_slot_key(arg: Arg) -> str:
     if arg.cap:
         return arg.cap
     if arg.shape == "layers":
-        return "layer"
+        return "block"
     return "any"
 
 

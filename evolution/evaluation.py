@@ -44,7 +44,7 @@ def forward_cost(decoder: Expr) -> float:
     reads a gated forward)."""
     _, logits_expr, repeats = sampling_logits(decoder)
     gated = sum(1 for n in walk(logits_expr)
-                if isinstance(n, Apply) and "gated" in PRIMITIVES[n.op].reads)
+                if isinstance(n, Apply) and "gated_forward" in PRIMITIVES[n.op].reads)
     return float(repeats * (1 + gated))
 
 
@@ -130,7 +130,7 @@ class CachedRows:
         rows = torch.arange(len(self)) if self.row_ids is None else self.row_ids
         zeros = torch.zeros_like(rows)
         return dict(logits=self.logits, residuals=list(self.residuals), history=self.history,
-                    generated=self.generated, lens=self.lens, gated=self.gated,
+                    generated=self.generated, lens=self.lens, gated_forward=self.gated,
                     n_layer=self.n_layer, n_head=self.n_head,
                     uniform=lambda stream: uniforms(0, rows, zeros, 0, stream))
 

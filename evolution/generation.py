@@ -16,8 +16,7 @@ import random
 from collections.abc import Sequence
 
 from engine_dsl.nodes import Definition, Expr
-from engine_dsl.registry import PRIMITIVES
-from engine_dsl.registry import baseline
+from engine_dsl.registry import PRIMITIVES, baseline
 from engine_dsl.types import Type
 
 from .bridge import (
@@ -99,7 +98,7 @@ class ConstantSampler:
         self.space = space
 
     def count_range(self, key: str) -> tuple[int, int]:
-        if key == "layer":
+        if key == "block":
             return 1, self.space.n_layer
         if key == "any":
             return 1, self.space.vocab_size

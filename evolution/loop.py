@@ -30,8 +30,8 @@ import torch
 import engine_dsl
 from engine_dsl import PRIMITIVES, Apply, Definition, DslError, Expr, Type, WeightsConst
 from engine_dsl.files import read_file
-from engine_dsl.registry import baseline
 from engine_dsl.printer import expr_to_scheme, to_scheme
+from engine_dsl.registry import baseline
 from neural import GPT, ByteTokenizer, Curriculum, DataError, Trainer, get_task
 from neural.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from neural.tasks import Example, make_batch

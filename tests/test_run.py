@@ -78,7 +78,7 @@ def test_show_lineage_eval_trace_export(tiny_run):
                               check=0).stdout)
     assert exported["do_sample"] is False
     err = cli("export", ROOT / "programs" / "best-of.scm", "--hf", check=1).stderr
-    assert "only a plain greedy or sample decoder" in err
+    assert "only a plain chooser (greedy, sample)" in err
 
 
 def test_trace_chooses_the_tokens_decode_chooses(tiny_run, tmp_path):

@@ -34,7 +34,7 @@ INPUTS: dict[str, str] = {
     "generated": "pass generated=ids (the answer so far; -1 = padding)",
     "residuals": "pass residuals= (one (B, C) tensor per block) and lens=",
     "lens": "pass lens= (final norm + LM head)",
-    "gated": "pass gated= (a callable gates -> logits, or precomputed logits)",
+    "gated_forward": "pass gated_forward= (a callable gates -> logits, or precomputed logits)",
     "uniform": "pass uniform= (a callable stream -> (B,) uniforms in [0, 1))",
     "state": "pass state= (a semantics.RowState carried across decoding steps)",
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..nodes import Apply, BoolConst, RealConst
 from ..types import ANY, Type
 from . import Arg, entry
-from ._torch import F, NEG_INF, as_tensor, excluded, torch
+from ._torch import NEG_INF, F, as_tensor, excluded, torch
 
 L, R, B = Type.LOGITS, Type.REAL, Type.BOOL
 BOUNDS_SLACK = 1e-4  # a measure may leave its range by float rounding (entropy -1e-7)

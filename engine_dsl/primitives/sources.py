@@ -51,9 +51,9 @@ def head_gates(g, n_layer: int, n_head: int, span=None):
 
 
 def gated_kernel(ctx, g):
-    gated = ctx.need("gated")
+    gated = ctx.need("gated_forward")
     if not callable(gated):  # precomputed streams, one per gated node in prefix order
-        return gated[ctx.index("gated")]
+        return gated[ctx.index("gated_forward")]
     n_layer, n_head = ctx.sources.layers(), ctx.sources.n_head
     if n_layer is None or n_head is None:
         raise DslError.at(_span(ctx), "(gated g) needs the model's n_layer and n_head to shape g")
@@ -80,5 +80,5 @@ ENTRIES = [
           exact=layer_mix_kernel, reads={"residuals", "lens"}),
     entry("gated", [Arg("g", W, shape="layers x heads")], L, "source",
           "final logits of a forward pass whose attention heads are scaled by sigmoid(g)",
-          exact=gated_kernel, reads={"gated"}),
+          exact=gated_kernel, reads={"gated_forward"}),
 ]

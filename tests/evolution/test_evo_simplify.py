@@ -27,7 +27,7 @@ def _sources(seed: int, batch: int = 6):
         history=torch.randint(0, SPACE.vocab_size, (batch, 7), generator=g),
         residuals=residuals, lens=lambda r: r @ head, n_layer=SPACE.n_layer,
         n_head=SPACE.n_head,
-        gated=lambda gates: residuals[-1] @ head + gates.sum(),
+        gated_forward=lambda gates: residuals[-1] @ head + gates.sum(),
     )
 
 
@@ -248,8 +248,8 @@ def test_simplification_preserves_decoder_distributions_on_random_programs():
 def test_measures_stay_in_their_registry_bounds(seed, V, keep, scale):
     """The law the bounds rule rests on: every measure lies in its `bounds`, up to
     BOUNDS_SLACK, also on flat, peaked and masked (-inf) logits."""
-    from engine_dsl.registry import PRIMITIVES
     from engine_dsl.primitives.logic import BOUNDS_SLACK
+    from engine_dsl.registry import PRIMITIVES
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(5, V, generator=g) * scale
@@ -275,7 +275,8 @@ def test_measures_stay_in_their_registry_bounds(seed, V, keep, scale):
     # commuting brings equal transforms together, which then merge
     ("(sample (temperature (top-k (temperature logits 0.5) 7) 0.5))",
      "(sample (top-k (temperature logits 0.25) 7))"),
-    ("(sample (top-p (temperature logits 0.5) 0.9))", "(sample (top-p (temperature logits 0.5) 0.9))"),
+    ("(sample (top-p (temperature logits 0.5) 0.9))",
+     "(sample (top-p (temperature logits 0.5) 0.9))"),
 ])
 def test_commuting_transforms_print_in_one_canonical_order(text, want):
     """Nestings of transforms whose registry entries say they commute are ordered by the

@@ -116,7 +116,7 @@ def test_layer_out_of_range_and_wrong_weight_counts_name_the_span():
         mix(sources=src)
     gated = compile_expr(Apply("gated", (WeightsConst((0.0,) * 3),), span=span))
     with pytest.raises(DslError, match="2 x 2"):
-        gated(sources=Sources(logits=src.logits, gated=lambda g: src.logits, n_layer=2,
+        gated(sources=Sources(logits=src.logits, gated_forward=lambda g: src.logits, n_layer=2,
                               n_head=2))
 
 
@@ -129,12 +129,12 @@ def test_gated_calls_the_model_with_sigmoid_gates():
         return base * gates.sum()
 
     f = engine_dsl.logits_fn("(gated #(0.0 0.0 10.0 -10.0))")
-    out = f(sources=Sources(logits=base, gated=forward, n_layer=2, n_head=2))
+    out = f(sources=Sources(logits=base, gated_forward=forward, n_layer=2, n_head=2))
     assert seen[0].shape == (2, 2)
     assert torch.allclose(seen[0], torch.sigmoid(torch.tensor([[0.0, 0.0], [10.0, -10.0]])))
     assert torch.allclose(out, base * seen[0].sum())
     pre = torch.randn(2, 5)
-    assert torch.equal(f(base, gated=[pre]), pre)  # precomputed gated logits
+    assert torch.equal(f(base, gated_forward=[pre]), pre)  # precomputed gated logits
 
 
 def test_if_mix_contrast_and_measures():

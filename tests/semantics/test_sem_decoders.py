@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import engine_dsl
 from engine_dsl import read_expr
 from engine_dsl.decoders import Decoding, decode, decode_each, plan, uniforms
-from engine_dsl.protocol import LanguageModel, ModelOutput
 from engine_dsl.primitives.decoders import inverse_cdf
+from engine_dsl.protocol import LanguageModel, ModelOutput
 from engine_dsl.registry import PRIMITIVES
 
 DEC = engine_dsl.Type.DECODER

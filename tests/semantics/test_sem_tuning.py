@@ -68,7 +68,7 @@ def test_weights_of_gated_heads_are_tuned_through_the_model_callable():
 
     target_gates = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     t = draw(gated(target_gates), g)
-    batch = TuneBatch(logits=L, targets=t, gated=gated, n_layer=2, n_head=2)
+    batch = TuneBatch(logits=L, targets=t, gated_forward=gated, n_layer=2, n_head=2)
     r = tune(read_expr("(gated #(0.0 0.0 0.0 0.0))"), batch, steps=60, lr=0.1)
     assert r.losses[-1] < r.losses[0]
     w = r.program.args[0].values
