@@ -13,7 +13,7 @@ evolves programs with the model frozen for `loop.phased_program_generations`, th
 
 Every generation ends with `_commit`: the files of DESIGN §4, then `checkpoint/latest.json`.
 Everything random flows from `run.seed` (python `random.Random` for evolution, the trainer's
-generator for batches, `seed + generation` for decoding draws), so a resumed run replays the
+generator for batches, `seed * 1000 + generation` for decoding draws), so a resumed run replays the
 same numbers.
 """
 

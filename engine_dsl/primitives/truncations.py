@@ -37,16 +37,24 @@ CUT_SLACK = 1e-6  # fused chain: a cumulative sum this close to a cut is re-done
 # ----------------------------------------------------------------------------- temperature
 
 
+def _divisor(t, x):
+    """t as x's dtype holds it: a temperature beyond the dtype's range would round to inf
+    (and -inf / inf is NaN); the largest finite value divides the same to 0."""
+    if isinstance(t, float):
+        return t if t < 3e38 else min(t, torch.finfo(x.dtype).max)
+    return col(t, x) if isinstance(t, int) else col(t, x).clamp(max=torch.finfo(x.dtype).max)
+
+
 def temperature_exact(ctx, x, t):
-    return x / col(t, x)
+    return x / _divisor(t, x)
 
 
 def temperature_relaxed(ctx, x, t):
-    return finite_only(lambda v: v / col(t, v), x)
+    return finite_only(lambda v: v / _divisor(t, v), x)
 
 
 def temperature_fused(vals, t):
-    return vals / col(t, vals)
+    return vals / _divisor(t, vals)
 
 
 # ----------------------------------------------------------------------------- top-k

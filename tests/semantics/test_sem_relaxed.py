@@ -280,3 +280,36 @@ def test_first_argument_exclusions_stay_excluded(seed, B, V, kind, prim, a, mode
     src.lens = lambda h: h @ W  # the other arguments exclude nothing
     out = compile_expr(e)(sources=src, mode=mode, sharpness=s)
     check_invariants(out, x)
+
+
+def extremes(arg) -> list[float]:
+    """The ends of what the checker accepts for a Real slot (and far inside them)."""
+    d = arg.domain
+    lo = d.lo if math.isfinite(d.lo) else -1.7e308
+    hi = d.hi if math.isfinite(d.hi) else 1.7e308
+    out = [math.nextafter(lo, math.inf) if d.lo_open else lo,
+           math.nextafter(hi, -math.inf) if d.hi_open else hi]
+    if math.isinf(d.hi):
+        out += [1e30, 1e10]
+    if math.isinf(d.lo):
+        out += [-1e30]
+    return out + [lo + 1e-300 if math.isfinite(d.lo) else 0.0]
+
+
+EXTREME_PROGRAMS = [
+    Apply(p.name, tuple(RealConst(v) if i == k else a for i, a in enumerate(example(p).args)))
+    for p in LOGITS_PRIMS if p.args and p.args[0].type is Type.LOGITS
+    for k, arg in enumerate(p.args) if arg.type is Type.REAL for v in extremes(arg)]
+
+
+@pytest.mark.parametrize("expr", EXTREME_PROGRAMS,
+                         ids=[engine_dsl.expr_to_scheme(e) for e in EXTREME_PROGRAMS])
+@pytest.mark.parametrize("kind", ["normal", "inf", "huge", "ties"])
+@pytest.mark.parametrize("mode", ["exact", "relaxed"])
+def test_invariants_hold_for_every_constant_the_checker_accepts(expr, kind, mode):
+    """Each form with one constant at an end of its domain (5e-324, 1 - 1e-16, 1.7e308):
+    no NaN, a token survives, exclusions stay; in both modes (DESIGN §2)."""
+    engine_dsl.read(f"(define x (sample {engine_dsl.expr_to_scheme(expr)}))", "x.scm")
+    for dtype in (torch.float32, torch.float64):
+        x = logits_input(7, 4, 30, kind).to(dtype)
+        check_invariants(compile_expr(expr)(sources=sources(x, 7), mode=mode), x)
