@@ -80,14 +80,28 @@ class Fused:
 
 @dataclass(frozen=True)
 class Export:
-    """One engine's name for a primitive: the parameter key, where the engine applies it in
-    its fixed order (`rank`, innermost first) and the value that turns it off (`neutral`);
-    a chooser sets its key to `value` (transformers' do_sample)."""
+    """One engine's name for a primitive (`engine_dsl.export`).
 
-    key: str
+    keys: the engine's parameter for each constant slot, in slot order.
+    rank: where an engine with a fixed order applies it (innermost first; equal ranks for
+      samplers the engine applies together or that commute).
+    neutral: the values of `keys` that turn it off (an export sets every parameter it knows,
+      so the engine's own defaults never leak in).
+    extra: settings it needs besides its keys (llama.cpp's penalty window over the whole
+      context: repeat-last-n -1).
+    sampler: its name in a user-ordered chain (llama.cpp `--samplers`).
+    value: a chooser's value for keys[0] (transformers do_sample, a temperature of 0).
+    in_greedy: the engine applies it when decoding greedily too (transformers' warpers,
+      vLLM's and Ollama's samplers are skipped then).
+    """
+
+    keys: tuple[str, ...] = ()
     rank: int = 0
-    neutral: Any = None
+    neutral: tuple = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    sampler: str | None = None
     value: Any = None
+    in_greedy: bool = True
 
 
 @dataclass(frozen=True)

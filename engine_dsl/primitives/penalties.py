@@ -55,5 +55,12 @@ ENTRIES = [
           "transform",
           "on tokens already in prompt or answer: positive scores / r, negative scores x r",
           exact=repetition_penalty_exact, relaxed=repetition_penalty_relaxed,
-          reads={"history"}, neutral=1.0, export={"hf": Export("repetition_penalty", 0, 1.0)}),
+          reads={"history"}, neutral=1.0,
+          export={"hf": Export(("repetition_penalty",), 0, (1.0,)),
+                  # llama.cpp penalises the last n tokens of the context (prompt included)
+                  "llama.cpp": Export(("--repeat-penalty",), neutral=(1.0,),
+                                      extra={"--repeat-last-n": -1}, sampler="penalties"),
+                  "llama-server": Export(("repeat_penalty",), neutral=(1.0,),
+                                         extra={"repeat_last_n": -1}, sampler="penalties"),
+                  "vllm": Export(("repetition_penalty",), 0, (1.0,))}),
 ]

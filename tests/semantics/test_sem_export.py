@@ -1,0 +1,144 @@
+"""Export to engines: exact or refused. For transformers the exported GenerationConfig is
+turned into transformers' own logits processors and must keep exactly the program's tokens."""
+
+import json
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import engine_dsl
+from engine_dsl import Type
+from engine_dsl.export import ENGINES, export, render
+
+transformers = pytest.importorskip("transformers")
+
+EXAMPLES = 150 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 30
+V = 40
+
+
+def program(text):
+    return engine_dsl.read_expr(text, Type.DECODER)
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=1, vocab_size=V,
+                                     n_positions=64)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def hf_processors(model, settings_: dict, prompt_len: int):
+    gc = transformers.GenerationConfig(**settings_)
+    return model._get_logits_processor(generation_config=gc, input_ids_seq_length=prompt_len,
+                                       encoder_input_ids=None, prefix_allowed_tokens_fn=None,
+                                       logits_processor=transformers.LogitsProcessorList(),
+                                       device="cpu")
+
+
+# chains in transformers' order (the exporter accepts them), with random constants
+chains = st.lists(st.sampled_from(["repetition-penalty", "temperature", "top-k", "top-p",
+                                   "min-p", "typical"]), unique=True, min_size=1, max_size=4)
+ORDER = ["repetition-penalty", "temperature", "top-k", "top-p", "min-p", "typical"]
+ARG = {"repetition-penalty": st.floats(1.0, 3.0), "temperature": st.floats(0.2, 3.0),
+       "top-k": st.integers(1, V + 5), "top-p": st.floats(0.05, 0.95),
+       "min-p": st.floats(0.01, 0.9), "typical": st.floats(0.05, 0.95)}
+
+
+@st.composite
+def hf_programs(draw):
+    ops = sorted(draw(chains), key=ORDER.index)
+    text = "logits"
+    for op in ops:
+        text = f"({op} {text} {draw(ARG[op])})"
+    return f"({draw(st.sampled_from(['sample', 'greedy']))} {text})"
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(text=hf_programs(), seed=st.integers(0, 10_000))
+def test_transformers_processors_from_the_export_keep_the_programs_tokens(hf_model, text,
+                                                                          seed):
+    """The exported keys, run through transformers' own GenerationConfig -> processors, keep
+    exactly the tokens the program keeps (sample), or the same argmax (greedy)."""
+    e = program(text)
+    try:
+        got = export(e, "hf")
+    except engine_dsl.DslError as err:  # transformers' greedy skips its warpers
+        assert text.startswith("(greedy") and "typical" in text and "greedily" in str(err)
+        return
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, V, generator=g) * 3
+    ids = torch.randint(0, V, (3, 7), generator=g)
+    theirs = hf_processors(hf_model, got, ids.size(1))(ids, x.clone())
+    ours = engine_dsl.compile_expr(e.args[0])(x, history=ids)
+    if got["do_sample"]:
+        assert torch.equal(torch.isfinite(theirs), torch.isfinite(ours)), (text, got)
+    else:
+        assert torch.equal(theirs.argmax(-1), ours.argmax(-1)), (text, got)
+
+
+@pytest.mark.parametrize("engine,want", [
+    ("hf", {"repetition_penalty": 1.2, "temperature": 0.8, "top_k": 0, "top_p": 0.9,
+            "min_p": None, "typical_p": 1.0, "do_sample": True}),
+    ("llama.cpp", {"--samplers": "penalties;temperature;top_p", "--temp": 0.8, "--top-k": 0,
+                   "--top-p": 0.9, "--min-p": 0.0, "--typical": 1.0, "--repeat-penalty": 1.2,
+                   "--repeat-last-n": -1}),
+    ("llama-server", {"samplers": ["penalties", "temperature", "top_p"], "temperature": 0.8,
+                      "top_k": 0, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0,
+                      "repeat_penalty": 1.2, "repeat_last_n": -1}),
+    ("vllm", {"repetition_penalty": 1.2, "temperature": 0.8, "min_p": 0.0, "top_k": 0,
+              "top_p": 0.9}),
+])
+def test_a_nucleus_program_exports_to_each_engine(engine, want):
+    e = program("(sample (top-p (temperature (repetition-penalty logits 1.2) 0.8) 0.9))")
+    assert export(e, engine) == want
+
+
+def test_renderings():
+    e = program("(sample (top-p (top-k (temperature logits 0.7) 40) 0.9))")
+    assert render(export(e, "llama.cpp"), "llama.cpp") == (
+        "--samplers 'temperature;top_k;top_p' --temp 0.7 --top-k 40 --top-p 0.9 --min-p 0.0 "
+        "--typical 1.0 --repeat-penalty 1.0")
+    assert render(export(e, "ollama"), "ollama").splitlines() == [
+        "PARAMETER top_k 40", "PARAMETER temperature 0.7", "PARAMETER top_p 0.9",
+        "PARAMETER min_p 0.0"]
+    assert json.loads(render(export(e, "vllm"), "vllm"))["top_k"] == 40
+
+
+def test_greedy_drops_what_keeps_the_argmax_and_sets_each_engines_greedy():
+    e = program("(greedy (repetition-penalty (top-p (temperature logits 0.5) 0.5) 1.3))")
+    assert export(e, "vllm")["temperature"] == 0.0
+    assert export(e, "hf")["do_sample"] is False and export(e, "hf")["top_p"] == 1.0
+    assert export(e, "llama.cpp")["--samplers"] == "penalties;temperature"
+    assert export(e, "llama.cpp")["--temp"] == 0.0
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("text,why", [
+    ("(vote 3 (sample logits))", "only a plain chooser"),
+    ("(sample (if (< (entropy logits) 1.0) logits (temperature logits 0.5)))", "'if' has no"),
+    ("(sample (temperature (layer 1) 0.5))", "'layer' has no"),
+    ("(sample (temperature logits (entropy logits)))", "takes constants"),
+    ("(sample (temperature (temperature logits 0.5) 0.5))", "applied twice"),
+])
+def test_what_an_engine_cannot_express_is_refused_at_its_node(engine, text, why):
+    with pytest.raises(engine_dsl.DslError, match=why):
+        export(program(text), engine)
+
+
+def test_an_order_a_fixed_order_engine_cannot_reproduce_is_refused_and_commuting_is_not():
+    late = program("(sample (temperature (top-p logits 0.9) 0.8))")
+    for engine in ("hf", "vllm", "ollama"):
+        with pytest.raises(engine_dsl.DslError, match="applied after"):
+            export(late, engine)
+    assert export(late, "llama.cpp")["--samplers"] == "top_p;temperature"
+    # temperature and top-k commute: either nesting exports to the same settings
+    a = program("(sample (temperature (top-k logits 5) 0.8))")
+    b = program("(sample (top-k (temperature logits 0.8) 5))")
+    assert export(a, "hf") == export(b, "hf")
+    assert export(a, "ollama") == export(b, "ollama")
+    with pytest.raises(engine_dsl.DslError, match="'typical' has no Ollama"):
+        export(program("(sample (typical logits 0.9))"), "ollama")
