@@ -145,7 +145,7 @@ e = engine_dsl.read_expr("(sample (count-penalty (if #t logits logits) 0.0))", T
 assert engine_dsl.expr_to_scheme(simplify(e, space)) == "(sample logits)"
 
 # --- trace -------------------------------------------------------------------------------------
-from evolution.inspect import trace_decoding  # noqa: E402
+from evolution.views import trace_decoding  # noqa: E402
 
 shown = trace_decoding(model, tok, d, "12+", seed=3, max_new_tokens=3)
 assert "(count-penalty logits 0.5)" in shown and "chosen" in shown, shown
