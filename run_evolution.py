@@ -184,22 +184,28 @@ def cmd_export(args) -> int:
     import json
 
     from engine_dsl import DslError
-    from engine_dsl.export import to_generation_config
+    from engine_dsl.export import export, render
     from engine_dsl.files import read_file
     from evolution.views import pick
 
+    engine = args.engine or "hf"
     defs = pick(read_file(args.program), args.name, args.program)
     text = Path(args.program).read_text(encoding="utf-8")
     out = {}
     for d in defs:
         try:
-            out[d.name] = to_generation_config(d, text)
+            out[d.name] = export(d, engine, text)
         except DslError as e:
             if len(defs) == 1:
                 raise
             raise DslError(f"{e.message} (in '{d.name}'; export one definition with --def "
                            "NAME)", e.filename, e.line, e.col, e.source_line) from None
-    print(json.dumps(out[defs[0].name] if len(defs) == 1 else out, indent=2))
+    if args.format == "json":
+        print(json.dumps(out[defs[0].name] if len(defs) == 1 else out, indent=2))
+    elif len(defs) == 1:
+        print(render(out[defs[0].name], engine))
+    else:
+        print("\n\n".join(f"# {name}\n{render(s, engine)}" for name, s in out.items()))
     return EXIT_OK
 
 
@@ -300,10 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the definition to trace (needed when the file holds several)")
     p.set_defaults(func=cmd_trace)
 
-    p = sub.add_parser("export", help="a program as transformers GenerationConfig JSON")
+    from engine_dsl.export import ENGINES
+
+    p = sub.add_parser("export", help="a program as an engine's sampling settings "
+                                      "(exactly, or exit 1 naming what the engine lacks)")
     p.add_argument("program", metavar="PROGRAM")
-    p.add_argument("--hf", action="store_true", required=True,
-                   help="export for Hugging Face transformers (the one format)")
+    to = p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to", dest="engine", choices=list(ENGINES),
+                    help="; ".join(f"{k}: {e.title}" for k, e in ENGINES.items()))
+    to.add_argument("--hf", dest="engine", action="store_const", const="hf",
+                    help="same as --to hf")
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text: as the engine reads it (flags, Modelfile lines, JSON); "
+                        "json: the settings as one JSON object, for scripts")
     p.add_argument("--def", dest="name", metavar="NAME", help="only this definition")
     p.set_defaults(func=cmd_export)
 

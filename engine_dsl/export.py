@@ -73,10 +73,12 @@ def export(program: Definition | Expr, engine: str, text: str | None = None) -> 
     chooser = PRIMITIVES.get(getattr(expr, "op", None))
     if chooser is None or not chooser.is_chooser or engine not in chooser.export:
         choosers = [n for n, p in PRIMITIVES.items() if p.is_chooser and engine in p.export]
+        why = (f"'{chooser.name}' decodes several answers and picks one; an engine decodes "
+               f"one per request" if chooser is not None and chooser.is_aggregator else
+               f"found ({getattr(expr, 'op', '?')} ...)")
         raise DslError.at(getattr(expr, "span", None),
                           f"only a plain chooser ({', '.join(choosers)}) exports to "
-                          f"{spec.title.split(' (')[0]}, found ({getattr(expr, 'op', '?')} ...)",
-                          text)
+                          f"{spec.title.split(' (')[0]}: {why}", text)
     chain = _chain(expr.args[0], engine, text)
     if chooser.argmax_only:  # the top token is all a greedy chooser reads
         chain = [n for n in chain if not PRIMITIVES[n.op].keeps_argmax]
