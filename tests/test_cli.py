@@ -76,3 +76,19 @@ def test_check_does_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_export_to_each_engine_or_a_one_line_refusal(tmp_path, capsys):
+    src = tmp_path / "p.scm"
+    src.write_text("(define a (sample (top-p (top-k (temperature logits 0.7) 40) 0.9)))\n"
+                   "(define b (vote 3 (sample logits)))\n")
+    assert run_evolution.main(["export", str(src), "--to", "llama.cpp", "--def", "a"]) == 0
+    assert capsys.readouterr().out.startswith("--samplers 'temperature;top_k;top_p' --temp 0.7")
+    assert run_evolution.main(["export", str(src), "--to", "ollama", "--def", "a"]) == 0
+    assert "PARAMETER top_k 40" in capsys.readouterr().out.splitlines()
+    assert run_evolution.main(["export", str(src), "--to", "vllm", "--def", "b"]) == 1
+    err = capsys.readouterr().err
+    assert "p.scm:2:" in err and "'vote' decodes several answers" in err
+    with pytest.raises(SystemExit) as e:
+        run_evolution.main(["export", str(src), "--to", "nowhere"])
+    assert e.value.code == 2
