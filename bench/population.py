@@ -46,7 +46,7 @@ import engine_dsl  # noqa: E402
 from engine_dsl.decoders import _select, chunk_rows, decode_each, plan  # noqa: E402
 from engine_dsl.primitives.decoders import rewrap  # noqa: E402
 from evolution.bridge import SearchSpace, to_expr  # noqa: E402
-from evolution.generation import ConstantSampler, random_individual  # noqa: E402
+from evolution.random_trees import ConstantSampler, random_individual  # noqa: E402
 from neural import GPT, ByteTokenizer, GPTConfig, get_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -51,14 +51,14 @@ from evolution.evaluation import (  # noqa: E402
     sampling_logits,
     target_log_probs,
 )
-from evolution.generation import (  # noqa: E402
+from evolution.population import build_toolbox, evolve_generation, initial_population  # noqa: E402
+from evolution.random_trees import (  # noqa: E402
     LITERAL_SLOTS,
     ConstantSampler,
 )
-from evolution.population import build_toolbox, evolve_generation, initial_population  # noqa: E402
 from evolution.selection import one_standard_error_choice  # noqa: E402
 from evolution.simplify import simplify  # noqa: E402
-from evolution.tuning import LikelihoodTuner, has_constants  # noqa: E402
+from evolution.tuner import LikelihoodTuner, has_constants  # noqa: E402
 from evolution.variation import all_node_replacements, all_shrinks  # noqa: E402
 from neural import GPT, ByteTokenizer, GPTConfig, TrainConfig, Trainer, get_task  # noqa: E402
 

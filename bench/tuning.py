@@ -12,7 +12,7 @@ exact-mode mean NLL of the targets (the evaluation objective, unsmoothed); optim
 teacher's own constants or the best loss any method found, whichever is lower. Random
 starts already within 1% of the teacher's loss are redrawn (they would measure nothing).
 
-* gradient: `evolution.tuning.LikelihoodTuner` -> `engine_dsl.tune` as evolution runs it
+* gradient: `evolution.tuner.LikelihoodTuner` -> `engine_dsl.tune` as evolution runs it
   (Adam through the relaxed program), full batch; one step = one forward + one backward over
   the rows, counted as 2 evaluations (the backward costs about as much as the forward). The
   exact loss is read after each step (through `tune`'s callback) only to draw the curve: the
@@ -57,8 +57,8 @@ from evolution.bridge import (  # noqa: E402
 )
 from evolution.config import EvolutionConfig  # noqa: E402
 from evolution.evaluation import CachedRows, LikelihoodEvaluator  # noqa: E402
-from evolution.generation import ConstantSampler  # noqa: E402
-from evolution.tuning import LikelihoodTuner  # noqa: E402
+from evolution.random_trees import ConstantSampler  # noqa: E402
+from evolution.tuner import LikelihoodTuner  # noqa: E402
 from evolution.variation import mut_constant  # noqa: E402
 
 TEACHERS = [

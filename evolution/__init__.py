@@ -9,10 +9,11 @@ gradient-tuned constants.
     pop = evolve_generation(pop, evaluate, toolbox, rng, tune=tuner)
 
 Modules, in data-flow order: `bridge` (primitive set, AST <-> PrimitiveTree, individuals),
-`generation` (random typed trees, literal values, generation 0), `variation` (typed
+`random_trees` (random typed trees, literal values, generation 0), `variation` (typed
 crossover and mutations, size/height caps), `selection` (NSGA-II, Pareto hall of fame,
 tournaments), `genealogy` (lineage graph), `simplify`, `evaluation` (shared-model scoring,
-process/Ray maps), `tuning` (gradient tuning), `population` (toolbox, one generation).
+process/Ray maps), `tuner` (the GP's gradient tuning of new individuals, on top of
+`engine_dsl.tuning`), `population` (toolbox, one generation).
 Only this package imports DEAP.
 """
 
@@ -36,7 +37,7 @@ from .population import (
     initial_population,
 )
 from .simplify import simplify
-from .tuning import LikelihoodTuner
+from .tuner import LikelihoodTuner
 
 __all__ = [
     "DecodeEvaluator", "EvolutionConfig", "Fitness", "Individual", "LikelihoodEvaluator",

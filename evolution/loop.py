@@ -49,7 +49,7 @@ from .population import (
 )
 from .rundir import RunDir, RunError
 from .settings import RunConfig, to_dict
-from .tuning import LikelihoodTuner
+from .tuner import LikelihoodTuner
 
 GREEDY = baseline()  # the fixed decoding a user would pick: (greedy logits)
 # settings the run derives from others: config.toml leaves them out, `config` says how

@@ -23,11 +23,11 @@ from deap import base
 from engine_dsl.nodes import Definition, Expr
 from engine_dsl.printer import expr_to_scheme
 
-from . import generation, selection, variation
+from . import random_trees, selection, variation
 from .bridge import Individual, SearchSpace, to_definition, to_expr, to_tree, tree_key
 from .config import EvolutionConfig
 from .genealogy import Lineage
-from .tuning import has_constants
+from .tuner import has_constants
 
 Evaluate = Callable[[list[Expr]], Sequence[tuple[float, float]]]
 Tune = Callable[[Expr, int], Expr]
@@ -46,11 +46,11 @@ def build_toolbox(config: EvolutionConfig, space: SearchSpace | None = None) -> 
     space = space or SearchSpace(limits=limits)
     if space.limits != limits:
         space = SearchSpace(space.n_layer, space.n_head, space.vocab_size, limits)
-    sampler = generation.ConstantSampler(space)
+    sampler = random_trees.ConstantSampler(space)
 
     tb = base.Toolbox()
     tb.config, tb.space, tb.sampler = config, space, sampler
-    tb.register("individual", generation.random_individual, sampler=sampler,
+    tb.register("individual", random_trees.random_individual, sampler=sampler,
                 heights=config.init_heights)
     tb.register("mate", variation.cx_one_point, leaf_bias=config.leaf_bias)
     tb.register("mut_uniform", variation.mut_uniform, sampler=sampler,
@@ -173,7 +173,7 @@ def initial_population(toolbox: base.Toolbox, rng: random.Random,
     def mutant(ind):
         return (mutate(ind, toolbox, rng)[0],)
 
-    pop.individuals = generation.init_population(
+    pop.individuals = random_trees.init_population(
         config.population_size, rng, toolbox.sampler, pop.new_id, seeds, mutant,
         config.mutant_fraction, config.init_heights)
     for ind in pop.individuals:

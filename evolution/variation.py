@@ -24,7 +24,7 @@ from .bridge import (
     fits,
     slot_classes,
 )
-from .generation import (
+from .random_trees import (
     LITERAL_SLOTS,
     SLOT_PRIMITIVES,
     ConstantSampler,

@@ -115,7 +115,7 @@ assert all(x != y for x, y in zip(before, after)), (before, after)
 
 # --- mutate, generate (the DEAP primitive set is built now) --------------------------------------
 from evolution.bridge import PSET, SearchSpace, individual, to_expr, to_tree  # noqa: E402
-from evolution.generation import ConstantSampler, random_individual  # noqa: E402
+from evolution.random_trees import ConstantSampler, random_individual  # noqa: E402
 from evolution.simplify import simplify  # noqa: E402
 from evolution.variation import mut_constant, mut_node_replacement  # noqa: E402
 

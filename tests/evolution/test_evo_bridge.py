@@ -24,7 +24,7 @@ from evolution.bridge import (
     to_tree,
     tree_key,
 )
-from evolution.generation import (
+from evolution.random_trees import (
     DECODER,
     MIN_HEIGHT,
     ConstantSampler,

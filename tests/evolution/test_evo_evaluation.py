@@ -22,7 +22,7 @@ from evolution.evaluation import (
     mean_kl,
 )
 from evolution.population import build_toolbox, evolve_generation, initial_population
-from evolution.tuning import LikelihoodTuner
+from evolution.tuner import LikelihoodTuner
 
 
 def _d(text):

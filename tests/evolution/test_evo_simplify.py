@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import engine_dsl
 from engine_dsl import Apply, Type
 from evolution.bridge import TYPE_CLASSES, SearchSpace, to_expr
-from evolution.generation import ConstantSampler, generate
+from evolution.random_trees import ConstantSampler, generate
 from evolution.simplify import simplify
 
 SPACE = SearchSpace(n_layer=3, n_head=2, vocab_size=24)

@@ -10,7 +10,7 @@ import engine_dsl
 from engine_dsl import Type
 from engine_dsl.tuning import TuneBatch, tune
 from evolution.evaluation import CachedRows, LikelihoodEvaluator
-from evolution.tuning import LikelihoodTuner
+from evolution.tuner import LikelihoodTuner
 
 
 def _rows(temperature=0.5, n=1000, V=16, seed=0):

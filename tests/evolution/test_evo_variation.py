@@ -12,8 +12,8 @@ import engine_dsl
 from engine_dsl import Definition, Limits, Type
 from evolution.bridge import CountConstant, RealConstant, SearchSpace, individual, to_expr, tree_key
 from evolution.config import EvolutionConfig
-from evolution.generation import ConstantSampler, random_individual
 from evolution.population import OPERATOR_NAMES, build_toolbox
+from evolution.random_trees import ConstantSampler, random_individual
 from evolution.variation import (
     all_node_replacements,
     all_shrinks,
