@@ -626,18 +626,17 @@ class CoEvolution:
         rows = self._rows(examples)
         scores = []
         for e in exprs:
-            kind, logits_expr, _ = sampling_logits(e)
-            scores.append(target_log_probs(logits_expr, kind, rows).tolist())
+            chooser, logits_expr, _ = sampling_logits(e)
+            scores.append(target_log_probs(logits_expr, chooser, rows).tolist())
         return scores, [forward_cost(e) for e in exprs], [None] * len(exprs)
 
 
 def _tuning_counts(tuner, in_process: bool) -> dict | None:
-    """What constant tuning did this generation: tunings kept, undone by the guard, failed
-    (None where nothing was tuned here, or the tunings ran in worker processes)."""
+    """What constant tuning did this generation: tunings kept and undone by the guard (None
+    where nothing was tuned here, or the tunings ran in worker processes)."""
     if tuner is None or not in_process:
         return None
-    return {"kept": tuner.tunings - tuner.rejected, "undone": tuner.rejected,
-            "failed": tuner.failures}
+    return {"kept": tuner.tunings - tuner.rejected, "undone": tuner.rejected}
 
 
 def _mean(xs) -> float:

@@ -104,7 +104,7 @@ class Export:
     in_greedy: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # an entry is itself: compared and hashed by identity
 class Primitive:
     """A whole primitive: signature, kernels, inputs, simplifier facts, exports.
 
