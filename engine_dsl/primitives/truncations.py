@@ -1,8 +1,13 @@
-"""Temperature and the truncations (top-k, top-p, min-p, typical).
+"""Temperature and the truncations (top-k, top-p, min-p, typical, epsilon, eta, top-n-sigma),
+and llama.cpp's entropy-driven dynamic temperature.
 
 Exact kernels follow the `transformers` warpers (TemperatureLogitsWarper, TopKLogitsWarper,
-TopPLogitsWarper, MinPLogitsWarper, TypicalLogitsWarper, min_tokens_to_keep = 1): the same
-operations in the same order, so kept sets agree even on exact ties. Relaxed kernels never
+TopPLogitsWarper, MinPLogitsWarper, TypicalLogitsWarper, EpsilonLogitsWarper,
+EtaLogitsWarper, min_tokens_to_keep = 1): the same operations in the same order, so kept sets
+agree even on exact ties. `top-n-sigma` and `dynamic-temperature` port llama.cpp
+(src/llama-sampling.cpp, `llama_sampler_top_n_sigma_apply`, `llama_sampler_temp_ext_apply`),
+where the candidates are the finite scores of a row; they compute in the row's dtype with
+torch's summation order, so a score within float rounding of a cut may fall the other way. Relaxed kernels never
 make a new -inf: each computes a per-token margin m (how far inside the kept set the token
 is, in the primitive's own unit: logits for top-k, probability for top-p and typical,
 log-probability for min-p) and adds log sigmoid(sharpness * m) to the scores, floored (see
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import operator
 
-from ..types import POSITIVE, PROBABILITY, Type
+from ..types import DOMAIN_EPS, NONNEGATIVE, POSITIVE, PROBABILITY, Type
 from . import Arg, Export, Fused, entry
 from ._torch import (
     BIG,
@@ -186,6 +191,128 @@ def typical_relaxed(ctx, x, p):
     return apply_soft_mask(x, sorted_soft_mask(order, ctx.sharpness * (col(p, x) - above)))
 
 
+# ----------------------------------------------------------------------------- epsilon, eta
+
+
+def _keep_top(x, remove):
+    """`remove` without each row's top score (min_tokens_to_keep = 1, as the warpers)."""
+    return remove & (x < x.amax(dim=-1, keepdim=True))
+
+
+def _top_mask(x, z):
+    """Relaxed margins z with every top score of its row always kept."""
+    return torch.where(x == x.amax(-1, keepdim=True), torch.full_like(z, BIG), z)
+
+
+def epsilon_exact(ctx, x, e):
+    probs = x.softmax(dim=-1)
+    return x.masked_fill(_keep_top(x, probs < col(e, x)), NEG_INF)
+
+
+def epsilon_relaxed(ctx, x, e):
+    z = ctx.sharpness * (torch.log_softmax(x, dim=-1) - torch.log(colt(e, x)))
+    return apply_soft_mask(x, _top_mask(x, z))
+
+
+def _eta_epsilon(e):
+    """The warper holds epsilon as a float32 tensor (`torch.tensor(epsilon)`)."""
+    return torch.tensor(e, dtype=torch.float32) if isinstance(e, (float, int)) else e
+
+
+def eta_exact(ctx, x, e):
+    probs = x.softmax(dim=-1)
+    logp = x - x.logsumexp(dim=-1, keepdim=True)  # torch.distributions.Categorical.entropy
+    ent = -(logp.clamp(min=torch.finfo(logp.dtype).min) * logp.softmax(dim=-1)).sum(-1)
+    eps = _eta_epsilon(e)
+    eta = torch.min(eps, torch.sqrt(eps) * torch.exp(-ent))[..., None]
+    return x.masked_fill(_keep_top(x, probs < eta), NEG_INF)
+
+
+def _safe_entropy(logp):
+    """Entropy of log-probabilities logp whose -inf entries give no NaN gradient."""
+    fin = torch.isfinite(logp)
+    safe = torch.where(fin, logp, torch.zeros_like(logp))
+    return -(torch.exp(safe) * safe * fin).sum(-1, keepdim=True)
+
+
+def eta_relaxed(ctx, x, e):
+    logp = torch.log_softmax(x, dim=-1)
+    log_e = torch.log(colt(e, x))
+    log_eta = torch.minimum(log_e, 0.5 * log_e - _safe_entropy(logp))
+    return apply_soft_mask(x, _top_mask(x, ctx.sharpness * (logp - log_eta)))
+
+
+# ----------------------------------------------------------------------------- top-n-sigma
+
+
+def _n_sigma_cut(x, n):
+    """max - n x std of the finite scores of each row (population std), (B, 1)."""
+    fin = torch.isfinite(x)
+    cnt = fin.sum(-1, keepdim=True).clamp(min=1).to(x.dtype)
+    vals = torch.where(fin, x, torch.zeros_like(x))
+    mean = vals.sum(-1, keepdim=True) / cnt
+    var = (torch.where(fin, x - mean, torch.zeros_like(x)) ** 2).sum(-1, keepdim=True) / cnt
+    pos = var > 0
+    std = torch.where(pos, torch.sqrt(torch.where(pos, var, torch.ones_like(var))),
+                      torch.zeros_like(var))  # no NaN gradient at std = 0
+    spread = torch.where(pos, col(n, x) * std, torch.zeros_like(std))
+    return torch.where(fin, x, NEG_INF).amax(-1, keepdim=True) - spread
+
+
+def top_n_sigma_exact(ctx, x, n):
+    return x.masked_fill(x < _n_sigma_cut(x, n), NEG_INF)
+
+
+def top_n_sigma_relaxed(ctx, x, n):
+    z = ctx.sharpness * (x - _n_sigma_cut(x, n))
+    return apply_soft_mask(x, _top_mask(x, z))
+
+
+# ----------------------------------------------------------------------------- dynamic temperature
+
+
+def _col64(v, x):
+    """A Real as a float64 (B, 1) or 0-dim tensor (the temperature's arithmetic)."""
+    v = v.to(torch.float64) if isinstance(v, torch.Tensor) else torch.tensor(
+        float(v), dtype=torch.float64, device=x.device)
+    return v if v.dim() == 0 else v[:, None]
+
+
+def _dynamic_temperature(x, t, delta, exponent, relaxed: bool):
+    """(B, 1) llama.cpp's temperature, float64: min_t + (max_t - min_t) x (H / log n)^exponent,
+    min_t = max(0, t - delta), max_t = t + delta, H the entropy of the softmax over the n
+    finite scores; and (B, 1) where it applies (two candidates or more, or range 0)."""
+    n = torch.isfinite(x).sum(-1, keepdim=True)
+    ent = _safe_entropy(torch.log_softmax(x, dim=-1)).to(torch.float64)
+    h = (ent / torch.log(n.clamp(min=2).to(torch.float64))).clamp(0.0, 1.0)  # H <= log n
+    if relaxed:
+        h = h.clamp(min=DOMAIN_EPS)  # finite gradient of h ** exponent
+    w = h ** _col64(exponent, x)
+    big = torch.finfo(torch.float64).max
+    t, delta = _col64(t, x), _col64(delta, x)
+    lo, hi = (t - delta).clamp(min=0.0), (t + delta).clamp(max=big)
+    # range 0 is plain temperature, applied to a lone candidate too
+    return (lo + (hi - lo) * w).clamp(max=big), (n > 1) | (delta <= 0)
+
+
+def _divide(x, temp):
+    return x / temp.to(x.dtype).clamp(max=torch.finfo(x.dtype).max)
+
+
+def dynamic_temperature_exact(ctx, x, t, delta, exponent):
+    temp, many = _dynamic_temperature(x, t, delta, exponent, relaxed=False)
+    # temp 0 (llama.cpp's temp_impl at temp <= 0): only the first top score survives
+    top = torch.zeros_like(x, dtype=torch.bool).scatter(1, x.argmax(-1, keepdim=True), True)
+    out = torch.where(temp > 0, _divide(x, temp), x.masked_fill(~top, NEG_INF))
+    return torch.where(many, out, x)
+
+
+def dynamic_temperature_relaxed(ctx, x, t, delta, exponent):
+    temp, many = _dynamic_temperature(x, t, delta, exponent, relaxed=True)
+    temp = torch.where(many, temp.clamp(min=DOMAIN_EPS), torch.ones_like(temp))
+    return finite_only(lambda v: _divide(v, temp), x)
+
+
 ENTRIES = [
     entry("temperature", [Arg("L", L), Arg("t", R, POSITIVE, test_range=(0.05, 20.0))], L,
           "transform", "L / t", exact=temperature_exact, relaxed=temperature_relaxed,
@@ -230,4 +357,25 @@ ENTRIES = [
           export={"hf": Export(("typical_p",), 5, (1.0,), in_greedy=False),
                   "llama.cpp": Export(("--typical",), neutral=(1.0,), sampler="typ_p"),
                   "llama-server": Export(("typical_p",), neutral=(1.0,), sampler="typ_p")}),
+    entry("epsilon", [Arg("L", L), Arg("e", R, PROBABILITY, test_range=(0.001, 0.3))], L,
+          "transform", "epsilon sampling: keep tokens whose probability is at least e "
+          "(transformers EpsilonLogitsWarper)", exact=epsilon_exact, relaxed=epsilon_relaxed,
+          keeps_argmax=True, shift="equivariant"),
+    entry("eta", [Arg("L", L), Arg("e", R, PROBABILITY, test_range=(0.001, 0.3))], L,
+          "transform", "eta sampling: keep tokens whose probability is at least "
+          "min(e, sqrt(e) exp(-entropy)) (transformers EtaLogitsWarper)", exact=eta_exact,
+          relaxed=eta_relaxed, keeps_argmax=True, shift="equivariant"),
+    entry("top-n-sigma", [Arg("L", L), Arg("n", R, POSITIVE, test_range=(0.05, 5.0))], L,
+          "transform", "keep scores >= max - n x std of the row's finite scores (llama.cpp "
+          "src/llama-sampling.cpp llama_sampler_top_n_sigma_apply)", exact=top_n_sigma_exact,
+          relaxed=top_n_sigma_relaxed, keeps_argmax=True, shift="equivariant"),
+    entry("dynamic-temperature",
+          [Arg("L", L), Arg("t", R, POSITIVE, test_range=(0.05, 20.0)),
+           Arg("range", R, NONNEGATIVE, test_range=(0.0, 5.0)),
+           Arg("exponent", R, POSITIVE, test_range=(0.1, 4.0))], L, "transform",
+          "L / T, T = lo + (t + range - lo) x (H / log n)^exponent, lo = max(0, t - range), "
+          "H the entropy over the n finite scores (n = 1: unchanged; T = 0: the top score) "
+          "(llama.cpp src/llama-sampling.cpp llama_sampler_temp_ext_apply)",
+          exact=dynamic_temperature_exact, relaxed=dynamic_temperature_relaxed,
+          keeps_argmax=True, shift="equivariant"),
 ]

@@ -8,6 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     LogitsProcessorList,
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
@@ -74,6 +76,8 @@ def hf_warper(op: str, arg):
             "min-p": lambda: MinPLogitsWarper(arg),
             "typical": lambda: TypicalLogitsWarper(arg),
             "temperature": lambda: TemperatureLogitsWarper(arg),
+            "epsilon": lambda: EpsilonLogitsWarper(arg),
+            "eta": lambda: EtaLogitsWarper(arg),
             "repetition-penalty": lambda: RepetitionPenaltyLogitsProcessor(arg)}[op]()
 
 
@@ -87,12 +91,34 @@ probs = st.sampled_from([0.05, 0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.99, 0.333
 
 @settings(max_examples=EXAMPLES)
 @given(seed=st.integers(0, 10_000), B=st.integers(1, 4), V=VOCABS, kind=st.sampled_from(KINDS),
-       op=st.sampled_from(["top-p", "min-p", "typical"]), p=probs)
-def test_probability_truncations_match_transformers(seed, B, V, kind, op, p):
-    """top-p, min-p and typical keep exactly the tokens the HF warper keeps, same values."""
-    x = make_logits(seed, B, V, kind)
+       op=st.sampled_from(["top-p", "min-p", "typical", "epsilon", "eta"]), p=probs,
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_probability_truncations_match_transformers(seed, B, V, kind, op, p, dtype):
+    """top-p, min-p, typical, epsilon and eta keep exactly the tokens the HF warper keeps,
+    same values."""
+    x = make_logits(seed, B, V, kind).to(dtype)
     want = hf_warper(op, p)(None, x.clone())
     assert torch.equal(ours(op, p, x), want)
+
+
+@pytest.mark.parametrize("op", ["epsilon", "eta"])
+@pytest.mark.parametrize("e", [1e-6, 3e-4, 0.02, 0.5, 1 - 1e-6])
+@pytest.mark.parametrize("kind", KINDS)
+def test_epsilon_and_eta_match_transformers_at_extreme_constants(op, e, kind):
+    """Constants at the ends of what runs (a literal is clamped into [1e-6, 1 - 1e-6]), one
+    token, a lone finite score: the warpers' sets."""
+    for x in (make_logits(5, 3, 50, kind), make_logits(5, 2, 1, kind),
+              make_logits(5, 2, 6, kind).masked_fill(torch.arange(6) > 0, float("-inf"))):
+        assert torch.equal(ours(op, e, x), hf_warper(op, e)(None, x.clone())), x
+
+
+def test_eta_cutoff_is_the_smaller_of_epsilon_and_the_entropy_term():
+    """Uniform over 4 tokens plus a rare one: eta = min(e, sqrt(e) exp(-H))."""
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0, -6.0]])
+    f = engine_dsl.logits_fn("(eta logits 0.01)")  # p(rare) = 6.2e-4; eta = 0.1 * e^-H
+    assert torch.isfinite(f(x)).tolist() == [[True, True, True, True, False]]
+    g = engine_dsl.logits_fn("(epsilon logits 0.0005)")  # kept: 6.2e-4 >= 5e-4
+    assert torch.isfinite(g(x)).all()
 
 
 def _ties_reversed(x):
@@ -201,7 +227,7 @@ def test_benchmark_chain_matches_transformers_at_gpt2_vocabulary(kind):
 
 
 @pytest.mark.parametrize("op,arg", [("top-p", 0.9), ("min-p", 0.05), ("typical", 0.9),
-                                    ("top-k", 50)])
+                                    ("top-k", 50), ("epsilon", 3e-4), ("eta", 3e-4)])
 def test_single_truncations_at_gpt2_vocabulary(op, arg):
     x = make_logits(11, 2, 50257, "normal") * 2
     assert torch.equal(ours(op, arg, x), hf_warper(op, arg)(None, x.clone()))
