@@ -81,6 +81,12 @@ class _Env:
     def __init__(self, mode, ctx, program, record=None):
         self.mode, self.ctx, self.program, self.record = mode, ctx, program, record
 
+    def to_domain(self, v, domain):
+        """A computed Real into its slot's domain (`semantics.clamp_to_domain`: the clamp,
+        smooth first in relaxed mode)."""
+        return sem.clamp_to_domain(v, domain, self.ctx.sharpness if self.mode == "relaxed"
+                                   else None)
+
 
 class _Node:
     def run(self, env: _Env):  # pragma: no cover - interface
@@ -135,14 +141,14 @@ class _Call(_Node):
     def __init__(self, node: Apply, children: list[_Node], slots: dict[str, int] | None = None):
         self.node, self.children, self.slots = node, children, slots or {}
         prim = self.prim = PRIMITIVES[node.op]
-        # computed Reals are clamped into their slot's domain
+        # computed Reals are mapped into their slot's domain (`_Env.to_domain`)
         self.clamp = [a.domain if a.type is Type.REAL and isinstance(c, _Call) else None
                       for a, c in zip(prim.args, children, strict=True)]
 
     def run(self, env):
         args = [c.run(env) for c in self.children]
-        args = [a if d is None else sem.clamp_to_domain(a, d) for a, d in zip(args, self.clamp,
-                                                                              strict=True)]
+        args = [a if d is None else env.to_domain(a, d) for a, d in zip(args, self.clamp,
+                                                                        strict=True)]
         env.ctx.node, env.ctx.slots = self.node, self.slots
         out = self.prim.kernel(env.mode)(env.ctx, *args)
         if env.record is not None:
@@ -163,14 +169,14 @@ class _Chain(_Node):
             for call in self.calls:
                 a = call.children[1].run(env)
                 if call.clamp[1] is not None:
-                    a = sem.clamp_to_domain(a, call.clamp[1])
+                    a = env.to_domain(a, call.clamp[1])
                 steps.append((call.prim, a))
             env.ctx.node = self.calls[-1].node
             return sem.truncation_chain(env.ctx, x, steps)
         for call in self.calls:
             a = call.children[1].run(env)
             if call.clamp[1] is not None:
-                a = sem.clamp_to_domain(a, call.clamp[1])
+                a = env.to_domain(a, call.clamp[1])
             env.ctx.node, env.ctx.slots = call.node, call.slots
             x = call.prim.relaxed(env.ctx, x, a)
         return x

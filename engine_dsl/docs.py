@@ -16,6 +16,8 @@ FAMILY_TITLES = {
     "source": "Sources (where logits come from)",
     "transform": "Transforms (Logits -> Logits)",
     "measure": "Measures (Logits -> Real)",
+    "arithmetic": "Arithmetic (Real Real -> Real; a Real expression in a slot with a domain "
+    "is clamped into it, smoothly in relaxed mode: see engine_dsl/primitives/arithmetic.py)",
     "logic": "Logic (-> Bool)",
     "decoder": "Decoders (the top level of every definition)",
 }

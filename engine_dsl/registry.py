@@ -18,6 +18,7 @@ from .primitives import (  # noqa: F401  (re-exported)
     Export,
     Fused,
     Primitive,
+    arithmetic,
     decoders,
     entry,
     logic,
@@ -29,7 +30,8 @@ from .primitives import (  # noqa: F401  (re-exported)
 )
 from .types import Type
 
-FAMILY_MODULES = (sources, truncations, penalties, mixing, measures, logic, decoders)
+FAMILY_MODULES = (sources, truncations, penalties, mixing, measures, arithmetic, logic,
+                  decoders)
 
 PRIMITIVES: dict[str, Primitive] = {p.name: p for m in FAMILY_MODULES for p in m.ENTRIES}
 
@@ -48,7 +50,7 @@ LITERALS: dict[Type, str] = {
     Type.BOOL: "Scheme #t / #f, Hy True / False",
 }
 
-FAMILIES = ("source", "transform", "measure", "logic", "decoder")
+FAMILIES = ("source", "transform", "measure", "arithmetic", "logic", "decoder")
 
 _frozen_by: list[str] = []  # who built tables from the registry (no registering after that)
 

@@ -16,7 +16,8 @@ Run-time values
 Relaxed mode (constant tuning) never makes a new -inf: truncations add a floored
 log sigmoid(sharpness * margin) to the scores; as sharpness grows every relaxed form tends to
 its exact form (tested: KL below 1e-3). Real arguments computed by expressions are clamped
-into their slot's domain at run time (`clamp_to_domain`).
+into their slot's domain at run time, through a smooth clamp first in relaxed mode
+(`clamp_to_domain`; the rule is documented in `primitives/arithmetic.py`).
 
 Fusion. `truncation_chain` runs a nesting of transforms that have a `Fused` form over one
 sort (or one `topk` when the first cut keeps at most k top scores: "a later truncation only
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .errors import DslError
 from .primitives import INPUTS
@@ -166,8 +168,12 @@ class Context:
 # ----------------------------------------------------------------------------- helpers
 
 
-def clamp_to_domain(v, domain: Domain | None):
-    """Clamp a computed Real into a slot's domain (open ends by DOMAIN_EPS)."""
+def clamp_to_domain(v, domain: Domain | None, sharpness: float | None = None):
+    """The one rule mapping a computed Real into a slot's domain: clamp it into [lo', hi']
+    (open ends pulled in by DOMAIN_EPS). With a `sharpness` s (relaxed mode) a tensor first
+    goes through the smooth clamp lo' + sp(v - lo') - sp(v - hi'), sp(z) = softplus(s z) / s
+    (one term where one end is infinite): increasing, inside (lo', hi'), tending to the clamp
+    as s grows, with a non-zero gradient outside the domain too."""
     if domain is None or (math.isinf(domain.lo) and math.isinf(domain.hi)):
         return v
     if isinstance(v, (float, int)):
@@ -176,6 +182,14 @@ def clamp_to_domain(v, domain: Domain | None):
         else None
     hi = domain.hi - (DOMAIN_EPS if domain.hi_open else 0.0) if math.isfinite(domain.hi) \
         else None
+    if sharpness is not None:
+        def sp(z):  # linear only beyond 40 / s, where the error e^-40 is below rounding
+            return F.softplus(z, beta=sharpness, threshold=40.0)
+
+        if lo is not None:
+            v = lo + sp(v - lo) if hi is None else lo + sp(v - lo) - sp(v - hi)
+        else:
+            v = hi - sp(hi - v)
     return v.clamp(min=lo, max=hi)
 
 

@@ -1,11 +1,12 @@
 """What a primitive is (DESIGN §1): one `Primitive` entry holds all of it.
 
 The families live one module each beside their kernels (`sources`, `truncations`,
-`penalties`, `measures`, `logic`, `decoders`); `engine_dsl.registry` gathers them. Nothing
-outside an entry and the kernels it points to branches on a primitive's name: the checker,
-the compiler, the decoder, the simplifier, the exporters, the DEAP bridge, the docs and the
-test strategies read the fields below. No torch is imported here (kernels load it on first
-use, `_torch.py`), so reading and checking programs stays fast.
+`penalties`, `mixing`, `measures`, `arithmetic`, `logic`, `decoders`); `engine_dsl.registry`
+gathers them. Nothing outside an entry and the kernels it points to branches on a
+primitive's name: the checker, the compiler, the decoder, the simplifier, the exporters, the
+DEAP bridge, the docs and the test strategies read the fields below. No torch is imported
+here (kernels load it on first use, `_torch.py`), so reading and checking programs stays
+fast.
 
 Kernels. `exact(ctx, *args)` and `relaxed(ctx, *args)` take one positional argument per slot
 (run-time values: see `engine_dsl.semantics`); `relaxed` defaults to `exact`. A kernel reads
@@ -108,7 +109,7 @@ class Export:
 class Primitive:
     """A whole primitive: signature, kernels, inputs, simplifier facts, exports.
 
-    family: source | transform | measure | logic | decoder (docs, grouping).
+    family: source | transform | measure | arithmetic | logic | decoder (docs, grouping).
     reads: inputs from `INPUTS` the kernels take from the context.
     bounds: a Real result's closed range (the simplifier decides comparisons outside it).
     neutral: the value of the last (Real or Count) slot at which the form returns its first

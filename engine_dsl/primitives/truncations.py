@@ -7,11 +7,15 @@ EtaLogitsWarper, min_tokens_to_keep = 1): the same operations in the same order,
 agree even on exact ties. `top-n-sigma` and `dynamic-temperature` port llama.cpp
 (src/llama-sampling.cpp, `llama_sampler_top_n_sigma_apply`, `llama_sampler_temp_ext_apply`),
 where the candidates are the finite scores of a row; they compute in the row's dtype with
-torch's summation order, so a score within float rounding of a cut may fall the other way. Relaxed kernels never
-make a new -inf: each computes a per-token margin m (how far inside the kept set the token
-is, in the primitive's own unit: logits for top-k, probability for top-p and typical,
-log-probability for min-p) and adds log sigmoid(sharpness * m) to the scores, floored (see
-`_torch.apply_soft_mask`). The top token of top-p/min-p/typical always keeps mask 1.
+torch's summation order, so a score within float rounding of a cut may fall the other way.
+
+Relaxed kernels never make a new -inf: each computes a per-token margin m (how far inside
+the kept set the token is, in the primitive's own unit: logits for top-k and top-n-sigma,
+probability for top-p and typical, log-probability for min-p, epsilon and eta) and adds
+log sigmoid(sharpness * m) to the scores, floored (see `_torch.apply_soft_mask`). The top
+token of top-p/min-p/typical/epsilon/eta/top-n-sigma always keeps mask 1. The relaxed
+dynamic temperature is the exact one with the temperature floored at 1e-6 (no top-only
+branch).
 """
 
 from __future__ import annotations

@@ -159,12 +159,19 @@ def test_all_node_replacements_swap_same_signature_primitives():
     slot's domain holds it (0.8 as a temperature), and the replacement is skipped where it
     does not (0.8 is no repetition penalty)."""
     e = engine_dsl.read_expr("(greedy (top-p logits 0.8))", Type.DECODER)
-    assert _texts(all_node_replacements(individual(e))) == {
-        "(sample (top-p logits 0.8))", "(greedy (min-p logits 0.8))",
-        "(greedy (typical logits 0.8))", "(greedy (temperature logits 0.8))"}
+    siblings = [p for p in engine_dsl.PRIMITIVES.values() if p.name != "top-p"
+                and p.returns is Type.LOGITS and p.arg_types == (Type.LOGITS, Type.REAL)]
+    recast = {f"(greedy ({p.name} logits 0.8))" for p in siblings
+              if p.args[1].domain.contains(0.8)}
+    same = {f"(greedy ({p.name} logits 0.8))" for p in siblings
+            if p.args[1].domain == engine_dsl.PRIMITIVES["top-p"].args[1].domain}
+    assert {"(greedy (min-p logits 0.8))", "(greedy (typical logits 0.8))"} <= same
+    assert "(greedy (temperature logits 0.8))" in recast - same
+    assert "(greedy (repetition-penalty logits 0.8))" not in recast
+    assert _texts(all_node_replacements(individual(e))) == {"(sample (top-p logits 0.8))",
+                                                            *recast}
     assert _texts(all_node_replacements(individual(e), recast_literals=False)) == {
-        "(sample (top-p logits 0.8))", "(greedy (min-p logits 0.8))",
-        "(greedy (typical logits 0.8))"}
+        "(sample (top-p logits 0.8))", *same}
     e = engine_dsl.read_expr("(sample (if (< (entropy logits) 1.5) logits (layer 1)))",
                              Type.DECODER)
     out = _texts(all_node_replacements(individual(e)))
