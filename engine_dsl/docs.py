@@ -16,10 +16,20 @@ FAMILY_TITLES = {
     "source": "Sources (where logits come from)",
     "transform": "Transforms (Logits -> Logits)",
     "measure": "Measures (Logits -> Real)",
-    "arithmetic": "Arithmetic (Real Real -> Real; a Real expression in a slot with a domain "
-    "is clamped into it, smoothly in relaxed mode: see engine_dsl/primitives/arithmetic.py)",
+    "arithmetic": "Arithmetic (Real Real -> Real)",
     "logic": "Logic (-> Bool)",
     "decoder": "Decoders (the top level of every definition)",
+}
+
+# a paragraph under a family's heading
+FAMILY_NOTES = {
+    "arithmetic": "Results are float64, saturated at +-1.7976931348623157e308 (never inf or "
+    "NaN). A Real expression in a slot with a domain (a temperature > 0, a probability in "
+    "(0, 1), a penalty >= 1) is mapped into it by one rule: clamped into the domain, open ends "
+    "pulled in by 1e-6; in relaxed mode (tuning) it first goes through the smooth clamp "
+    "lo + softplus(s (v - lo)) / s - softplus(s (v - hi)) / s (s: the tuning sharpness), which "
+    "tends to the clamp as s grows and passes gradients from outside the domain. See "
+    "`engine_dsl/primitives/arithmetic.py`.",
 }
 
 TYPE_MEANINGS = {
@@ -59,8 +69,9 @@ def language_markdown() -> str:
     out += ["", "## Special forms", ""]
     out += [f"- `{name}`: {text}" for name, text in SPECIAL_FORMS.items()]
     for family in FAMILIES:
-        out += ["", f"## {FAMILY_TITLES[family]}", "", "| form | type | meaning | constants |",
-                "|---|---|---|---|"]
+        out += ["", f"## {FAMILY_TITLES[family]}", ""]
+        out += [FAMILY_NOTES[family], ""] if family in FAMILY_NOTES else []
+        out += ["| form | type | meaning | constants |", "|---|---|---|---|"]
         for p in PRIMITIVES.values():
             if p.family != family:
                 continue

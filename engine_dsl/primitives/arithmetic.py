@@ -116,7 +116,7 @@ ENTRIES = [
           rule=_drop_neutral(0.0, left=False)),
     entry("*", _args(), R, "arithmetic", "a x b", exact=_op(operator.mul),
           rule=_drop_neutral(1.0, left=True)),
-    entry("/", _args(), R, "arithmetic", "a / b where |b| > 1e-12, else a (protected)",
+    entry("/", _args(), R, "arithmetic", "a / b where abs(b) > 1e-12, else a (protected division)",
           exact=_op(_divide_floats, _divide_tensors), rule=_drop_neutral(1.0, left=False)),
     entry("min", _args(), R, "arithmetic", "the smaller of a and b (relaxed: smooth min)",
           exact=_op(min, lambda a, b: torch.minimum(a, b)), relaxed=_smooth(-1.0), rule=_same),

@@ -199,8 +199,14 @@ def typical_relaxed(ctx, x, p):
 
 
 def _keep_top(x, remove):
-    """`remove` without each row's top score (min_tokens_to_keep = 1, as the warpers)."""
-    return remove & (x < x.amax(dim=-1, keepdim=True))
+    """`remove` (probability below a cutoff) without each row's top scores, as the warpers
+    (min_tokens_to_keep = 1: remove & (x < top score)). Equal scores have equal
+    probabilities, so a top score is removed only in a row where everything is: only those
+    rows need the comparison."""
+    everything = remove.all(dim=-1)
+    if bool(everything.any()):
+        remove[everything] = x[everything] < x[everything].amax(dim=-1, keepdim=True)
+    return remove
 
 
 def _top_mask(x, z):
@@ -251,6 +257,9 @@ def eta_relaxed(ctx, x, e):
 
 def _n_sigma_cut(x, n):
     """max - n x std of the finite scores of each row (population std), (B, 1)."""
+    if not x.requires_grad and bool(torch.isfinite(x).all()):  # one pass for std and mean
+        std = torch.std_mean(x, dim=-1, correction=0, keepdim=True)[0]
+        return x.amax(-1, keepdim=True) - torch.where(std > 0, col(n, x) * std, 0.0)
     fin = torch.isfinite(x)
     cnt = fin.sum(-1, keepdim=True).clamp(min=1).to(x.dtype)
     vals = torch.where(fin, x, torch.zeros_like(x))
@@ -286,8 +295,15 @@ def _dynamic_temperature(x, t, delta, exponent, relaxed: bool):
     """(B, 1) llama.cpp's temperature, float64: min_t + (max_t - min_t) x (H / log n)^exponent,
     min_t = max(0, t - delta), max_t = t + delta, H the entropy of the softmax over the n
     finite scores; and (B, 1) where it applies (two candidates or more, or range 0)."""
-    n = torch.isfinite(x).sum(-1, keepdim=True)
-    ent = _safe_entropy(torch.log_softmax(x, dim=-1)).to(torch.float64)
+    fin = torch.isfinite(x)
+    n = fin.sum(-1, keepdim=True)
+    if relaxed or not bool(fin.all()):
+        ent = _safe_entropy(torch.log_softmax(x, dim=-1)).to(torch.float64)
+    else:  # H = log s - sum(e d) / s, d = x - max, e = exp(d), s = sum(e): no -inf to guard
+        d = x - x.amax(-1, keepdim=True)
+        e = torch.exp(d)
+        s = e.sum(-1, keepdim=True)
+        ent = (torch.log(s) - (e * d).sum(-1, keepdim=True) / s).to(torch.float64)
     h = (ent / torch.log(n.clamp(min=2).to(torch.float64))).clamp(0.0, 1.0)  # H <= log n
     if relaxed:
         h = h.clamp(min=DOMAIN_EPS)  # finite gradient of h ** exponent
