@@ -58,6 +58,12 @@ def excluded(x):
     return x == NEG_INF
 
 
+def all_finite(x) -> bool:
+    """No inf or NaN in x (conservative: a sum overflowing to inf says False); one cheap
+    reduction, several times faster than isfinite(x).all() on the CPU."""
+    return bool(torch.isfinite(x.sum()))
+
+
 def finite_range(x):
     """(B, 1) max - min over the finite scores of each row (0 for a single finite score)."""
     fin = torch.isfinite(x)

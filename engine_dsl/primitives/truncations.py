@@ -27,6 +27,7 @@ from . import Arg, Export, Fused, entry
 from ._torch import (
     BIG,
     NEG_INF,
+    all_finite,
     apply_soft_mask,
     ascending,
     col,
@@ -198,14 +199,20 @@ def typical_relaxed(ctx, x, p):
 # ----------------------------------------------------------------------------- epsilon, eta
 
 
-def _keep_top(x, remove):
-    """`remove` (probability below a cutoff) without each row's top scores, as the warpers
-    (min_tokens_to_keep = 1: remove & (x < top score)). Equal scores have equal
-    probabilities, so a top score is removed only in a row where everything is: only those
-    rows need the comparison."""
-    everything = remove.all(dim=-1)
+def _drop(x, remove):
+    return torch.where(remove, NEG_INF, x)  # masked_fill's values, faster on the CPU
+
+
+def _below_keep_top(x, probs, cutoff):
+    """Where probs < cutoff, without each row's top scores, as the warpers
+    (min_tokens_to_keep = 1: (probs < cutoff) & (x < top score)). Equal scores have equal
+    probabilities, so a top score falls below the cutoff only in a row where every score
+    does: only those rows need the comparison with the top score."""
+    remove = probs < cutoff
+    everything = probs.amax(dim=-1, keepdim=True) < cutoff
     if bool(everything.any()):
-        remove[everything] = x[everything] < x[everything].amax(dim=-1, keepdim=True)
+        rows = everything.squeeze(-1)
+        remove[rows] = x[rows] < x[rows].amax(dim=-1, keepdim=True)
     return remove
 
 
@@ -215,8 +222,7 @@ def _top_mask(x, z):
 
 
 def epsilon_exact(ctx, x, e):
-    probs = x.softmax(dim=-1)
-    return x.masked_fill(_keep_top(x, probs < col(e, x)), NEG_INF)
+    return _drop(x, _below_keep_top(x, x.softmax(dim=-1), col(e, x)))
 
 
 def epsilon_relaxed(ctx, x, e):
@@ -235,7 +241,7 @@ def eta_exact(ctx, x, e):
     ent = -(logp.clamp(min=torch.finfo(logp.dtype).min) * logp.softmax(dim=-1)).sum(-1)
     eps = _eta_epsilon(e)
     eta = torch.min(eps, torch.sqrt(eps) * torch.exp(-ent))[..., None]
-    return x.masked_fill(_keep_top(x, probs < eta), NEG_INF)
+    return _drop(x, _below_keep_top(x, probs, eta))
 
 
 def _safe_entropy(logp):
@@ -257,8 +263,9 @@ def eta_relaxed(ctx, x, e):
 
 def _n_sigma_cut(x, n):
     """max - n x std of the finite scores of each row (population std), (B, 1)."""
-    if not x.requires_grad and bool(torch.isfinite(x).all()):  # one pass for std and mean
-        std = torch.std_mean(x, dim=-1, correction=0, keepdim=True)[0]
+    if not x.requires_grad and all_finite(x):  # no -inf to skip
+        d = x - x.sum(-1, keepdim=True) / x.size(-1)
+        std = torch.linalg.vector_norm(d, dim=-1, keepdim=True) / x.size(-1) ** 0.5
         return x.amax(-1, keepdim=True) - torch.where(std > 0, col(n, x) * std, 0.0)
     fin = torch.isfinite(x)
     cnt = fin.sum(-1, keepdim=True).clamp(min=1).to(x.dtype)
@@ -273,7 +280,7 @@ def _n_sigma_cut(x, n):
 
 
 def top_n_sigma_exact(ctx, x, n):
-    return x.masked_fill(x < _n_sigma_cut(x, n), NEG_INF)
+    return _drop(x, x < _n_sigma_cut(x, n))
 
 
 def top_n_sigma_relaxed(ctx, x, n):
@@ -295,15 +302,15 @@ def _dynamic_temperature(x, t, delta, exponent, relaxed: bool):
     """(B, 1) llama.cpp's temperature, float64: min_t + (max_t - min_t) x (H / log n)^exponent,
     min_t = max(0, t - delta), max_t = t + delta, H the entropy of the softmax over the n
     finite scores; and (B, 1) where it applies (two candidates or more, or range 0)."""
-    fin = torch.isfinite(x)
-    n = fin.sum(-1, keepdim=True)
-    if relaxed or not bool(fin.all()):
+    if relaxed or not all_finite(x):
+        n = torch.isfinite(x).sum(-1, keepdim=True)
         ent = _safe_entropy(torch.log_softmax(x, dim=-1)).to(torch.float64)
     else:  # H = log s - sum(e d) / s, d = x - max, e = exp(d), s = sum(e): no -inf to guard
         d = x - x.amax(-1, keepdim=True)
         e = torch.exp(d)
         s = e.sum(-1, keepdim=True)
         ent = (torch.log(s) - (e * d).sum(-1, keepdim=True) / s).to(torch.float64)
+        n = torch.full_like(s, x.size(-1), dtype=torch.long)
     h = (ent / torch.log(n.clamp(min=2).to(torch.float64))).clamp(0.0, 1.0)  # H <= log n
     if relaxed:
         h = h.clamp(min=DOMAIN_EPS)  # finite gradient of h ** exponent
@@ -322,9 +329,12 @@ def _divide(x, temp):
 def dynamic_temperature_exact(ctx, x, t, delta, exponent):
     temp, many = _dynamic_temperature(x, t, delta, exponent, relaxed=False)
     # temp 0 (llama.cpp's temp_impl at temp <= 0): only the first top score survives
-    top = torch.zeros_like(x, dtype=torch.bool).scatter(1, x.argmax(-1, keepdim=True), True)
-    out = torch.where(temp > 0, _divide(x, temp), x.masked_fill(~top, NEG_INF))
-    return torch.where(many, out, x)
+    out = _divide(x, temp)
+    zero = (temp <= 0) & many
+    if bool(zero.any()):
+        top = torch.zeros_like(x, dtype=torch.bool).scatter(1, x.argmax(-1, keepdim=True), True)
+        out = torch.where(zero, _drop(x, ~top), out)
+    return torch.where(many, out, x) if not bool(many.all()) else out
 
 
 def dynamic_temperature_relaxed(ctx, x, t, delta, exponent):
