@@ -159,7 +159,7 @@ def test_random_programs_grow_and_mutate_arithmetic_in_every_real_slot():
     """The DEAP bridge: an arithmetic node returns the plain Real, which fits every Real slot
     (a temperature, a probability, a comparison)."""
     from evolution.bridge import SearchSpace, individual, to_expr
-    from evolution.generation import ConstantSampler, random_individual
+    from evolution.random_trees import ConstantSampler, random_individual
     from evolution.variation import mut_node_replacement
 
     rng = random.Random(0)
