@@ -39,6 +39,7 @@ from ._torch import (
     tie_at_cut,
     torch,
 )
+from .measures import entropy_kernel
 
 L, R, C = Type.LOGITS, Type.REAL, Type.COUNT
 CUT_SLACK = 1e-6  # fused chain: a cumulative sum this close to a cut is re-done unfused
@@ -244,17 +245,10 @@ def eta_exact(ctx, x, e):
     return _drop(x, _below_keep_top(x, probs, eta))
 
 
-def _safe_entropy(logp):
-    """Entropy of log-probabilities logp whose -inf entries give no NaN gradient."""
-    fin = torch.isfinite(logp)
-    safe = torch.where(fin, logp, torch.zeros_like(logp))
-    return -(torch.exp(safe) * safe * fin).sum(-1, keepdim=True)
-
-
 def eta_relaxed(ctx, x, e):
     logp = torch.log_softmax(x, dim=-1)
     log_e = torch.log(colt(e, x))
-    log_eta = torch.minimum(log_e, 0.5 * log_e - _safe_entropy(logp))
+    log_eta = torch.minimum(log_e, 0.5 * log_e - entropy_kernel(ctx, x)[:, None])
     return apply_soft_mask(x, _top_mask(x, ctx.sharpness * (logp - log_eta)))
 
 
@@ -302,15 +296,9 @@ def _dynamic_temperature(x, t, delta, exponent, relaxed: bool):
     """(B, 1) llama.cpp's temperature, float64: min_t + (max_t - min_t) x (H / log n)^exponent,
     min_t = max(0, t - delta), max_t = t + delta, H the entropy of the softmax over the n
     finite scores; and (B, 1) where it applies (two candidates or more, or range 0)."""
-    if relaxed or not all_finite(x):
-        n = torch.isfinite(x).sum(-1, keepdim=True)
-        ent = _safe_entropy(torch.log_softmax(x, dim=-1)).to(torch.float64)
-    else:  # H = log s - sum(e d) / s, d = x - max, e = exp(d), s = sum(e): no -inf to guard
-        d = x - x.amax(-1, keepdim=True)
-        e = torch.exp(d)
-        s = e.sum(-1, keepdim=True)
-        ent = (torch.log(s) - (e * d).sum(-1, keepdim=True) / s).to(torch.float64)
-        n = torch.full_like(s, x.size(-1), dtype=torch.long)
+    ent = entropy_kernel(None, x)[:, None].to(torch.float64)
+    n = torch.isfinite(x).sum(-1, keepdim=True) if not all_finite(x) \
+        else torch.full_like(ent, x.size(-1), dtype=torch.long)
     h = (ent / torch.log(n.clamp(min=2).to(torch.float64))).clamp(0.0, 1.0)  # H <= log n
     if relaxed:
         h = h.clamp(min=DOMAIN_EPS)  # finite gradient of h ** exponent
