@@ -171,13 +171,16 @@ def _in_engine_order(chain: list[Apply], engine: str, text: str | None) -> list[
 
 
 def _each_once(chain: list[Apply], engine: str, text: str | None) -> None:
-    seen = set()
+    seen: dict = {}
     for node in chain:
-        if node.op in seen:
-            raise DslError.at(node.span, f"'{node.op}' applied twice: "
+        key = PRIMITIVES[node.op].export[engine].sampler or node.op
+        if key in seen:
+            first = seen[key]
+            also = "" if first == node.op else f" (as '{first}' is: both are its {key})"
+            raise DslError.at(node.span, f"'{node.op}' applied twice{also}: "
                                          f"{ENGINES[engine].title.split(' (')[0]} has one "
                                          f"of each sampler", text)
-        seen.add(node.op)
+        seen[key] = node.op
 
 
 def _commute(a: str, b: str) -> bool:

@@ -378,15 +378,21 @@ ENTRIES = [
     entry("epsilon", [Arg("L", L), Arg("e", R, PROBABILITY, test_range=(0.001, 0.3))], L,
           "transform", "epsilon sampling: keep tokens whose probability is at least e "
           "(transformers EpsilonLogitsWarper)", exact=epsilon_exact, relaxed=epsilon_relaxed,
-          keeps_argmax=True, shift="equivariant"),
+          keeps_argmax=True, shift="equivariant",
+          export={"hf": Export(("epsilon_cutoff",), 6, (0.0,), in_greedy=False)}),
     entry("eta", [Arg("L", L), Arg("e", R, PROBABILITY, test_range=(0.001, 0.3))], L,
           "transform", "eta sampling: keep tokens whose probability is at least "
           "min(e, sqrt(e) exp(-entropy)) (transformers EtaLogitsWarper)", exact=eta_exact,
-          relaxed=eta_relaxed, keeps_argmax=True, shift="equivariant"),
+          relaxed=eta_relaxed, keeps_argmax=True, shift="equivariant",
+          export={"hf": Export(("eta_cutoff",), 7, (0.0,), in_greedy=False)}),
     entry("top-n-sigma", [Arg("L", L), Arg("n", R, POSITIVE, test_range=(0.05, 5.0))], L,
           "transform", "keep scores >= max - n x std of the row's finite scores (llama.cpp "
           "src/llama-sampling.cpp llama_sampler_top_n_sigma_apply)", exact=top_n_sigma_exact,
-          relaxed=top_n_sigma_relaxed, keeps_argmax=True, shift="equivariant"),
+          relaxed=top_n_sigma_relaxed, keeps_argmax=True, shift="equivariant",
+          export={"llama.cpp": Export(("--top-nsigma",), neutral=(-1.0,),
+                                      sampler="top_n_sigma"),
+                  "llama-server": Export(("top_n_sigma",), neutral=(-1.0,),
+                                         sampler="top_n_sigma")}),
     entry("dynamic-temperature",
           [Arg("L", L), Arg("t", R, POSITIVE, test_range=(0.05, 20.0)),
            Arg("range", R, NONNEGATIVE, test_range=(0.0, 5.0)),
@@ -395,5 +401,11 @@ ENTRIES = [
           "H the entropy over the n finite scores (n = 1: unchanged; T = 0: the top score) "
           "(llama.cpp src/llama-sampling.cpp llama_sampler_temp_ext_apply)",
           exact=dynamic_temperature_exact, relaxed=dynamic_temperature_relaxed,
-          keeps_argmax=True, shift="equivariant"),
+          keeps_argmax=True, shift="equivariant",
+          # llama.cpp's temperature sampler is this one (temp_ext); range 0 = plain
+          export={"llama.cpp": Export(("--temp", "--dynatemp-range", "--dynatemp-exp"),
+                                      neutral=(1.0, 0.0, 1.0), sampler="temperature"),
+                  "llama-server": Export(("temperature", "dynatemp_range",
+                                          "dynatemp_exponent"), neutral=(1.0, 0.0, 1.0),
+                                         sampler="temperature")}),
 ]
