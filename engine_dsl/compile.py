@@ -151,6 +151,10 @@ class _Call(_Node):
                                                                         strict=True)]
         env.ctx.node, env.ctx.slots = self.node, self.slots
         out = self.prim.kernel(env.mode)(env.ctx, *args)
+        store = env.ctx.sources.state
+        if self.prim.update is not None and env.mode == "exact" and store is not None \
+                and env.record is None:  # (evaluate_nodes only looks)
+            store.defer(self.slots.get("state", 0), self.prim.update, out, args)
         if env.record is not None:
             env.record[self.node] = out
         return out
@@ -255,6 +259,9 @@ class LogitsProgram(nn.Module):
                 return _Chain(calls, source)
         slots = {}
         for what in sorted(prim.reads & PER_NODE_INPUTS):
+            if what == "uniform":  # the primitive's own stream: simplifying elsewhere in
+                slots[what] = sem.stream_of(prim.name)  # the program keeps its draws
+                continue
             slots[what] = self._n_reading.get(what, 0)
             self._n_reading[what] = slots[what] + 1
         children = [self._build(a, s.domain) for a, s in zip(e.args, prim.args, strict=True)]

@@ -128,8 +128,8 @@ def _mix64(z: torch.Tensor) -> torch.Tensor:
 def uniforms(seed: int, prompt: torch.Tensor, sample: torch.Tensor, step: int,
              stream: int = 0) -> torch.Tensor:
     """u in [0, 1) (float64, one per row) depending only on (seed, prompt, sample, step,
-    stream). Stream 0 is the chooser's draw; stream 1 + k the k-th program node's that reads
-    random numbers (`Sources.uniform`)."""
+    stream). Stream 0 is the chooser's draw; a program node's stream is 1 + a hash of its
+    primitive's name (`Sources.uniform`)."""
     seed = int(seed) & ((1 << 64) - 1)
     seed = seed - (1 << 64) if seed >= 1 << 63 else seed
     z = torch.full_like(prompt, seed, dtype=torch.int64)
@@ -413,7 +413,7 @@ def _random(seed: int, lay: _Layout, rows: torch.Tensor, t: int, device):
 
 
 def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_hist,
-                device, observe=None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+                device, observe=None, breakers=None) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One decoding step: every program's exact module transforms its own live rows'
     logits (from the sources it reads), then each chooser picks the tokens of all its rows
     at once. Returns (chosen token per main row in the batch, live mask of the batch, all
@@ -437,6 +437,7 @@ def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_his
     Y = torch.empty_like(main_logits) if all_live else torch.zeros_like(main_logits)
     separate = []  # (position index or slice, chosen) of programs that choose on their own
     seen = []  # for observe: (q, rows, sel, sources, scores)
+    stateful = []  # (RowState, sel) of programs carrying per-row state
     for q, b in enumerate(lay.blocks):
         a, e = at[b.start], at[b.start + b.n]
         if a == e:
@@ -459,7 +460,8 @@ def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_his
             streams = [logits.index_select(0, i_dev + at[s0]) for s0 in b.stream_starts]
         reads = b.reads
         if b.state is not None:
-            b.state.rows = rows - b.start
+            b.state.begin(rows - b.start)
+            stateful.append((b.state, sel))
         src = sem.Sources(
             logits=_take(logits, sel),
             history=torch.cat([prompt_hist[lay.prompt_t[rows]], st.gen[rows, :t]], dim=1)
@@ -469,7 +471,7 @@ def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_his
             lens=model.lens, n_layer=model.n_layer, n_head=model.n_head,
             gated_forward=streams or None,
             uniform=_random(seed, lay, rows, t, device) if "uniform" in reads else None,
-            state=b.state)
+            state=b.state, breakers=breakers if "breakers" in reads else None)
         y = b.plan.module(sources=src, mode="exact")
         if observe is not None:
             seen.append((q, rows, sel, src, y))
@@ -496,6 +498,8 @@ def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_his
         chosen[where_ if isinstance(where_, slice) else where_.to(device)] = c
     for q, rows, sel, src, y in seen:
         observe(t, q, rows, src, y, chosen[sel])
+    for state, sel in stateful:  # stateful nodes see the tokens chosen
+        state.commit(chosen[sel])
     return chosen, live_t, all_live
 
 
@@ -603,13 +607,14 @@ def _aggregate(lay: _Layout, st: _Rows, N: int, prompt_len: list[int]) -> list[l
 @torch.no_grad()
 def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 32,
            stop_token: int | None = None, seed: int = 0, pad_token: int = 0,
-           share: bool = True, observe=None):
+           share: bool = True, observe=None, breakers=None):
     """Decode every program on every prompt in one batch per step (see the module doc).
 
     Returns answers[p][i] (a `Decoding`) for a list of programs, answers[i] for one program.
     `share=False` disables prefix sharing, compaction and the merging of identical programs
     (a plainer reference path). `observe`: see `decode_step` (q indexes the distinct
-    programs, in the order given when no two are identical).
+    programs, in the order given when no two are identical). `breakers`: DRY's sequence
+    breakers for the model's tokenizer (`primitives.penalties.Breakers`; None: none).
     """
     progs, single = _as_list(programs)
     plans = [p if isinstance(p, DecoderPlan) else plan(p) for p in progs]
@@ -638,7 +643,7 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     for t in range(max_new_tokens):
         chosen, live_t, all_live = decode_step(t, st, lay, model, seed=seed,
                                                prompt_hist=prompt_hist, device=device,
-                                               observe=observe)
+                                               observe=observe, breakers=breakers)
         if not _advance(t, chosen, live_t, all_live, st, lay, model, select=select,
                         gate_rows=gate_rows, stop_token=stop_token,
                         max_new_tokens=max_new_tokens, device=device,

@@ -18,6 +18,7 @@ from .primitives import (  # noqa: F401  (re-exported)
     Export,
     Fused,
     Primitive,
+    adaptive,
     arithmetic,
     decoders,
     entry,
@@ -30,7 +31,7 @@ from .primitives import (  # noqa: F401  (re-exported)
 )
 from .types import Type
 
-FAMILY_MODULES = (sources, truncations, penalties, mixing, measures, arithmetic, logic,
+FAMILY_MODULES = (sources, truncations, penalties, adaptive, mixing, measures, arithmetic, logic,
                   decoders)
 
 PRIMITIVES: dict[str, Primitive] = {p.name: p for m in FAMILY_MODULES for p in m.ENTRIES}

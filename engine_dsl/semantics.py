@@ -30,6 +30,7 @@ kernels, so the kept set is always theirs.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,12 +55,30 @@ __all__ = ["BIG", "DEFAULT_SHARPNESS", "DOMAIN_EPS", "NEG_INF", "Context", "RowS
 class RowState:
     """Per-row values a primitive carries from one decoding step to the next (e.g. mirostat's
     mu), one (n,) tensor per stateful node, over a fixed set of n rows. `rows` selects the
-    rows of the current call (None: all n)."""
+    rows of the current call (None: all n). A stateful node's exact run this step is
+    `defer`red (its entry's `update`, its output and arguments) until the chooser has picked
+    the tokens: `commit(chosen)` then writes each node's next state."""
 
     def __init__(self, n: int):
         self.n = n
         self.values: dict[int, torch.Tensor] = {}
         self.rows: torch.Tensor | None = None
+        self.pending: list[tuple] = []
+
+    def begin(self, rows: torch.Tensor | None) -> None:
+        """A new step over `rows` (earlier deferred updates are dropped)."""
+        self.rows = rows
+        self.pending.clear()
+
+    def defer(self, key: int, update: Callable, out: torch.Tensor, args: Sequence) -> None:
+        self.pending.append((key, update, out, args))
+
+    def commit(self, chosen: torch.Tensor) -> None:
+        """Apply this step's deferred updates, given the chosen token of each current row."""
+        for key, update, out, args in self.pending:
+            now = self.values[key] if self.rows is None else self.values[key][self.rows]
+            self.set(key, update(now.to(out.device), out, chosen.to(out.device), *args))
+        self.pending.clear()
 
     def get(self, key: int, init: Callable[[], torch.Tensor]) -> torch.Tensor:
         if key not in self.values:
@@ -94,8 +113,13 @@ class Sources:
       logits of the gated forward pass (differentiable for tuning), or a sequence of
       precomputed (B, V) logits, one per gated node in prefix order.
     uniform: a callable stream -> (B,) float64 uniforms in [0, 1) from the common random
-      numbers (stream 0 is the chooser's, 1 + k the k-th program node's that reads them).
+      numbers (stream 0 is the chooser's; a node's is 1 + `stream_of` its primitive's name,
+      the same in every program, so programs compared on the same rows draw alike and
+      simplifying a program elsewhere leaves a node's draws as they were; two nodes of one
+      primitive in a program share their draws).
     state: a `RowState` carried across decoding steps (absent: every call starts afresh).
+    breakers: DRY's sequence breakers as token ids (`primitives.penalties.Breakers`, built
+      from the task's strings for its tokenizer; absent: none).
     n_layer, n_head: the model's shape (n_layer defaults to len(residuals)).
     """
 
@@ -108,6 +132,7 @@ class Sources:
     gated_forward: Callable[[torch.Tensor], torch.Tensor] | Sequence[torch.Tensor] | None = None
     uniform: Callable[[int], torch.Tensor] | None = None
     state: RowState | None = None
+    breakers: Any = None
     n_layer: int | None = None
     n_head: int | None = None
 
@@ -166,6 +191,11 @@ class Context:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def stream_of(name: str) -> int:
+    """A primitive's random stream number (see `Sources.uniform`): a hash of its name."""
+    return zlib.crc32(name.encode("utf-8")) % (1 << 30)
 
 
 def clamp_to_domain(v, domain: Domain | None, sharpness: float | None = None):

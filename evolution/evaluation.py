@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -121,6 +122,7 @@ class CachedRows:
     n_head: int
     generated: torch.Tensor | None = None  # (R, T) the answer up to the position, -1 = pad
     row_ids: torch.Tensor | None = None  # (R,) which row of the full set (its random numbers)
+    breakers: Any = None  # DRY's sequence breakers as token ids (`Breakers`; None: none)
 
     def sources(self) -> dict:
         """Keyword sources for a compiled program (`LogitsProgram.__call__`). Random numbers:
@@ -131,7 +133,7 @@ class CachedRows:
         zeros = torch.zeros_like(rows)
         return dict(logits=self.logits, residuals=list(self.residuals), history=self.history,
                     generated=self.generated, lens=self.lens, gated_forward=self.gated,
-                    n_layer=self.n_layer, n_head=self.n_head,
+                    n_layer=self.n_layer, n_head=self.n_head, breakers=self.breakers,
                     uniform=lambda stream: uniforms(0, rows, zeros, 0, stream))
 
     def subset(self, index: torch.Tensor) -> CachedRows:
@@ -142,20 +144,21 @@ class CachedRows:
                           self.history[index], self.targets[index], gated, self.lens,
                           self.n_layer, self.n_head,
                           None if self.generated is None else self.generated[index],
-                          rows[index])
+                          rows[index], self.breakers)
 
     def __len__(self) -> int:
         return self.targets.numel()
 
 
 def cache_rows(model, ids: torch.Tensor, score_mask: torch.Tensor,
-               attention_mask: torch.Tensor | None = None, grad: bool = False) -> CachedRows:
+               attention_mask: torch.Tensor | None = None, grad: bool = False,
+               breakers=None) -> CachedRows:
     """Run `model` once over right-padded sequences `ids` (S, T) and keep one row per
     position t where `score_mask[:, t + 1]` marks token t + 1 as scored (predicted at t).
 
     grad=False (tuning, scoring): no graph, and the lens and gated passes give no gradient to
     the model. grad=True (the model's training loss through a program): everything stays
-    differentiable in the model's parameters."""
+    differentiable in the model's parameters. breakers: DRY's sequence breakers (`Breakers`)."""
     inputs = ids[:, :-1]  # the last token is only ever a target
     mask = None if attention_mask is None else attention_mask[:, :-1]
     with torch.set_grad_enabled(grad):
@@ -170,7 +173,8 @@ def cache_rows(model, ids: torch.Tensor, score_mask: torch.Tensor,
         lens = FrozenLens(model)
     gated = GatedForward(model, inputs, si, ti, mask, grad)
     return CachedRows(out.logits[si, ti], tuple(r[si, ti] for r in out.residuals), hist,
-                      ids[si, ti + 1], gated, lens, model.n_layer, model.n_head, answer)
+                      ids[si, ti + 1], gated, lens, model.n_layer, model.n_head, answer,
+                      breakers=breakers)
 
 
 

@@ -30,6 +30,7 @@ import torch
 import engine_dsl
 from engine_dsl import PRIMITIVES, Apply, Definition, DslError, Expr, Type, WeightsConst
 from engine_dsl.files import read_file
+from engine_dsl.primitives.penalties import Breakers
 from engine_dsl.printer import expr_to_scheme, to_scheme
 from engine_dsl.registry import baseline
 from neural import GPT, ByteTokenizer, Curriculum, DataError, Trainer, get_task
@@ -124,8 +125,8 @@ class ChampionLoss:
     program's relaxed distribution, differentiable in the model (the program's constants
     stay as they are). Layer 1's hook for "the loss passes through the champion"."""
 
-    def __init__(self, decoder: Expr, sharpness: float = 30.0):
-        self.sharpness = sharpness
+    def __init__(self, decoder: Expr, sharpness: float = 30.0, breakers=None):
+        self.sharpness, self.breakers = sharpness, breakers
         self.set(decoder)
 
     def set(self, decoder: Expr) -> None:
@@ -136,7 +137,8 @@ class ChampionLoss:
 
     def __call__(self, model, batch) -> torch.Tensor:
         rows = cache_rows(model, batch.ids, batch.answer_mask,
-                          attention_mask=batch.attention_mask, grad=True)
+                          attention_mask=batch.attention_mask, grad=True,
+                          breakers=self.breakers)
         scores = self.module(mode="relaxed", sharpness=self.sharpness, **rows.sources())
         logp = torch.log_softmax(scores.float(), dim=-1)
         return -logp.gather(1, rows.targets[:, None]).mean()
@@ -151,6 +153,9 @@ class CoEvolution:
         self.dir = rundir
         self.console = console
         self.tokenizer = ByteTokenizer()
+        self.breakers = Breakers.from_strings(config.task.dry_breakers,
+                                              self.tokenizer.vocab_size,
+                                              self.tokenizer.token_bytes, list)
         self.trainer: Trainer | None = None
         self._model: GPT | None = None
         torch.manual_seed(config.run.seed)
@@ -202,7 +207,7 @@ class CoEvolution:
             # everything was read and checked: only now does the run directory appear
             self.dir.create(config_text(cfg), {f.name: f.read_bytes() for f in files})
         self.seeds = seeds
-        self.champion_loss = ChampionLoss(GREEDY)
+        self.champion_loss = ChampionLoss(GREEDY, breakers=self.breakers)
         self.trainer = Trainer(model, self.tokenizer, self.task.train, self._schedule(),
                                extra_loss=self.champion_loss)
         self.rng = random.Random(cfg.run.seed)
@@ -222,7 +227,8 @@ class CoEvolution:
         self.task = self._task(self.difficulty)
         seeds = read_seeds(self._seed_copies(), self.cfg.evolution.limits)
         self.champion_loss = ChampionLoss(engine_dsl.read_expr(state["champion"],
-                                                               engine_dsl.Type.DECODER))
+                                                               engine_dsl.Type.DECODER),
+                                          breakers=self.breakers)
         self.trainer = load_checkpoint(str(ckpt / "trainer"), self.task.train,
                                        extra_loss=self.champion_loss, tokenizer=self.tokenizer)
         model = self.trainer.model
@@ -345,7 +351,8 @@ class CoEvolution:
 
         return DecodeEvaluator(self.model, self._prompts(examples), refs, score_fn=score,
                                seed=seed, max_new_tokens=self.answer_cap(),
-                               stop_token=tok.eos_id, pad_token=tok.pad_id)
+                               stop_token=tok.eos_id, pad_token=tok.pad_id,
+                               breakers=self.breakers)
 
     def answer_cap(self) -> int:
         """Answer length cap: configured, or the task's longest answer plus the stop token."""
@@ -359,7 +366,7 @@ class CoEvolution:
         batch = make_batch(self.tokenizer, examples, self.model.config.block_size)
         mask = batch.answer_mask if self.task.kind == "answer" else batch.attention_mask
         self.model.eval()
-        return cache_rows(self.model, batch.ids, mask)
+        return cache_rows(self.model, batch.ids, mask, breakers=self.breakers)
 
     def evaluation_seed(self, generation: int | None = None) -> int:
         """The decoding draws of generation `generation`'s valid scoring (default: the last

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine_dsl.primitives.penalties import BREAKER_MAX_CHARS, DEFAULT_BREAKERS
 from neural.model import GPTConfig
 from neural.train import TrainConfig
 
@@ -48,6 +49,8 @@ class TaskSection:
     difficulty: int | None = None  # None: the task's default
     size: int | None = None  # examples to generate for built-in tasks; None: the task's default
     curriculum: bool = False  # edge-of-chaos: move difficulty to keep valid success in 55-75%
+    # DRY's sequence breakers, strings (llama.cpp's default: newline, ':', '"', '*')
+    dry_breakers: list[str] = field(default_factory=lambda: list(DEFAULT_BREAKERS))
 
 
 @dataclass
@@ -86,6 +89,10 @@ class RunConfig:
                     "test_prompts", "bootstrap", "workers"):
             if getattr(self.loop, key) < 0:
                 raise ConfigError(f"loop.{key} must be >= 0")
+        for b in self.task.dry_breakers:
+            if not b or len(b.encode("utf-8")) > BREAKER_MAX_CHARS:
+                raise ConfigError(f"task.dry_breakers: each breaker must be 1 to "
+                                  f"{BREAKER_MAX_CHARS} bytes, found {b!r}")
         if self.loop.program_lambda < 0:
             raise ConfigError("loop.program_lambda must be >= 0")
         if self.loop.max_new_tokens >= self.model.block_size:

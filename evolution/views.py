@@ -336,11 +336,12 @@ def trace(program_path: str, run_path: str, prompt: str, top: int = 5,
     run = open_run(run_path)
     d = one_definition(program_path, run, name)
     return trace_decoding(run.model, run.tokenizer, d, prompt, seed=run.cfg.run.seed,
-                          max_new_tokens=max_new_tokens or run.answer_cap(), top=top)
+                          max_new_tokens=max_new_tokens or run.answer_cap(), top=top,
+                          breakers=run.breakers)
 
 
 def trace_decoding(model, tok, d: Definition, prompt: str, *, seed: int, max_new_tokens: int,
-                   top: int = 5) -> str:
+                   top: int = 5, breakers=None) -> str:
     """Step by step: every Logits node's top tokens, every measure's value, the branch each
     `if` takes, and the token chosen (first sample). The steps are `engine_dsl.decode`'s own
     (its observer sees the sources each step gave the program and the token its chooser
@@ -386,7 +387,7 @@ def trace_decoding(model, tok, d: Definition, prompt: str, *, seed: int, max_new
             answer.append(nxt)
 
     decode(model, p, [ids], max_new_tokens=max_new_tokens, stop_token=tok.eos_id, seed=seed,
-           observe=observe)
+           observe=observe, breakers=breakers)
     lines.append(f"answer: {tok.decode(answer)!r}")
     return "\n".join(lines)
 

@@ -22,6 +22,10 @@ class ByteTokenizer:
             ids.append(self.eos_id)
         return ids
 
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes token `i` stands for (none for the special tokens)."""
+        return bytes([i]) if 0 <= i < 256 else b""
+
     def decode(self, ids: Iterable[int], *, stop_at_eos: bool = False) -> str:
         """Text of the byte tokens in `ids`; special tokens are skipped (or, with
         stop_at_eos, EOS ends the text). Invalid UTF-8 becomes U+FFFD."""

@@ -24,7 +24,8 @@ def test_every_primitive_is_known_to_the_checker():
     wrap = {"Logits": "(greedy {})", "Real": "(greedy (if (< {} 0.5) logits logits))",
             "Bool": "(greedy (if {} logits logits))", "Decoder": "{}"}
     for p in PRIMITIVES.values():
-        args = " ".join("1.5" if a.name == "r" else sample[str(a.type)] for a in p.args)
+        args = " ".join("1.5" if a.domain is not None and not a.domain.contains(0.5)
+                        else sample[str(a.type)] for a in p.args)
         form = f"({p.name} {args})" if p.args else p.name
         (d,) = read(f"(define x {wrap[str(p.returns)].format(form)})", "x.scm")
         assert p.name in {n.op for n in walk(d.body) if isinstance(n, Apply)}

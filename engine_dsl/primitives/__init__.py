@@ -38,6 +38,7 @@ INPUTS: dict[str, str] = {
     "gated_forward": "pass gated_forward= (a callable gates -> logits, or precomputed logits)",
     "uniform": "pass uniform= (a callable stream -> (B,) uniforms in [0, 1))",
     "state": "pass state= (a semantics.RowState carried across decoding steps)",
+    "breakers": "pass breakers= (primitives.penalties.Breakers: DRY sequence breakers as ids)",
 }
 
 
@@ -128,6 +129,10 @@ class Primitive:
     export: engine -> `Export` (engines with a fixed processing order).
     fused: how it joins the fused truncation chain, or None.
     distribution: choosers only (see the module doc).
+    update: a transform that carries per-row state (reads "state"):
+      update(state, out, chosen, *args) -> the next state (B,), from this step's state, the
+      node's output `out`, the token the chooser picked per row and the node's arguments;
+      decode calls it after each step's choice (`semantics.RowState.commit`).
     """
 
     name: str
@@ -149,12 +154,15 @@ class Primitive:
     export: Mapping[str, Export] = field(default_factory=dict)
     fused: Fused | None = None
     distribution: Callable | None = None
+    update: Callable | None = None
 
     def __post_init__(self):
         unknown = set(self.reads) - set(INPUTS)
         if unknown:
             raise ValueError(f"{self.name}: unknown inputs {sorted(unknown)}; "
                              f"known: {', '.join(INPUTS)}")
+        if self.update is not None and "state" not in self.reads:
+            raise ValueError(f"{self.name}: an entry with an update reads 'state'")
         if self.relaxed is None:
             object.__setattr__(self, "relaxed", self.exact)
         object.__setattr__(self, "reads", frozenset(self.reads))

@@ -22,9 +22,11 @@ def _sources(seed: int, batch: int = 6):
     g = torch.Generator().manual_seed(seed)
     head = torch.randn(C, SPACE.vocab_size, generator=g) * 0.6
     residuals = [torch.randn(batch, C, generator=g) for _ in range(SPACE.n_layer)]
+    u = torch.rand(batch, 4, generator=g, dtype=torch.float64)
     return dict(
         logits=residuals[-1] @ head,  # (layer n_layer) is the final logits
-        history=torch.randint(0, SPACE.vocab_size, (batch, 7), generator=g),
+        history=(history := torch.randint(0, SPACE.vocab_size, (batch, 7), generator=g)),
+        generated=history[:, 4:], uniform=lambda stream: u[:, stream % 4],
         residuals=residuals, lens=lambda r: r @ head, n_layer=SPACE.n_layer,
         n_head=SPACE.n_head,
         gated_forward=lambda gates: residuals[-1] @ head + gates.sum(),

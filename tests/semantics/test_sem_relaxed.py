@@ -36,6 +36,7 @@ def sources(x: torch.Tensor, seed: int = 0) -> Sources:
         return x + lens(res[0] * gates.sum() / gates.numel())
 
     hist = torch.randint(0, V, (B, 5), generator=g)
+    hist = torch.cat([hist, hist[:, :4]], 1)  # a history that repeats itself (anti-loop forms)
     answer = torch.where(torch.rand(B, 4, generator=g) < 0.2, -1,
                          torch.randint(0, V, (B, 4), generator=g))
     u = torch.rand(B, 8, generator=g, dtype=torch.float64)
