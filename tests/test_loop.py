@@ -73,6 +73,7 @@ def test_nested_defaults_survive_partial_sections():
     ("evolution.mutant_fraction=1.5", "mutant_fraction must be in [0, 1]"),
     ("evolution.mutation_heights=[3, 1]", "mutation_heights must satisfy 0 <= lo <= hi"),
     ("evolution.mutation_weights={uniform = -1, shrink = 1}", "mutation weights must be >= 0"),
+    ("task.dry_breakers=['\\n', '']", "task.dry_breakers: each breaker must be 1 to 40 bytes"),
 ])
 def test_settings_out_of_range_name_section_and_key(setting, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

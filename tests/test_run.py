@@ -91,7 +91,9 @@ def test_trace_chooses_the_tokens_decode_chooses(tiny_run, tmp_path):
     run = open_run(str(out))
     tok = run.tokenizer
     programs = ["(sample (temperature logits 4.0))", "(sample (top-p logits 0.9))",
-                "(greedy (temperature logits 0.5))"]
+                "(greedy (temperature logits 0.5))",
+                "(sample (mirostat (dry (temperature logits 2.0) 2.0 1.5 1) 2.0 0.3))"]
+    assert run.breakers.single == {ord(c) for c in "\n:\"*"}  # llama.cpp's, as bytes
     for src in programs:
         path = tmp_path / "p.scm"
         path.write_text(f"(define p {src})\n")
@@ -100,7 +102,8 @@ def test_trace_chooses_the_tokens_decode_chooses(tiny_run, tmp_path):
             traced = trace(str(path), str(out), prompt).splitlines()[-1]
             (got,) = engine_dsl.decode(run.model, [body], [tok.encode(prompt, bos=True)],
                                        max_new_tokens=run.answer_cap(),
-                                       stop_token=tok.eos_id, seed=run.cfg.run.seed)[0]
+                                       stop_token=tok.eos_id, seed=run.cfg.run.seed,
+                                       breakers=run.breakers)[0]
             assert traced == f"answer: {tok.decode(got.tokens)!r}", (src, prompt)
 
 
