@@ -72,7 +72,11 @@ def _answer_counts(ctx, x):
 
 
 def _subtract_at_answer(ctx, x, a, amount):
-    """x minus a x amount(count) at the answer's tokens (vLLM's arithmetic, same values)."""
+    """x minus a x amount(count) at the answer's tokens (vLLM's arithmetic, same values):
+    over the vocabulary when it is small, else only at the answer's tokens."""
+    T = ctx.need("generated").size(-1)
+    if x.size(-1) <= T * T:
+        return x - col(a, x) * amount(ctx.counts(x.size(-1), x.device)).to(x.dtype)
     ids, counts = _answer_counts(ctx, x)
     xp = F.pad(x, (0, 1))
     xp.scatter_(1, ids, xp.gather(1, ids) - col(a, x) * amount(counts).to(x.dtype))
@@ -131,19 +135,20 @@ def banned_ngram_ids(ctx, x, n: int):
     return torch.where(match, nxt, V)
 
 
-def _keep_best_of_dead_rows(out, x):
-    """Where every candidate was banned the best one stays (transformers keeps none)."""
-    dead = (out.amax(-1) == NEG_INF) & (x.amax(-1) > NEG_INF)
-    if bool(dead.any()):
-        top = x[dead].argmax(-1, keepdim=True)
-        out[dead] = out[dead].scatter(1, top, x[dead].gather(1, top))
-    return out
-
-
 def no_repeat_ngram_exact(ctx, x, n: int):
+    """-inf at the banned tokens; where every candidate was banned the best one stays
+    (transformers keeps none)."""
     ids = banned_ngram_ids(ctx, x, n)
-    xp = F.pad(x, (0, 1))
-    return _keep_best_of_dead_rows(xp.scatter_(1, ids, NEG_INF)[:, : x.size(-1)], x)
+    hit = ids < x.size(-1)
+    out = x.clone().scatter_reduce_(1, torch.where(hit, ids, 0),
+                                    torch.where(hit, NEG_INF, float("inf")).to(x.dtype), "amin")
+    dead = hit.any(-1)
+    if bool(dead.any()):
+        dead &= (out.amax(-1) == NEG_INF) & (x.amax(-1) > NEG_INF)
+        if bool(dead.any()):
+            top = x[dead].argmax(-1, keepdim=True)
+            out[dead] = out[dead].scatter(1, top, x[dead].gather(1, top))
+    return out
 
 
 def no_repeat_ngram_relaxed(ctx, x, n: int):
@@ -248,11 +253,17 @@ def _dry_hits(ctx, x, allowed: int):
     brk = ctx.sources.breakers or NO_BREAKERS
     limit = _repeat_limit(r, valid, brk, V)
     # Z[:, d - 1]: how many tokens before the token d places back repeat the last ones (the
-    # reverse Z-algorithm), capped by the breakers' limit
-    ext = torch.cat([r, torch.full_like(r, -2)], 1)
-    same = (ext.unfold(1, T, 1)[:, 1:T] == r[:, None, :]) & valid[:, None, :]
-    Z = torch.minimum(same.to(torch.uint8).cummin(-1).values.sum(-1, dtype=torch.long),
-                      limit[:, None])
+    # reverse Z-algorithm's counts), capped by the breakers' limit: the shifts still
+    # matching after k tokens, extended one token at a time while any is left
+    active = valid[:, 1:] & (r[:, 1:] == r[:, :1])
+    Z = active.to(torch.long)
+    top = int(limit.max())
+    for k in range(1, min(T - 1, top)):
+        if not bool(active.any()):
+            break
+        active = F.pad(active[:, : T - 1 - k] & (r[:, 1 + k:] == r[:, k:k + 1]), (0, k))
+        Z += active
+    Z = torch.minimum(Z, limit[:, None])
     nxt = r[:, : T - 1]  # the token that followed each repeat
     hit = (Z >= allowed) & (nxt >= 0)
     if brk.single:
@@ -285,6 +296,10 @@ def dry_exact(ctx, x, multiplier, base, allowed: int):
     if hits is None:
         return x
     tok, z = hits
+    cols = (z > 0).any(0).nonzero().squeeze(1)  # places where some row has a hit
+    if cols.numel() == 0:
+        return x
+    tok, z = tok[:, cols], z[:, cols]
     n = torch.where(tok[:, :, None] == tok[:, None, :], z[:, None, :], 0).amax(-1)
     pen = _dry_penalty(n, multiplier, base, int(allowed), x.dtype)
     xp = F.pad(x, (0, 1))
