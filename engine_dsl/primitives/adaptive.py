@@ -55,12 +55,12 @@ def xtc_exact(ctx, x, threshold, probability):
     """Only the rows whose draw fires, and in them only the candidates that can reach the
     threshold (at most 1/threshold + 1 of them: a top-k, not a sort)."""
     u, fire = _fires(ctx, x, probability)
-    thr = _per_row(threshold, x.size(0), x.device)
+    thr = _per_row(threshold, x.size(0), x.device).to(x.dtype)  # compared as llama.cpp's floats
     fire = fire & (thr <= 0.5)  # llama.cpp: threshold > 0.5 leaves the row as it is
     rows = fire.nonzero().squeeze(1)
     if rows.numel() == 0:
         return x
-    xs, t = x[rows], thr[rows].to(x.dtype)[:, None]
+    xs, t = x[rows], thr[rows][:, None]
     V = x.size(-1)
     k = min(V, int(1.0 / max(float(t.min()), 1e-300)) + 2) if float(t.min()) > 0 else V
     p = torch.where(torch.isfinite(xs), torch.softmax(xs, -1), -1.0)
