@@ -10,7 +10,36 @@ import os
 import sys
 from pathlib import Path
 
+# Before torch loads: OpenMP threads that wait passively instead of spinning, so a busy
+# machine slows a run in proportion instead of stalling it (docs/BENCHMARKS.md, "A busy
+# machine"). Set OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class _Stdout:
+    """sys.stdout that, once its reader is gone (`check ... | head -n 1`), sends the rest of
+    the output nowhere: the command still runs to its end and exits with its own status."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def _guard(self, op, *args):
+        try:
+            return op(*args)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            return None
+
+    def write(self, text: str):
+        return self._guard(self.stream.write, text)
+
+    def flush(self):
+        return self._guard(self.stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def _each_program(paths, failures: list):
@@ -36,12 +65,18 @@ def cmd_check(args) -> int:
 
 
 def cmd_fmt(args) -> int:
-    from engine_dsl.files import atomic_write, dialect_of, render
+    from engine_dsl import DslError
+    from engine_dsl.files import atomic_write, dialect_of, render_exact
 
     failures: list = []
     for path, defs in _each_program(args.files, failures):
         dialect = args.to or dialect_of(path)
-        text = render(defs, dialect)
+        try:
+            text = render_exact(defs, dialect)
+        except DslError as e:
+            print(e, file=sys.stderr)
+            failures.append(path)
+            continue
         if not args.write:
             sys.stdout.write(text)
             continue
@@ -50,6 +85,12 @@ def cmd_fmt(args) -> int:
         if dialect != dialect_of(path):
             target = target.with_suffix(".hy" if dialect == "hy" else ".scm")
         if target.exists() and target.read_bytes() == text.encode("utf-8"):
+            continue
+        if target != Path(path) and target.exists():
+            print(f"error: {target} already exists and differs from the {dialect} form of "
+                  f"{path}; not overwritten (move it away, or print without --write)",
+                  file=sys.stderr)
+            failures.append(path)
             continue
         atomic_write(target, text)
         print(f"wrote {target}", file=sys.stderr)
@@ -353,23 +394,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evolve" and args.resume and (args.out or args.seeds or args.model_from):
         parser.error("--resume continues a run as configured; it takes no --out, --seeds or "
                      "--model-from")
+    stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
     try:
         return args.func(args)
     except _user_errors() as e:
         print(f"error: {e}" if "error:" not in str(e) else e, file=sys.stderr)
         return EXIT_ERROR
+    except OSError as e:  # the file system refused: name the file and the reason
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return EXIT_OK
     except Exception as e:  # never a traceback to a user
         if os.environ.get("ECHO_FORGE_DEBUG"):
             raise
         print(f"error: internal error: {type(e).__name__}: {e} "
               "(set ECHO_FORGE_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_ERROR
-
+    finally:
+        sys.stdout = stdout
 
 if __name__ == "__main__":
     sys.exit(main())

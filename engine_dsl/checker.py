@@ -24,7 +24,7 @@ from .nodes import (
     size,
     type_of,
 )
-from .reader import Comment, Datum, read_datums
+from .reader import Comment, Datum, normalize_newlines, read_datums
 from .registry import PRIMITIVES, SPECIAL_FORMS, Arg, Limits
 from .types import Type
 
@@ -35,8 +35,9 @@ def read(text: str | bytes, filename: str = "<string>", limits: Limits | None = 
          ) -> tuple[Definition, ...]:
     """Read and check a whole program file; raises `DslError` on any problem."""
     text = _decode(text, filename)
-    datums, comments = read_datums(text, filename)
-    checker = _Checker(text, filename, limits or Limits())
+    limits = limits or Limits()
+    datums, comments = read_datums(text, filename, limits.max_weights)
+    checker = _Checker(text, filename, limits)
     defs = checker.program(datums, comments)
     checker.raise_errors()
     return defs
@@ -46,8 +47,9 @@ def read_expr(text: str, expected: Type = Type.LOGITS, filename: str = "<expr>",
               limits: Limits | None = None) -> Expr:
     """Read one expression of type `expected` (e.g. a Logits expression for `logits_fn`)."""
     text = _decode(text, filename)
-    datums, _ = read_datums(text, filename)
-    checker = _Checker(text, filename, limits or Limits())
+    limits = limits or Limits()
+    datums, _ = read_datums(text, filename, limits.max_weights)
+    checker = _Checker(text, filename, limits)
     if len(datums) != 1:
         where = datums[1].span if len(datums) > 1 else None
         raise DslError.at(where, f"expected one expression, found {len(datums)}", text) \
@@ -60,10 +62,11 @@ def read_expr(text: str, expected: Type = Type.LOGITS, filename: str = "<expr>",
 
 
 def _decode(text: str | bytes, filename: str) -> str:
+    """UTF-8 text with LF line ends (CRLF and CR read as line ends everywhere)."""
     if isinstance(text, str):
-        return text
+        return normalize_newlines(text)
     try:
-        return text.decode("utf-8")
+        return normalize_newlines(text.decode("utf-8"))
     except UnicodeDecodeError as e:
         line = text.count(b"\n", 0, e.start) + 1
         col = e.start - (text.rfind(b"\n", 0, e.start) + 1) + 1

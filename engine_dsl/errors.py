@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from .nodes import Span
 
+WINDOW = 200  # characters of a long source line quoted in a message
+
 
 class DslError(Exception):
     """A program error at a source position. `str()` is the rendered message. `others`: the
@@ -38,15 +40,26 @@ class DslError(Exception):
         if self.source_line is None:
             return head
         shown = self.source_line.expandtabs(1).rstrip("\r\n")
-        caret = " " * (max(self.col, 1) - 1) + "^"
-        return f"{head}\n  {shown}\n  {caret}"
+        col = max(self.col, 1) - 1
+        if len(shown) > WINDOW:  # quote a window of a long line around the column
+            start = min(max(0, col - WINDOW // 2), len(shown) - WINDOW)
+            shown = ("..." if start else "") + shown[start:start + WINDOW] + \
+                ("..." if start + WINDOW < len(shown) else "")
+            col = col - start + (3 if start else 0)
+        return f"{head}\n  {shown}\n  {' ' * col}^"
 
     def __str__(self) -> str:
         return self.render()
 
 
 def line_of(text: str | None, line: int) -> str | None:
-    if text is None:
+    """Line `line` (1-based) of `text`, whose lines end with LF only."""
+    if text is None or line < 1:
         return None
-    lines = text.splitlines()
-    return lines[line - 1] if 1 <= line <= len(lines) else None
+    start = 0
+    for _ in range(line - 1):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return None
+    end = text.find("\n", start)
+    return text[start:] if end < 0 else text[start:end]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -10,28 +11,54 @@ from .checker import read
 from .errors import DslError
 from .nodes import Definition
 from .printer import to_hy, to_scheme
+from .reader import MAX_CHARS
 from .registry import Limits
 
 
 def read_file(path: str | Path, limits: Limits | None = None) -> tuple[Definition, ...]:
-    """Read and check a program file (`.hy` -> Hy reader); unreadable files raise DslError."""
+    """Read and check a program file (`.hy` -> Hy reader). Unreadable, non-regular, oversized
+    files and files without a definition raise DslError."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        # non-blocking, so that opening a FIFO does not wait for a writer
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise DslError("not a regular file; give a program file", str(path))
+            # at most 4 bytes per character: a larger file cannot be within the cap
+            data = f.read(4 * MAX_CHARS + 1)
     except OSError as e:
         raise DslError(f"cannot read file: {e.strerror or e}", str(path)) from None
-    return read(data, str(path), limits)
+    if len(data) > 4 * MAX_CHARS:
+        raise DslError(f"file larger than {4 * MAX_CHARS} bytes exceeds the reading cap",
+                       str(path))
+    defs = read(data, str(path), limits)
+    if not defs:
+        raise DslError("no definitions: a program file holds at least one "
+                       f"'({'setv' if dialect_of(path) == 'hy' else 'define'} NAME EXPR)'",
+                       str(path))
+    return defs
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old or the new file, whole."""
-    path = Path(path)
+    """Write `data` to `path` so that a crash leaves either the old or the new file, whole.
+    A symlink is written through (the file it names is replaced); an existing file keeps its
+    permission bits, a new one gets the usual ones (0666 less the umask)."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    # a short temp name: the final name may already be as long as the file system allows
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:32]}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -42,6 +69,22 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
 def render(defs, dialect: str) -> str:
     """Canonical source of `defs` in `dialect` ('scheme' or 'hy')."""
     return to_hy(defs) if dialect == "hy" else to_scheme(defs)
+
+
+def render_exact(defs, dialect: str) -> str:
+    """`render`, refused (DslError at the definition) where `dialect` would not read a
+    definition back as the same one: names such as `True`, `a.b` or `|a b|` in Hy, or `λ`,
+    `1+` or `a,b` in Scheme."""
+    for d in defs:
+        try:
+            same = read(render([d], dialect), "x.hy" if dialect == "hy" else "x.scm") == (d,)
+        except DslError:
+            same = False
+        if not same:
+            raise DslError.at(d.span, f"'{d.name}' cannot be written in "
+                                      f"{'Hy' if dialect == 'hy' else 'Scheme'}: it would not "
+                                      "read back as the same definition; rename it")
+    return render(defs, dialect)
 
 
 def dialect_of(path: str | Path) -> str:

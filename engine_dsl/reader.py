@@ -8,6 +8,7 @@ Both produce the same `Datum` tree, which the checker turns into the typed AST.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
@@ -17,8 +18,19 @@ from typing import Any
 from .errors import DslError, line_of
 from .nodes import Span
 
-# Nesting deeper than this is refused by the reader itself, before anything recurses.
-MAX_NESTING = 200
+# Caps that keep reading linear and bounded (DESIGN §6), applied while reading, before any
+# later stage could recurse on nesting or scan a huge token more than once.
+MAX_NESTING = 200  # brackets open at once
+MAX_TOKEN = 1024  # characters of one symbol, number or string
+MAX_ITEMS = 4096  # datums in one list or vector (the default `Limits.max_weights`)
+MAX_CHARS = 4 * 1024 * 1024  # characters of one file
+
+_HEX_ESCAPE = re.compile(r"\\x[0-9a-fA-F]+;")  # inside a Scheme identifier: `a\x41;`
+_SCHEME_SPECIAL = re.compile(r'[";|\\#]')  # where a string, comment, |id|, escape may start
+_HY_SPECIAL = re.compile(r'[";]')
+_NOT_NEWLINE = re.compile(r"[^\n]")
+_BRACKET_OR_ATOM = re.compile(r"[()\[\]{}]|(?<![^\s()\[\]{}])[^\s()\[\]{}]")
+_LONG_TOKEN = re.compile(r"[^\s()\[\]{}]{" + str(MAX_TOKEN + 1) + ",}")
 
 
 @dataclass(frozen=True)
@@ -37,16 +49,37 @@ class Datum:
 @dataclass(frozen=True)
 class Comment:
     line: int
-    text: str  # the whole comment, from its first ';', trailing blanks removed
+    text: str  # one line of comment, from its first ';', trailing blanks removed
 
 
-def read_datums(text: str, filename: str = "<string>") -> tuple[list[Datum], list[Comment]]:
-    """All top-level datums of a file and its ';' comments; `.hy` picks Hy's reader."""
+def read_datums(text: str, filename: str = "<string>", max_items: int = MAX_ITEMS
+                ) -> tuple[list[Datum], list[Comment]]:
+    """All top-level datums of a file and its comments; `.hy` picks Hy's reader.
+
+    Comments are every `;` comment and, as `;`-prefixed lines, every Scheme block comment
+    `#| |#` and datum comment `#;`, so that printing a program loses none of them. Line ends
+    are LF, CRLF or CR."""
+    text = normalize_newlines(text)
+    if len(text) > MAX_CHARS:
+        raise DslError(f"file of {len(text)} characters exceeds the cap of {MAX_CHARS}",
+                       filename)
     scan = _scan(text, filename, hy=filename.endswith(".hy"))
-    scan.check_nesting()
+    scan.check_shape(max_items)
     if filename.endswith(".hy"):
         return _read_hy(text, filename, scan), scan.comments
-    return _read_scheme(scan), scan.comments
+    datums, dropped = _read_scheme(scan)
+    return datums, sorted(scan.comments + dropped, key=lambda c: c.line)
+
+
+def normalize_newlines(text: str) -> str:
+    """CRLF and lone CR read as LF (a CR-only file is many lines, not one)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def _comment_lines(line: int, text: str) -> list[Comment]:
+    """A block or datum comment's text as `;` comment lines starting at `line`."""
+    return [Comment(line + k, f"; {part}".rstrip())
+            for k, part in enumerate(text.split("\n"))]
 
 
 # --- comments, strings and brackets: one pass over the raw text -----------------------------
@@ -56,8 +89,10 @@ def read_datums(text: str, filename: str = "<string>") -> tuple[list[Datum], lis
 class _Scan:
     text: str
     filename: str
-    blanked: str  # block comments replaced by spaces: what the Scheme grammar reads
-    skeleton: str  # also strings, characters, |ids| and ';' comments blanked: brackets only
+    blanked: str  # comments replaced by spaces: what the Scheme grammar reads (so the grammar
+    # and this scan cannot disagree about where a comment is)
+    skeleton: str  # also ';' comments and all but the first character of strings,
+    # characters and |ids| blanked: brackets and where each datum starts
     comments: list[Comment]
 
     def error(self, pos: int, message: str) -> DslError:
@@ -65,16 +100,32 @@ class _Scan:
         col = pos - self.text.rfind("\n", 0, pos)
         return DslError(message, self.filename, line, col, line_of(self.text, line))
 
-    def check_nesting(self) -> None:
-        """Refuse absurd nesting with a positioned error, so no later stage blows the stack."""
-        depth = 0
-        for pos, c in enumerate(self.skeleton):
+    def check_shape(self, max_items: int) -> None:
+        """Refuse absurd nesting, tokens and lists with a positioned error, so no later stage
+        blows the stack or does more than linear work."""
+        long = _LONG_TOKEN.search(self.skeleton)
+        if long:
+            raise self.error(long.start(), f"a token longer than {MAX_TOKEN} characters")
+        stack: list[list[int]] = []  # [opening position, items so far]
+        sk, datum_start = self.skeleton, 0
+        for m in _BRACKET_OR_ATOM.finditer(sk):
+            pos, c = m.start(), m.group()
+            starts = c not in ")]}" and (pos == 0 or sk[pos - 1].isspace()
+                                         or sk[pos - 1] in "()[]{}")
+            if starts:
+                datum_start = pos
+                if stack:
+                    stack[-1][1] += 1
+                    if stack[-1][1] > max_items:
+                        raise self.error(stack[-1][0], f"more than {max_items} items in one "
+                                                       f"form (the cap max_weights = {max_items})")
             if c in "([{":
-                depth += 1
-                if depth > MAX_NESTING:
+                stack.append([datum_start, 0])  # `#(` starts at its '#'
+
+                if len(stack) > MAX_NESTING:
                     raise self.error(pos, f"nesting deeper than {MAX_NESTING} levels")
-            elif c in ")]}":
-                depth -= 1
+            elif c in ")]}" and stack:
+                stack.pop()
 
     def eof_error(self) -> DslError:
         """End of input inside an open list: point at the innermost unclosed bracket."""
@@ -92,19 +143,32 @@ class _Scan:
 
 
 def _scan(text: str, filename: str, hy: bool) -> _Scan:
-    """Blank out `#| |#` block comments (they nest), collect `;` line comments, find strings.
-
-    Line and column numbers survive: blanked characters become spaces, newlines stay.
-    """
-    blanked, skeleton = list(text), list(text)
+    """Blank out `#| |#` block comments (they nest), collect comments, find strings: the
+    tokens the grammar reads, in the same order (a `;` ending a hex escape in an identifier
+    starts no comment). Line and column numbers survive: blanked characters become spaces."""
     comments: list[Comment] = []
     i, n = 0, len(text)
+    line, line_pos = 1, 0  # the line of position line_pos, advanced as the scan moves on
+    hidden: list[tuple[int, int, bool]] = []  # (start, end, also from the grammar), in order
 
-    def blank(a: int, b: int, *outs: list[str]) -> None:
-        for out in outs:
-            for k in range(a, b):
-                if out[k] != "\n":
-                    out[k] = " "
+    def line_at(pos: int) -> int:
+        nonlocal line, line_pos
+        line += text.count("\n", line_pos, pos)
+        line_pos = pos
+        return line
+
+    def blank(a: int, b: int, grammar: bool = False) -> None:
+        hidden.append((a, b, grammar))
+
+    def blanked(grammar: bool) -> str:
+        """The text with the hidden ranges (only those `grammar` hides, if set) as spaces."""
+        out, last = [], 0
+        for a, b, g in hidden:
+            if g or not grammar:
+                out += [text[last:a], _NOT_NEWLINE.sub(" ", text[a:b])]
+                last = b
+        out.append(text[last:])
+        return "".join(out)
 
     def fail(pos: int, message: str) -> DslError:
         return _Scan(text, filename, text, text, []).error(pos, message)
@@ -118,26 +182,28 @@ def _scan(text: str, filename: str, hy: bool) -> _Scan:
             raise fail(i, f"unterminated {what}")
         return j + 1
 
-    while i < n:
+    special = _HY_SPECIAL if hy else _SCHEME_SPECIAL
+    while (m := special.search(text, i)) is not None:
+        i = m.start()
         c = text[i]
         if c == '"':
             j = quoted_end(i, '"', "string")
-            blank(i, j, skeleton)
+            blank(i + 1, j)
             i = j
         elif c == ";":
             j = text.find("\n", i)
             j = n if j < 0 else j
-            comments.append(Comment(text.count("\n", 0, i) + 1, text[i:j].rstrip()))
-            blank(i, j, skeleton)
+            comments.append(Comment(line_at(i), text[i:j].rstrip()))
+            blank(i, j, grammar=True)
             i = j
-        elif hy:
-            i += 1
         elif c == "|":
             j = quoted_end(i, "|", "|identifier|")
-            blank(i, j, skeleton)
+            blank(i + 1, j)
             i = j
+        elif c == "\\" and (m := _HEX_ESCAPE.match(text, i)):
+            i = m.end()
         elif text.startswith("#\\", i):
-            blank(i, min(i + 3, n), skeleton)
+            blank(i + 1, min(i + 3, n))
             i += 3
         elif text.startswith("#;", i):
             i += 2
@@ -154,10 +220,11 @@ def _scan(text: str, filename: str, hy: bool) -> _Scan:
                     i += 1
             if depth:
                 raise fail(start, "unterminated block comment: '#|' has no matching '|#'")
-            blank(start, i, blanked, skeleton)
+            comments.extend(_comment_lines(line_at(start), text[start:i]))
+            blank(start, i, grammar=True)
         else:
             i += 1
-    return _Scan(text, filename, "".join(blanked), "".join(skeleton), comments)
+    return _Scan(text, filename, blanked(grammar=True), blanked(grammar=False), comments)
 
 
 # --- Scheme ---------------------------------------------------------------------------------
@@ -171,7 +238,8 @@ def _scheme_parser():
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False)
 
 
-def _read_scheme(scan: _Scan) -> list[Datum]:
+def _read_scheme(scan: _Scan) -> tuple[list[Datum], list[Comment]]:
+    """The datums of Scheme source, and its datum comments `#; datum` as comment lines."""
     from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
     text, filename, blanked = scan.text, scan.filename, scan.blanked
@@ -193,7 +261,8 @@ def _read_scheme(scan: _Scan) -> list[Datum]:
         elif token.type == "DOT":
             msg = "unexpected '.': a dot only goes before the last datum of a list"
         raise DslError(msg, filename, token.line, token.column, line_of(text, token.line)) from None
-    return _SchemeBuilder(filename, text).build(tree)
+    builder = _SchemeBuilder(filename, text)
+    return builder.build(tree), builder.datum_comments()
 
 
 def _describe_token(token) -> str:
@@ -217,6 +286,16 @@ class _SchemeBuilder:
     def __init__(self, filename: str, text: str):
         self.filename = filename
         self.text = text
+        self.skipped: list[tuple[int, int, int]] = []  # datum comments: (start, end, line)
+
+    def datum_comments(self) -> list[Comment]:
+        """The outermost datum comments' text, as comment lines."""
+        out, reach = [], -1
+        for start, end, line in sorted(self.skipped, key=lambda s: (s[0], -s[1])):
+            if start >= reach:
+                out.extend(_comment_lines(line, self.text[start:end]))
+                reach = end
+        return out
 
     def span(self, meta) -> Span:
         return Span(self.filename, meta.line, meta.column)
@@ -256,6 +335,7 @@ class _SchemeBuilder:
 
         rule = node.data
         if rule == "datum_comment":
+            self.skipped.append((node.meta.start_pos, node.meta.end_pos, node.meta.line))
             return None
         if rule == "start":
             return Datum("list", self.kids(node, results), Span(self.filename, 1, 1))

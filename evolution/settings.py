@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from engine_dsl.primitives.penalties import BREAKER_MAX_CHARS, DEFAULT_BREAKERS
+from engine_dsl.registry import Limits
 from neural.model import GPTConfig
+from neural.tokenizer import ByteTokenizer
 from neural.train import TrainConfig
 
 from .config import EvolutionConfig
@@ -79,25 +82,92 @@ class RunConfig:
         default_factory=lambda: EvolutionConfig(population_size=16))
 
     def validate(self) -> None:
+        """Every value in its domain (`ConfigError` naming `section.key`), before anything is
+        created: every real finite, every number in the range of DOMAINS, and the relations
+        between keys."""
         if self.run.mode not in MODES:
             raise ConfigError(f"run.mode must be one of {', '.join(MODES)}, found "
                               f"'{self.run.mode}'")
-        for key in ("generations",):
-            if getattr(self.run, key) < 0:
-                raise ConfigError(f"run.{key} must be >= 0")
-        for key in ("pretrain_steps", "train_steps", "max_new_tokens", "valid_prompts",
-                    "test_prompts", "bootstrap", "workers"):
-            if getattr(self.loop, key) < 0:
-                raise ConfigError(f"loop.{key} must be >= 0")
+        for key, value in _numbers(self):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be finite, found {value}")
+            if key in DOMAINS:
+                lo, hi, open_hi = DOMAINS[key]
+                if not (lo <= value and (value < hi if open_hi else value <= hi)):
+                    raise ConfigError(f"{key} must be in [{lo}, {hi}{')' if open_hi else ']'}, "
+                                      f"found {value}")
         for b in self.task.dry_breakers:
             if not b or len(b.encode("utf-8")) > BREAKER_MAX_CHARS:
                 raise ConfigError(f"task.dry_breakers: each breaker must be 1 to "
                                   f"{BREAKER_MAX_CHARS} bytes, found {b!r}")
-        if self.loop.program_lambda < 0:
-            raise ConfigError("loop.program_lambda must be >= 0")
-        if self.loop.max_new_tokens >= self.model.block_size:
+        m = self.model
+        if m.n_embd % m.n_head:
+            raise ConfigError(f"model.n_embd = {m.n_embd} must be a multiple of model.n_head = "
+                              f"{m.n_head}")
+        if m.vocab_size < ByteTokenizer.vocab_size:
+            raise ConfigError(f"model.vocab_size must be >= {ByteTokenizer.vocab_size} (the byte "
+                              f"tokenizer's vocabulary), found {m.vocab_size}")
+        if self.loop.max_new_tokens >= m.block_size:
             raise ConfigError(f"loop.max_new_tokens = {self.loop.max_new_tokens} exceeds the "
-                              f"cap model.block_size - 1 = {self.model.block_size - 1}")
+                              f"cap model.block_size - 1 = {m.block_size - 1}")
+        if self.train.min_lr > self.train.learning_rate:
+            raise ConfigError(f"train.min_lr = {self.train.min_lr} exceeds train.learning_rate "
+                              f"= {self.train.learning_rate}")
+
+
+BIG = 10**9  # a bound on counts that no run on one machine comes near
+# section.key -> (lowest, highest, highest excluded) of every numeric setting with a range
+DOMAINS: dict[str, tuple[float, float, bool]] = {
+    "run.seed": (0, 2**32 - 1, False),
+    "run.generations": (0, BIG, False),
+    "task.difficulty": (1, BIG, False),
+    "task.size": (1, BIG, False),
+    "loop.pretrain_steps": (0, BIG, False),
+    "loop.train_steps": (0, BIG, False),
+    "loop.program_lambda": (0.0, 1e6, False),
+    "loop.valid_prompts": (1, BIG, False),
+    "loop.test_prompts": (1, BIG, False),
+    "loop.max_new_tokens": (0, BIG, False),
+    "loop.bootstrap": (1, 10**7, False),
+    "loop.workers": (0, 1024, False),
+    "loop.phased_model_generations": (0, BIG, False),
+    "loop.phased_program_generations": (0, BIG, False),
+    "model.vocab_size": (1, 2**20, False),
+    "model.block_size": (2, 2**16, False),
+    "model.n_layer": (1, 256, False),
+    "model.n_head": (1, 256, False),
+    "model.n_embd": (1, 2**14, False),
+    "model.dropout": (0.0, 1.0, True),
+    "train.steps": (1, BIG, False),
+    "train.batch_size": (1, 2**16, False),
+    "train.learning_rate": (0.0, 10.0, False),
+    "train.min_lr": (0.0, 10.0, False),
+    "train.warmup_steps": (0, BIG, False),
+    "train.weight_decay": (0.0, 10.0, False),
+    "train.beta1": (0.0, 1.0, True),
+    "train.beta2": (0.0, 1.0, True),
+    "train.grad_clip": (0.0, 1e6, False),
+    "train.grokfast_alpha": (0.0, 1.0, True),
+    "train.grokfast_lambda": (0.0, 1e6, False),
+    "train.extra_lambda": (0.0, 1e6, False),
+    "train.seed": (0, 2**32 - 1, False),
+    **{f"evolution.limits.{k}": (1, BIG, False) for k in Limits.field_names()},
+}
+
+
+def _numbers(obj, where: str = ""):
+    """(section.key, value) of every number in a config, nested ones included."""
+    for f in dataclasses.fields(obj):
+        key, value = f"{where}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, key + ".")
+        elif isinstance(value, dict):
+            yield from ((f"{key}.{k}", v) for k, v in value.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool))
+        elif isinstance(value, list | tuple):
+            yield from ((key, v) for v in value if isinstance(v, int | float))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield key, value
 
 
 # --- dict <-> dataclass ---------------------------------------------------------------------

@@ -193,19 +193,41 @@ def _read_text(path: str) -> str:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
 
 
+def read_json_line(line: str, path: str, lineno: int):
+    """One JSON Lines value; DataError naming `path:line` for anything that is not JSON text
+    (also absurd nesting, huge integers and unpaired surrogates, which are not text)."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, lineno) from None
+    except RecursionError:
+        raise DataError("invalid JSON: nested too deeply", path, lineno) from None
+    except ValueError:  # Python refuses integers of more than 4300 digits
+        raise DataError("invalid JSON: a number with too many digits", path, lineno) from None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError("invalid JSON: a string holds an unpaired surrogate escape such as "
+                        "\\ud800, which is not text", path, lineno) from None
+    return value
+
+
+def json_lines(text: str) -> list[str]:
+    """The lines of JSON Lines text: split at LF only (a raw U+2028 inside a string is not a
+    line end), a CR before it dropped."""
+    return [ln.removesuffix("\r") for ln in text.split("\n")]
+
+
 def read_jsonl(path: str) -> list[Example]:
     """Examples from a JSON Lines file, one object with string `input` and `output` per line.
 
     Blank lines are skipped; anything else that is not such an object raises DataError
     naming `path:line` (never a silent drop)."""
     examples = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(json_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, lineno) from None
+        obj = read_json_line(line, path, lineno)
         if not isinstance(obj, dict):
             raise DataError(f"expected a JSON object with 'input' and 'output', found "
                             f"{type(obj).__name__}", path, lineno)

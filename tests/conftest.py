@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from hypothesis import HealthCheck, settings
+# before torch loads, as the command line does: OpenMP threads wait passively, so tests on
+# a busy machine slow down in proportion instead of stalling (issue 16, item 17)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))

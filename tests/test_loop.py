@@ -74,6 +74,19 @@ def test_nested_defaults_survive_partial_sections():
     ("evolution.mutation_heights=[3, 1]", "mutation_heights must satisfy 0 <= lo <= hi"),
     ("evolution.mutation_weights={uniform = -1, shrink = 1}", "mutation weights must be >= 0"),
     ("task.dry_breakers=['\\n', '']", "task.dry_breakers: each breaker must be 1 to 40 bytes"),
+    # every number in its domain, up front (issue 16, item 7)
+    ("loop.program_lambda=nan", "loop.program_lambda must be finite, found nan"),
+    ("train.learning_rate=inf", "train.learning_rate must be finite, found inf"),
+    ("model.n_head=3", "model.n_embd = 128 must be a multiple of model.n_head = 3"),
+    ("model.n_embd=0", "model.n_embd must be in [1, 16384], found 0"),
+    ("model.vocab_size=10", "model.vocab_size must be >= 259"),
+    ("model.dropout=1.5", "model.dropout must be in [0.0, 1.0), found 1.5"),
+    ("train.batch_size=0", "train.batch_size must be in [1, 65536], found 0"),
+    ("train.beta1=1.5", "train.beta1 must be in [0.0, 1.0), found 1.5"),
+    ("loop.valid_prompts=0", "loop.valid_prompts must be in [1, 1000000000], found 0"),
+    ("loop.test_prompts=0", "loop.test_prompts must be in [1, 1000000000], found 0"),
+    ("run.seed=18446744073709551616", "run.seed must be in [0, 4294967295]"),
+    ("evolution.limits.max_votes=0", "evolution.limits.max_votes must be in [1, "),
 ])
 def test_settings_out_of_range_name_section_and_key(setting, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -16,6 +16,7 @@ from neural import (
     make_prompt_batch,
     split_of,
 )
+from neural.tasks import read_jsonl
 
 
 @pytest.mark.parametrize("name", ["addition", "reverse", "sort", "copy"])
@@ -139,3 +140,21 @@ def test_make_batch_masks():
     assert b.select(torch.tensor([0])).ids.shape == (1, 7)
     ids, mask = make_prompt_batch(tok, ["ab", "abcd"])
     assert ids[0].tolist() == [258, 258, 256, 97, 98] and mask[0].tolist() == [0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"input": "\\ud800", "output": "b"}', "a string holds an unpaired surrogate"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"input": "a", "output": "b", "n": ' + "9" * 5000 + "}", "a number with too many digits"),
+])
+def test_jsonl_that_is_not_text_is_a_data_error_at_its_line(tmp_path, line, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"input": "a", "output": "b"}\n' + line + "\n")
+    with pytest.raises(DataError, match=f"^{path}:2: invalid JSON: {message}"):
+        read_jsonl(str(path))
+
+
+def test_jsonl_lines_end_at_lf_only(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"input": "a\u2028b", "output": "c\u0085"}\r\n{"input": "d", "output": "e"}')
+    assert read_jsonl(str(path)) == [Example("a\u2028b", "c\u0085"), Example("d", "e")]
