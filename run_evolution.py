@@ -117,32 +117,24 @@ def cmd_evolve(args) -> int:
 
     console = Console(stderr=True)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    if args.resume:
-        rundir = RunDir(args.resume)
-        rundir.require_run()
-        cfg = resolve(str(rundir.config), args.set or [])
-        run = CoEvolution(cfg, rundir, console)
-        run.resume()
-        if args.set:  # e.g. --set run.generations=10 extends a run; the run records it
-            from evolution.loop import config_text
-
-            rundir.write(rundir.config, config_text(cfg))
-        console.print(f"resuming {rundir.path} at generation {run.next_generation}",
-                      soft_wrap=True)
+    overrides = {}
+    flags = {("run", "generations"): args.generations, ("run", "seed"): args.seed,
+             ("run", "mode"): args.mode, ("task", "name"): args.task,
+             ("evolution", "population_size"): args.population,
+             ("loop", "train_steps"): args.train_steps}
+    for (section, key), value in flags.items():
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    if args.resume:  # flags extend the run (e.g. --generations) or are refused
+        run = CoEvolution.resume(RunDir(args.resume), console, args.set or [], overrides)
+        rundir = run.dir
+        console.print(f"resuming {rundir.path} at generation {run.next_generation} of "
+                      f"{run.cfg.run.generations}", soft_wrap=True)
     else:
-        overrides = {}
-        flags = {("run", "generations"): args.generations, ("run", "seed"): args.seed,
-                 ("run", "mode"): args.mode, ("task", "name"): args.task,
-                 ("evolution", "population_size"): args.population,
-                 ("loop", "train_steps"): args.train_steps}
-        for (section, key), value in flags.items():
-            if value is not None:
-                overrides.setdefault(section, {})[key] = value
         cfg = resolve(args.config, args.set or [], overrides)
-        out = args.out or _default_out(cfg)
-        rundir = RunDir(out)
-        run = CoEvolution(cfg, rundir, console)
-        run.start(seed_files=args.seeds, model_from=args.model_from)
+        rundir = RunDir(args.out or _default_out(cfg))
+        run = CoEvolution.start(cfg, rundir, console, seed_files=args.seeds,
+                                model_from=args.model_from)
         console.print(f"run directory: {rundir.path}  (task {cfg.task.name}, "
                       f"{cfg.run.generations} generations, mode {cfg.run.mode})", soft_wrap=True)
 
@@ -216,6 +208,12 @@ def cmd_simplify(args) -> int:
 def cmd_trace(args) -> int:
     from evolution.views import trace
 
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        print("error: --prompt is not UTF-8 text", file=sys.stderr)
+        return EXIT_ERROR
+
     print(trace(args.program, args.run, args.prompt, top=args.top,
                 max_new_tokens=args.max_new_tokens, name=args.name))
     return EXIT_OK
@@ -284,6 +282,17 @@ def _print_report(report: dict) -> None:
         print(f"  {name:<32} {cells[0]:>22} {cells[1]:>22}")
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_evolution.py",
@@ -309,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="summary and hall of fame of a run")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--top", type=int, default=5, help="hall-of-fame programs to list")
+    p.add_argument("--top", type=_positive, default=5, help="hall-of-fame programs to list")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("lineage", help="ancestry of an individual (default: the champion)")
@@ -341,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("program", metavar="PROGRAM")
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("--prompt", required=True, metavar="TEXT")
-    p.add_argument("--top", type=int, default=5, help="tokens shown per distribution")
-    p.add_argument("--max-new-tokens", type=int, metavar="N")
+    p.add_argument("--top", type=_positive, default=5, help="tokens shown per distribution")
+    p.add_argument("--max-new-tokens", type=_positive, metavar="N")
     p.add_argument("--def", dest="name", metavar="NAME",
                    help="the definition to trace (needed when the file holds several)")
     p.set_defaults(func=cmd_trace)
@@ -391,9 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["evolve", *argv]  # evolve is the default command
     args = parser.parse_args(argv)
-    if args.command == "evolve" and args.resume and (args.out or args.seeds or args.model_from):
-        parser.error("--resume continues a run as configured; it takes no --out, --seeds or "
-                     "--model-from")
+    if args.command == "evolve" and args.resume and (args.out or args.seeds or args.model_from
+                                                      or args.config):
+        parser.error("--resume continues a run as configured; it takes no --out, --seeds, "
+                     "--model-from or --config")
     stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
     try:
         return args.func(args)

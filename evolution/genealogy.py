@@ -56,4 +56,13 @@ class Lineage:
 
     @classmethod
     def read_graphml(cls, path: str | Path) -> Lineage:
-        return cls(nx.DiGraph(nx.read_graphml(path)))
+        """The lineage in `path`; RunError if it is missing or damaged."""
+        from xml.etree.ElementTree import ParseError
+
+        from .rundir import RunError
+
+        try:
+            return cls(nx.DiGraph(nx.read_graphml(path)))
+        except (OSError, ParseError, nx.NetworkXError, ValueError, KeyError) as e:
+            raise RunError(f"{path}: unreadable lineage ({type(e).__name__}); the file is "
+                           "missing or damaged") from None

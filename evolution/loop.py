@@ -1,9 +1,9 @@
 """The co-evolution loop (DESIGN §3): per generation, train the transformer through the
 champion program, vary and tune the programs, evaluate, select, record.
 
-    run = CoEvolution(config, RunDir("runs/x"), seeds)
-    run.start()          # or run.resume()
+    run = CoEvolution.start(config, RunDir("runs/x"))   # or CoEvolution.resume(RunDir(...))
     run.run()            # every generation, then the final test-split report
+    CoEvolution.open(RunDir("runs/x"))                  # read-only: eval, trace
 
 Generation 0 is the model's pre-training (then the first population is scored). Modes:
 `hybrid` (default) trains the model and evolves the programs every generation; `phase1`
@@ -48,8 +48,8 @@ from .population import (
     evolve_generation,
     initial_population,
 )
-from .rundir import RunDir, RunError
-from .settings import RunConfig, to_dict
+from .rundir import RunDir, RunError, RunState
+from .settings import ConfigError, RunConfig, check_resume, resolve, to_dict
 from .tuner import LikelihoodTuner
 
 GREEDY = baseline()  # the fixed decoding a user would pick: (greedy logits)
@@ -148,6 +148,9 @@ class ChampionLoss:
 
 
 class CoEvolution:
+    """One run. Made by a factory that returns it fully set up: `start` (a new run), `resume`
+    (continue or extend one) or `open` (a read-only view, for eval and trace)."""
+
     def __init__(self, config: RunConfig, rundir: RunDir, console=None):
         self.cfg = config
         self.dir = rundir
@@ -159,6 +162,59 @@ class CoEvolution:
         self.trainer: Trainer | None = None
         self._model: GPT | None = None
         torch.manual_seed(config.run.seed)
+
+    @classmethod
+    def start(cls, config: RunConfig, rundir: RunDir, console=None,
+              seed_files: list[str] | None = None, model_from: str | None = None
+              ) -> CoEvolution:
+        """A new run: its directory (created only once everything was read and checked, then
+        held by this process), config, seeds, model and pre-training state (generation 0)."""
+        run = cls(config, rundir, console)
+        run._begin(seed_files, model_from, restart=False)
+        return run
+
+    @classmethod
+    def resume(cls, rundir: RunDir, console=None, sets: list[str] = (),
+               overrides: dict | None = None) -> CoEvolution:
+        """The run in `rundir`, at its last committed generation and held by this process.
+        `sets` and `overrides` (as for `settings.resolve`) may extend the run (more
+        generations) or change how it searches; changing what it is (task, seed, model)
+        is a ConfigError. A changed config is recorded in config.toml."""
+        rundir.require_run()
+        rundir.lock()
+        try:
+            recorded = resolve(str(rundir.config))
+            cfg = resolve(str(rundir.config), sets, overrides)
+            check_resume(recorded, cfg)
+            run = cls(cfg, rundir, console)
+            run._restore()
+            done = run.next_generation - 1
+            if cfg.run.generations < done:
+                raise ConfigError(f"run.generations = {cfg.run.generations}, but {done} "
+                                  "generations are done; a resume can only extend a run")
+            if cfg != recorded:
+                rundir.write(rundir.config, config_text(cfg))
+        except BaseException:
+            rundir.unlock()
+            raise
+        return run
+
+    @classmethod
+    def open(cls, rundir: RunDir) -> CoEvolution:
+        """A read-only view of a run for eval and trace: its config, task and trained model
+        (as in model/, the last generation written); takes no lock and writes nothing."""
+        rundir.require_run()
+        run = cls(resolve(str(rundir.config)), rundir)
+        entries = rundir.log_entries()
+        run.difficulty = (entries[-1].get("difficulty", run.cfg.task.difficulty) if entries
+                          else run.cfg.task.difficulty)
+        run.next_generation = entries[-1]["generation"] + 1 if entries else 0
+        run.task = run._task(run.difficulty)
+        if not rundir.model.exists():
+            raise RunError(f"{rundir.path}: no trained model yet (model/ is missing)")
+        run._model = load_model(str(rundir.model), tokenizer=run.tokenizer)
+        run._model.eval()
+        return run
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -178,11 +234,19 @@ class CoEvolution:
             if not self.task.split(name):
                 raise DataError(f"task {self.task.name!r} has an empty {name} split; "
                                 "give it more examples")
+        examples = self.task.train + self.task.valid + self.task.test
+        prompt = max(len(self.tokenizer.encode(e.input, bos=True)) for e in examples)
+        block = self.cfg.model.block_size
+        if prompt + self.answer_cap() > block:
+            key = "loop.max_new_tokens" if self.cfg.loop.max_new_tokens else "model.block_size"
+            raise ConfigError(f"{key}: the task's longest prompt ({prompt} tokens) and answer "
+                              f"cap ({self.answer_cap()} tokens) exceed model.block_size = "
+                              f"{block}")
 
-    def start(self, seed_files: list[str] | None = None, model_from: str | None = None,
-              restart: bool = False) -> None:
-        """A new run: directory, config, seeds, model, pre-training state (generation 0).
-        restart: the run directory exists but no generation was committed; begin again."""
+    def _begin(self, seed_files: list[str] | None, model_from: str | None,
+               restart: bool) -> None:
+        """Set up generation 0. restart: the run directory exists (and is held) but no
+        generation was committed; begin again."""
         cfg = self.cfg
         files = [Path(s) for s in (seed_files or cfg.run.seeds)] or default_seed_files(
             cfg.run.mode)
@@ -193,19 +257,27 @@ class CoEvolution:
                            "copies by file name)")
         seeds = read_seeds(files, cfg.evolution.limits)
         self.task = self._task(cfg.task.difficulty)
-        self._check_task()
         self.difficulty = self.task.difficulty
         if model_from:
-            model = load_model(str(RunDir(model_from).model), tokenizer=self.tokenizer)
+            source = RunDir(model_from)
+            if source.is_run() and not restart:
+                trained_on = resolve(str(source.config)).task.name
+                if trained_on != cfg.task.name:
+                    raise RunError(f"--model-from {model_from}: its model was trained on task "
+                                   f"{trained_on!r}, not {cfg.task.name!r}; give --task "
+                                   f"{trained_on} or a model trained on this task")
+            model = load_model(str(source.model), tokenizer=self.tokenizer)
             self.cfg.model = model.config
         else:
             model = GPT(cfg.model)
+        self._check_task()
         seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
         if not restart:
             cfg.run.seeds = [str(f) for f in files]
             cfg.run.model_from = str(model_from or "")
             # everything was read and checked: only now does the run directory appear
             self.dir.create(config_text(cfg), {f.name: f.read_bytes() for f in files})
+            self.dir.lock()
         self.seeds = seeds
         self.champion_loss = ChampionLoss(GREEDY, breakers=self.breakers)
         self.trainer = Trainer(model, self.tokenizer, self.task.train, self._schedule(),
@@ -214,51 +286,42 @@ class CoEvolution:
         self.next_generation = 0
         self.population: Population | None = None
 
-    def resume(self) -> None:
-        """Continue the run in `self.dir` from its last committed generation."""
-        self.dir.require_run()
+    def _restore(self) -> None:
+        """Set up from the last committed generation of `self.dir` (or begin again)."""
         latest = self.dir.latest()
         if latest is None:  # killed before generation 0 was committed: begin again
             self.dir.truncate_log(0)
-            self.start(self._seed_copies(), self.cfg.run.model_from or None, restart=True)
+            self._begin(self._seed_copies(), self.cfg.run.model_from or None, restart=True)
             return
         ckpt, state = latest
-        self.difficulty = state["difficulty"]
+        self.difficulty = state.difficulty
         self.task = self._task(self.difficulty)
         seeds = read_seeds(self._seed_copies(), self.cfg.evolution.limits)
-        self.champion_loss = ChampionLoss(engine_dsl.read_expr(state["champion"],
-                                                               engine_dsl.Type.DECODER),
-                                          breakers=self.breakers)
+        try:
+            champion = engine_dsl.read_expr(state.champion, Type.DECODER)
+        except DslError as e:
+            raise RunError(f"{ckpt / 'state.json'}: damaged champion ({e.message})") from None
+        self.champion_loss = ChampionLoss(champion, breakers=self.breakers)
         self.trainer = load_checkpoint(str(ckpt / "trainer"), self.task.train,
                                        extra_loss=self.champion_loss, tokenizer=self.tokenizer)
         model = self.trainer.model
         self.seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
         self.rng = random.Random()
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        self.rng.setstate(state.rng)
         self.population = None
-        if state.get("population") is not None:
+        if state.population is not None:
             lineage = Lineage.read_graphml(ckpt / "lineage.graphml")
-            self.population = Population.from_dict(state["population"], lineage)
-        self.next_generation = state["next_generation"]
-        self.dir.truncate_log(state["log_lines"])
+            try:
+                self.population = Population.from_dict(state.population, lineage)
+            except (KeyError, TypeError, ValueError, DslError) as e:
+                raise RunError(f"{ckpt / 'state.json'}: damaged population "
+                               f"({type(e).__name__}: {e})") from None
+        self.next_generation = state.next_generation
+        self.dir.truncate_log(state.log_lines, state.log_entry)
 
     def _seed_copies(self) -> list[Path]:
         """The run's own copies of its seed files, in the order they were given."""
         return [self.dir.seeds / Path(f).name for f in self.cfg.run.seeds]
-
-    def open(self) -> None:
-        """Read-only access to a run for eval and trace: its task, trained model and seeds."""
-        self.dir.require_run()
-        latest = self.dir.latest()
-        self.difficulty = latest[1]["difficulty"] if latest else self.cfg.task.difficulty
-        self.task = self._task(self.difficulty)
-        if not self.dir.model.exists():
-            raise RunError(f"{self.dir.path}: no trained model yet (model/ is missing)")
-        self.next_generation = latest[1]["next_generation"] if latest else 0
-        self.trainer = None
-        self._model = load_model(str(self.dir.model), tokenizer=self.tokenizer)
-        self._model.eval()
 
     # --- the pieces of a generation ---------------------------------------------------------
 
@@ -294,11 +357,12 @@ class CoEvolution:
         return getattr(self, "_pool", None)
 
     def close(self) -> None:
-        """Stop worker processes, if any."""
+        """Stop worker processes, if any, and let go of the run directory."""
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.close()
             self._pool = None
+        self.dir.unlock()
 
     def _train(self, steps: int, label: str, program_lambda: float) -> dict | None:
         if steps <= 0:
@@ -520,23 +584,18 @@ class CoEvolution:
             [to_definition(i, _info(i)) for i in _front(pop)], g)))
         pop.lineage.write_graphml(d.lineage)
         log_lines = d.append_log(entry)
-        d.replace_dir(d.model, lambda p: save_model(self.model, str(p),
-                                                     tokenizer=self.tokenizer,
-                                                     step=self.trainer.step_num))
+        # file by file, each replaced atomically: there is always a model/ to read
+        save_model(self.model, str(d.model), tokenizer=self.tokenizer,
+                   step=self.trainer.step_num)
         report.write_plots(d.path, report.read_log(d.path), d.write)
         tag = f"gen-{g:04d}"
         ckpt = d.fresh_checkpoint_dir(tag)
         save_checkpoint(self.trainer, str(ckpt / "trainer"))
         pop.lineage.write_graphml(ckpt / "lineage.graphml")
-        version, internal, gauss = self.rng.getstate()
-        d.commit(tag, {
-            "next_generation": g + 1,
-            "log_lines": log_lines,
-            "difficulty": self.difficulty,
-            "rng": [version, list(internal), gauss],
-            "population": pop.to_dict(),
-            "champion": expr_to_scheme(to_expr(champion)),
-        })
+        d.commit(tag, RunState(next_generation=g + 1, log_lines=log_lines,
+                               difficulty=self.difficulty, rng=self.rng.getstate(),
+                               population=pop.to_dict(),
+                               champion=expr_to_scheme(to_expr(champion)), log_entry=entry))
         self.next_generation = g + 1
 
     def _readable(self, defs: list[Definition], g: int) -> list[Definition]:

@@ -9,7 +9,6 @@ checkpoint (resume) and in log.jsonl's `constants`. Nothing here needs the model
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -100,14 +99,9 @@ def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0,
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "log.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
+    from .rundir import RunDir
+
+    return RunDir(run_dir).log_entries()
 
 
 def constant_lines(log: list[dict]) -> list[tuple[str, list[tuple[int, float]]]]:

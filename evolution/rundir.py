@@ -6,26 +6,74 @@
 
 Every file is written atomically (temp file + rename). A generation is committed by
 `checkpoint/latest.json`, written last: it names the checkpoint directory of that generation,
-which holds the trainer (safetensors + JSON), the population (JSON), the run's RNG state and
-the number of log lines that belong to it. On resume the log is cut back to those lines and
-the run continues at `next_generation`, so a run killed at any instant ends as if never
-stopped. No pickle anywhere.
+which holds the trainer (safetensors + JSON) and the `RunState` (`state.json`: population, the
+run's RNG state, the number of log lines that belong to it and the last of them). On resume the
+log is cut back to those lines and the run continues at `next_generation`, so a run killed at
+any instant ends as if never stopped. No pickle anywhere.
+
+A run directory is used by one process at a time: `lock()` takes an exclusive `flock` on
+`.lock` (released by the kernel when the process ends, so a crash leaves no stale lock) and
+writes who holds it there, for the message a second process gets.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
+import re
 import shutil
+import socket
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine_dsl.files import atomic_write
+from neural.tasks import json_lines
 
 GEN_WIDTH = 4
+CHECKPOINT_TAG = re.compile(r"gen-\d{4,9}")
 
 
 class RunError(Exception):
     """A run directory that cannot be used as asked; str() is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What resuming needs beyond the trainer checkpoint, for the generation it commits."""
+
+    next_generation: int  # the generation a resume runs next
+    log_lines: int  # lines of log.jsonl that belong to the committed generations
+    difficulty: int | None  # the task's difficulty now (the curriculum moves it)
+    rng: tuple  # the evolution `random.Random` state: (version, 625 ints, gauss)
+    population: dict | None  # evolution.population.Population.to_dict()
+    champion: str  # Scheme source of the champion decoder
+    log_entry: dict  # the committed generation's log line (repairs a torn log)
+
+    def to_json(self) -> dict:
+        version, internal, gauss = self.rng
+        return dataclasses.asdict(self) | {"rng": [version, list(internal), gauss]}
+
+    @classmethod
+    def from_json(cls, data, where: str) -> RunState:
+        """RunError naming `where` and the key for a missing or ill-typed field."""
+        types = {"next_generation": int, "log_lines": int, "difficulty": int | None,
+                 "rng": list, "population": dict | None, "champion": str, "log_entry": dict}
+        if not isinstance(data, dict):
+            raise RunError(f"{where}: not a JSON object")
+        for key, kind in types.items():
+            if key not in data:
+                raise RunError(f"{where}: missing key '{key}'; the checkpoint is damaged")
+            if not isinstance(data[key], kind) or isinstance(data[key], bool):
+                raise RunError(f"{where}: '{key}' has the wrong type; the checkpoint is damaged")
+        rng = data["rng"]
+        if not (len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list)
+                and all(isinstance(x, int) for x in rng[1])
+                and (rng[2] is None or isinstance(rng[2], float))):
+            raise RunError(f"{where}: 'rng' is not a random state; the checkpoint is damaged")
+        return cls(**{k: data[k] for k in types} | {"rng": (rng[0], tuple(rng[1]), rng[2])})
 
 
 class RunDir:
@@ -90,6 +138,7 @@ class RunDir:
         def build(tmp: Path) -> None:
             for name, data in seeds.items():
                 atomic_write(tmp / "seeds" / name, data)
+            (tmp / self.checkpoints.name).mkdir()  # gone later: removed by hand, not by us
             atomic_write(tmp / self.config.name, config)
 
         self.replace_dir(self.path, build)
@@ -117,39 +166,115 @@ class RunDir:
         return len(lines)
 
     def log_lines(self) -> list[str]:
+        """The non-blank lines of log.jsonl (JSON Lines: split at LF only)."""
         if not self.log.exists():
             return []
-        return [ln for ln in self.log.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        text = self.log.read_text(encoding="utf-8", errors="replace")
+        return [ln for ln in json_lines(text) if ln.strip()]
 
-    def truncate_log(self, n: int) -> None:
+    def log_entries(self) -> list[dict]:
+        """The entries of log.jsonl. A torn last line (a write cut short by something other
+        than this program, which writes whole files) is left out; it is rewritten from the
+        checkpoint on resume. Any other bad line is a RunError naming `log.jsonl:line`."""
         lines = self.log_lines()
+        out = []
+        for k, line in enumerate(lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if not isinstance(entry, dict) or not isinstance(entry.get("generation"), int):
+                if k == len(lines) - 1:
+                    break
+                raise RunError(f"{self.log}:{k + 1}: not a log entry (damaged); remove the "
+                               "file's lines from here on and resume to write them again")
+            out.append(entry)
+        return out
+
+    def truncate_log(self, n: int, last: dict | None = None) -> None:
+        """Keep the first n lines of log.jsonl; `last`, when given, replaces the n-th line if
+        it is torn or missing."""
+        lines = self.log_lines()[:n]
+        if last is not None and n >= 1:
+            try:
+                whole = len(lines) == n and isinstance(json.loads(lines[-1]), dict)
+            except ValueError:
+                whole = False
+            if not whole:
+                lines = [*lines[:n - 1], json.dumps(last, sort_keys=True)]
         if len(lines) != n:
-            self.write(self.log, "".join(ln + "\n" for ln in lines[:n]))
+            raise RunError(f"{self.log}: {len(lines)} lines, but {n} generations were "
+                           "committed; the log was cut short and cannot be repaired")
+        if lines != self.log_lines():
+            self.write(self.log, "".join(ln + "\n" for ln in lines))
 
     # checkpoints
     def checkpoint_dir(self, tag: str) -> Path:
         return self.checkpoints / tag
 
-    def commit(self, tag: str, state: dict) -> None:
+    def commit(self, tag: str, state: RunState) -> None:
         """Make checkpoint `tag` (already written) the one a resume starts from."""
-        self.write_json(self.checkpoint_dir(tag) / "state.json", state)
+        self.write_json(self.checkpoint_dir(tag) / "state.json", state.to_json())
         self.write_json(self.checkpoints / "latest.json", {"checkpoint": tag})
         for old in self.checkpoints.iterdir():
             if old.is_dir() and old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def latest(self) -> tuple[Path, dict] | None:
-        """(checkpoint directory, its state) of the last committed generation, or None."""
+    def latest(self) -> tuple[Path, RunState] | None:
+        """(checkpoint directory, its state) of the last committed generation, or None when
+        none was committed yet. A run whose checkpoint/ was removed, or whose pointer or
+        state is damaged, is a RunError: resuming it would start over."""
         pointer = self.checkpoints / "latest.json"
+        if not self.checkpoints.is_dir():
+            done = len(self.log_lines())
+            if done or any(self.path.glob("generations/*.scm")):
+                raise RunError(
+                    f"{self.checkpoints} is missing, so this run cannot be continued exactly; "
+                    f"its finished results are intact ({done} generations logged). Start a new "
+                    f"run from them: evolve --model-from {self.path} --seeds "
+                    f"{self.hall_of_fame}")
+            return None
         if not pointer.exists():
             return None
         try:
             tag = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-            directory = self.checkpoint_dir(tag)
-            state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError) as e:
-            raise RunError(f"{self.checkpoints}: unreadable checkpoint ({e})") from None
-        return directory, state
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RunError(f"{pointer}: unreadable ({type(e).__name__}); the checkpoint is "
+                           "damaged") from None
+        if not isinstance(tag, str) or not CHECKPOINT_TAG.fullmatch(tag):
+            raise RunError(f"{pointer}: names {tag!r}, not a checkpoint of this run "
+                           "(gen-NNNN); the checkpoint is damaged")
+        directory = self.checkpoint_dir(tag)
+        where = directory / "state.json"
+        try:
+            data = json.loads(where.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RunError(f"{where}: unreadable ({type(e).__name__}); the checkpoint is "
+                           "damaged") from None
+        return directory, RunState.from_json(data, str(where))
+
+    # the lock
+    def lock(self) -> None:
+        """Hold this run directory for this process until it ends (or `unlock`); a RunError
+        saying who holds it if another process does."""
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 400).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{self.path} is in use by {holder}; wait for it to end, or stop "
+                           "it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, (f"process {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def fresh_checkpoint_dir(self, tag: str) -> Path:
         """An empty directory for checkpoint `tag` (left-overs of a killed write removed)."""

@@ -104,6 +104,10 @@ class RunConfig:
         if m.n_embd % m.n_head:
             raise ConfigError(f"model.n_embd = {m.n_embd} must be a multiple of model.n_head = "
                               f"{m.n_head}")
+        params = 12 * m.n_layer * m.n_embd**2 + (m.vocab_size + m.block_size) * m.n_embd
+        if params > MAX_PARAMETERS:
+            raise ConfigError(f"model.n_layer = {m.n_layer}, model.n_embd = {m.n_embd}: a model "
+                              f"of {params:.3g} parameters exceeds the cap of {MAX_PARAMETERS:.0e}")
         if m.vocab_size < ByteTokenizer.vocab_size:
             raise ConfigError(f"model.vocab_size must be >= {ByteTokenizer.vocab_size} (the byte "
                               f"tokenizer's vocabulary), found {m.vocab_size}")
@@ -116,6 +120,7 @@ class RunConfig:
 
 
 BIG = 10**9  # a bound on counts that no run on one machine comes near
+MAX_PARAMETERS = 10**9  # of the model: more does not fit a single machine's memory and time
 # section.key -> (lowest, highest, highest excluded) of every numeric setting with a range
 DOMAINS: dict[str, tuple[float, float, bool]] = {
     "run.seed": (0, 2**32 - 1, False),
@@ -315,6 +320,32 @@ def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dic
     cfg = from_dict(RunConfig, data)
     cfg.validate()
     return cfg
+
+
+# What a run is: a resume may extend it or change how it searches, never these.
+FIXED_ON_RESUME = ("run.seed", "run.mode", "run.seeds", "run.model_from", "task", "model",
+                   "train")
+
+
+def check_resume(recorded: RunConfig, new: RunConfig) -> None:
+    """ConfigError naming the first setting in which `new` changes what the run `recorded`
+    is (its task, seed, mode, seeds, model or training)."""
+    old, now = _flat(to_dict(recorded)), _flat(to_dict(new))
+    for key in sorted(set(old) | set(now)):
+        fixed = any(key == f or key.startswith(f + ".") for f in FIXED_ON_RESUME)
+        if fixed and old.get(key) != now.get(key):
+            raise ConfigError(f"{key} = {now.get(key)!r} would change what the run is (it has "
+                              f"{old.get(key)!r}); a resume keeps it: start a new run for that")
+
+
+def _flat(data: dict, where: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{where}{k}.")
+        else:
+            out[f"{where}{k}"] = v
+    return out
 
 
 def dump_toml(cfg: RunConfig) -> str:

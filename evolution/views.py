@@ -20,11 +20,7 @@ def open_run(path: str):
     """A CoEvolution opened read-only on run `path` (model, task, config)."""
     from .loop import CoEvolution
 
-    rundir = RunDir(path)
-    rundir.require_run()
-    run = CoEvolution(resolve(str(rundir.config)), rundir)
-    run.open()
-    return run
+    return CoEvolution.open(RunDir(path))
 
 
 def program_defs(path: str, run, name: str | None = None) -> list[Definition]:
@@ -355,6 +351,10 @@ def trace_decoding(model, tok, d: Definition, prompt: str, *, seed: int, max_new
     nodes = _evaluation_order(p.logits_expr)
     unfused = engine_dsl.compile_expr(p.logits_expr, fuse=False)  # every node's own value
     ids = tok.encode(prompt, bos=True)
+    if len(ids) + max_new_tokens > model.config.block_size:
+        raise RunError(f"the prompt ({len(ids)} tokens) and {max_new_tokens} answer tokens "
+                       f"exceed the model's block size of {model.config.block_size}; shorten "
+                       "the prompt")
     lines = [f"trace of {d.name}: {one_line(d.body, 100)}",
              f"prompt {prompt!r}; {p.chooser.name} over the Logits program"
              + (f"; {' / '.join(f'{a.name} {n}' for a, n in p.layers)}: first sample shown"

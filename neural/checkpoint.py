@@ -62,18 +62,33 @@ def atomic_write_json(path: str, obj) -> None:
 def _read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    except (UnicodeDecodeError, RecursionError, ValueError):
+        raise CheckpointError(f"{path}: not UTF-8 JSON; the file is damaged") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object; the file is damaged")
+    return data
 
 
 def _read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: missing")
-    with safe_open(path, framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
+    except Exception as e:  # safetensors' errors have no common public type
+        raise CheckpointError(f"{path}: unreadable safetensors file ({type(e).__name__}); "
+                              "the file is damaged or truncated") from None
+
+
+def _field(state: dict, key: str, path: str):
+    if key not in state:
+        raise CheckpointError(f"{path}: missing key '{key}'; the file is damaged")
+    return state[key]
 
 
 def _storage_key(t: torch.Tensor):
@@ -121,10 +136,19 @@ def _load_model(directory, tokenizer):
     if saved_tok is not None and saved_tok != tokenizer.to_dict():
         raise CheckpointError(f"{directory}: saved with tokenizer {saved_tok}, "
                               f"not {tokenizer.to_dict()}")
-    config = GPTConfig.from_dict(config_d)
-    model = GPT(config)
+    config_path = os.path.join(directory, MODEL_CONFIG)
+    try:
+        config = GPTConfig.from_dict(config_d)
+        model = GPT(config)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        raise CheckpointError(f"{config_path}: not a model configuration ({e}); the file is "
+                              "damaged") from None
     tensors, meta = _read_tensors(os.path.join(directory, MODEL_WEIGHTS))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError:
+        raise CheckpointError(f"{directory}: the weights do not have the shapes config.json "
+                              "gives; the model is damaged") from None
     # a name absent from the file is fine only if it aliases a loaded tensor (tied weights)
     full = model.state_dict()
     loaded = {_storage_key(full[n]) for n in tensors if n in full}
@@ -179,31 +203,36 @@ def load_checkpoint(directory: str, train_examples: Sequence[Example], *,
     """A Trainer that continues exactly where the one saved in `directory` stopped.
     Also restores the global python, numpy and torch RNG states. `train_examples` must be
     the same list the saved trainer used (examples are data, not state)."""
-    state = _read_json(os.path.join(directory, TRAINER_STATE))
-    step = state["step"]
+    where = os.path.join(directory, TRAINER_STATE)
+    state = _read_json(where)
+    step = _field(state, "step", where)
     model, model_step = _load_model(directory, tokenizer)
     tensors, meta = _read_tensors(os.path.join(directory, TRAINER_TENSORS))
     if model_step != str(step) or meta.get("step") != str(step):
         raise CheckpointError(f"{directory}: torn checkpoint (trainer.json at step {step}, "
                               f"weights at {model_step}, optimizer at {meta.get('step')})")
-    trainer = Trainer(model, tokenizer or ByteTokenizer(), train_examples,
-                      TrainConfig.from_dict(state["train_config"]), extra_loss=extra_loss)
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, t in tensors.items():
-        if name.startswith("optim."):
-            _, i, key = name.split(".", 2)
-            opt_state.setdefault(int(i), {})[key] = t
-    if opt_state:
-        groups = trainer.optimizer.state_dict()["param_groups"]
-        trainer.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-    if state.get("grokfast_len") is not None:
-        trainer.grokfast_ema = [tensors[f"grokfast.{i}"] for i in range(state["grokfast_len"])]
-    trainer.generator.set_state(tensors["rng.sampler"])
-    trainer.step_num = step
-    torch.set_rng_state(tensors["rng.torch"])
-    py_version, py_state, py_gauss = state["rng"]["python"]
-    random.setstate((py_version, tuple(py_state), py_gauss))
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = state["rng"]["numpy"]
-    np.random.set_state((np_kind, np.array(np_keys, dtype=np.uint32), np_pos, np_has_gauss,
-                         np_gauss))
+    try:
+        trainer = Trainer(model, tokenizer or ByteTokenizer(), train_examples,
+                          TrainConfig.from_dict(state["train_config"]), extra_loss=extra_loss)
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, t in tensors.items():
+            if name.startswith("optim."):
+                _, i, key = name.split(".", 2)
+                opt_state.setdefault(int(i), {})[key] = t
+        if opt_state:
+            groups = trainer.optimizer.state_dict()["param_groups"]
+            trainer.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+        if state.get("grokfast_len") is not None:
+            trainer.grokfast_ema = [tensors[f"grokfast.{i}"] for i in range(state["grokfast_len"])]
+        trainer.generator.set_state(tensors["rng.sampler"])
+        trainer.step_num = step
+        torch.set_rng_state(tensors["rng.torch"])
+        py_version, py_state, py_gauss = state["rng"]["python"]
+        random.setstate((py_version, tuple(py_state), py_gauss))
+        np_kind, np_keys, np_pos, np_has_gauss, np_gauss = state["rng"]["numpy"]
+        np.random.set_state((np_kind, np.array(np_keys, dtype=np.uint32), np_pos, np_has_gauss,
+                             np_gauss))
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{directory}: damaged trainer checkpoint ({type(e).__name__}: "
+                              f"{e})") from None
     return trainer

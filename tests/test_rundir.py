@@ -1,0 +1,221 @@
+"""One owner for run state (issue 10, item 4) and run directories that survive what users and
+crashes do to them (issue 16): the typed state, the lock, resume that extends or refuses,
+damaged files named in one line, nothing finished rewritten."""
+
+import json
+import os
+import shutil
+
+import pytest
+from conftest import ROOT, TINY
+from conftest import cli as run_cli
+from hypothesis import given
+from hypothesis import strategies as st
+
+from evolution.rundir import RunDir, RunError, RunState
+
+
+def cli(*args, check=None):
+    proc = run_cli(*args, check=check)
+    assert "internal error" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def run(tiny_run, tmp_path):
+    """A copy of the session's finished two-generation tiny run."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run[0], copy)
+    return copy
+
+
+def snapshot(run) -> dict:
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+# --- the typed state ----------------------------------------------------------------------
+
+
+states = st.builds(
+    RunState, next_generation=st.integers(0, 10**6), log_lines=st.integers(0, 10**6),
+    difficulty=st.none() | st.integers(1, 32),
+    rng=st.tuples(st.just(3), st.lists(st.integers(0, 2**32 - 1), min_size=625,
+                                       max_size=625).map(tuple), st.none()),
+    population=st.none() | st.just({"individuals": [], "generation": 1, "serial": 0}),
+    champion=st.just("(greedy logits)"),
+    log_entry=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5)))
+
+
+@given(states)
+def test_run_state_round_trips_through_json(state):
+    assert RunState.from_json(json.loads(json.dumps(state.to_json())), "s.json") == state
+
+
+@pytest.mark.parametrize("key", ["next_generation", "rng", "log_entry", "champion"])
+def test_run_state_missing_or_ill_typed_key_names_it(key):
+    data = RunState(1, 1, None, (3, (0,) * 625, None), None, "(greedy logits)", {}).to_json()
+    with pytest.raises(RunError, match=f"^s.json: missing key '{key}'"):
+        RunState.from_json({k: v for k, v in data.items() if k != key}, "s.json")
+    with pytest.raises(RunError, match=f"^s.json: '{key}' has the wrong type"):
+        RunState.from_json(data | {key: True}, "s.json")
+
+
+# --- resume: extend, refuse, the lock -----------------------------------------------------
+
+
+def test_resume_with_more_generations_extends_the_run_and_model_is_never_absent(
+        run, monkeypatch):
+    """In process, to watch the model directory at every file replacement."""
+    from evolution.loop import CoEvolution
+
+    real_replace, seen = os.replace, []
+
+    def replace(src, dst, *a, **k):
+        seen.append((run / "model").is_dir())
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    resumed = CoEvolution.resume(RunDir(run), overrides={"run": {"generations": 3}})
+    assert resumed.next_generation == 3
+    try:
+        resumed.run()
+    finally:
+        resumed.close()
+    log = RunDir(run).log_entries()
+    assert [e["generation"] for e in log] == [0, 1, 2, 3]
+    assert "generations = 3" in (run / "config.toml").read_text()
+    assert seen and all(seen)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "reverse"], "task.name = 'reverse' would change what the run is"),
+    (["--seed", "7"], "run.seed = 7 would change what the run is"),
+    (["--set", "model.n_layer=3"], "model.n_layer = 3 would change what the run is"),
+    (["--set", "train.learning_rate=0.1"], "train.learning_rate = 0.1 would change"),
+    (["--generations", "1"], "run.generations = 1, but 2 generations are done"),
+])
+def test_resume_refuses_flags_that_change_what_the_run_is(run, args, message):
+    before = snapshot(run)
+    proc = cli("evolve", "--resume", run, *args, check=1)
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert snapshot(run) == before
+
+
+def test_resume_takes_no_config_file(run):
+    assert cli("evolve", "--resume", run, "--config", TINY, check=2).returncode == 2
+
+
+def test_a_second_process_is_told_who_holds_the_run(run):
+    held = RunDir(run)
+    held.lock()
+    try:
+        proc = cli("evolve", "--resume", run, check=1)
+        assert f"{run} is in use by process {os.getpid()} on" in proc.stderr
+    finally:
+        held.unlock()
+    cli("evolve", "--resume", run, check=0)  # a lock dies with its holder's descriptor
+
+
+# --- damage: detected, named, nothing finished rewritten ----------------------------------
+
+
+def test_a_run_without_checkpoint_is_not_started_over(run):
+    shutil.rmtree(run / "checkpoint")
+    before = snapshot(run)
+    proc = cli("evolve", "--resume", run, check=1)
+    assert "checkpoint is missing, so this run cannot be continued exactly" in proc.stderr
+    assert f"--model-from {run}" in proc.stderr
+    assert snapshot(run) == before
+
+
+def test_a_torn_last_log_line_is_shown_without_it_and_repaired_on_resume(run):
+    whole = (run / "log.jsonl").read_bytes()
+    (run / "log.jsonl").write_bytes(whole[:-40])
+    shown = cli("show", run, check=0).stdout
+    assert "2 of 3 generations done" in shown
+    cli("evolve", "--resume", run, check=0)
+    assert (run / "log.jsonl").read_bytes() == whole
+
+
+def test_a_damaged_earlier_log_line_is_named(run):
+    lines = (run / "log.jsonl").read_text().splitlines()
+    (run / "log.jsonl").write_text("\n".join(["{oops", *lines[1:]]) + "\n")
+    assert f"{run / 'log.jsonl'}:1: not a log entry" in cli("show", run, check=1).stderr
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: (r / "checkpoint" / "latest.json").write_text('{"checkpoint": "../../x"}'),
+     "names '../../x', not a checkpoint of this run"),
+    (lambda r: _edit_state(r, lambda s: s.pop("rng")), "missing key 'rng'"),
+    (lambda r: _truncate(next((r / "checkpoint").glob("gen-*/trainer/trainer.safetensors"))),
+     "unreadable safetensors file"),
+    (lambda r: _truncate(next((r / "checkpoint").glob("gen-*/lineage.graphml"))),
+     "unreadable lineage"),
+    (lambda r: (r / "checkpoint" / "latest.json").write_bytes(b"\xff\xfe"),
+     "latest.json: unreadable"),
+])
+def test_damaged_checkpoint_files_are_named_on_resume(run, damage, message):
+    damage(run)
+    before = snapshot(run)
+    proc = cli("evolve", "--resume", run, check=1)
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: _truncate(r / "model" / "model.safetensors"), "unreadable safetensors file"),
+    (lambda r: _flip(r / "model" / "model.safetensors"), "model"),
+    (lambda r: (r / "model" / "config.json").write_bytes(b"\xff{}"), "not UTF-8 JSON"),
+    (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(n_embd=64)),
+     "do not have the shapes config.json gives"),
+    (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(n_head=5)),
+     "not a model configuration"),
+])
+def test_a_damaged_model_is_named_by_eval(run, damage, message):
+    damage(run)
+    proc = cli("eval", ROOT / "programs" / "greedy.scm", "--run", run)
+    if proc.returncode != 0:  # a flipped bit may land in a weight: then it is only a weight
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_model_from_a_run_of_another_task_is_refused(tiny_run, tmp_path):
+    finished = tiny_run[0]
+    proc = cli("evolve", "--out", tmp_path / "r", "--config", TINY, "--task", "reverse",
+               "--model-from", finished, check=1)
+    assert "its model was trained on task 'addition', not 'reverse'" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_trace_and_eval_refuse_what_they_cannot_do(tiny_run, tmp_path):
+    finished = tiny_run[0]
+    empty = tmp_path / "empty.scm"
+    empty.write_text(";; nothing here\n")
+    assert "no definitions" in cli("trace", empty, "--run", finished, "--prompt", "1+1=",
+                                   check=1).stderr
+    assert "no definitions" in cli("eval", empty, "--run", finished, check=1).stderr
+    greedy = ROOT / "programs" / "greedy.scm"
+    long = cli("trace", greedy, "--run", finished, "--prompt", "9" * 200, check=1).stderr
+    assert "block size" in long
+    assert cli("trace", greedy, "--run", finished, "--prompt", "1", "--top", "-1",
+               check=2).returncode == 2
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _edit_state(run, change):
+    _edit_json(next((run / "checkpoint").glob("gen-*/state.json")), change)
