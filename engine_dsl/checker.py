@@ -75,6 +75,25 @@ def _decode(text: str | bytes, filename: str) -> str:
                        filename, line, col, shown) from None
 
 
+def within_caps(expr: Expr, limits: Limits) -> bool:
+    """Whether every product of nested capped counts in `expr` (the decodes per answer of
+    nested `vote`/`best-of`) is within its cap: the rule `read` applies, for programs that
+    are built rather than read (the GP's)."""
+    stack: list[tuple[Expr, dict[str, int]]] = [(expr, {})]
+    while stack:
+        node, products = stack.pop()
+        if not isinstance(node, Apply):
+            continue
+        inner = dict(products)
+        for arg, a in zip(PRIMITIVES[node.op].args, node.args, strict=True):
+            if arg.cap and isinstance(a, CountConst):
+                inner[arg.cap] = inner.get(arg.cap, 1) * a.value
+                if inner[arg.cap] > getattr(limits, arg.cap):
+                    return False
+        stack.extend((a, inner) for a in node.args)
+    return True
+
+
 def _nearest(name: str, candidates) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
     return ("; did you mean " + ", ".join(f"'{c}'" for c in close) + "?") if close else ""
@@ -121,6 +140,9 @@ class _Checker:
         self.filename = filename
         self.limits = limits
         self.errors: list[DslError] = []
+        # cap name -> product of the capped counts enclosing the node being checked (nested
+        # `vote`/`best-of` multiply: the cap bounds the decodes per answer, not each count)
+        self.products: dict[str, int] = {}
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -255,6 +277,7 @@ class _Checker:
         self.require(prim.returns is expected, d,
                      f"expected {expected}, found ({name} ...) of type {prim.returns}")
         checked, failed = [], False
+        outer = dict(self.products)
         for a, arg in zip(args, prim.args, strict=True):
             try:
                 checked.append(self.expr(a, arg.type, Slot(name, arg)))
@@ -263,6 +286,10 @@ class _Checker:
                 failed = True
             except _Reported:
                 failed = True
+            else:  # a capped count multiplies the work of the arguments after it
+                if arg.cap and isinstance(checked[-1], CountConst):
+                    self.products[arg.cap] = self.products.get(arg.cap, 1) * checked[-1].value
+        self.products = outer
         if failed:
             raise _Reported
         return Apply(name, tuple(checked), d.span)
@@ -286,8 +313,11 @@ class _Checker:
             self.require(v >= 1, d, f"a Count must be >= 1, found {shown}")
             cap = slot.arg.cap if slot else None
             if cap:
-                limit = getattr(self.limits, cap)
+                limit, outer = getattr(self.limits, cap), self.products.get(cap, 1)
                 self.require(v <= limit, d, f"{v} exceeds the cap {cap} = {limit}")
+                self.require(outer * v <= limit, d,
+                             f"nested counts multiply to {outer} x {v} = {outer * v}, which "
+                             f"exceeds the cap {cap} = {limit} (it bounds their product)")
             return CountConst(int(v), d.span)
         if expected is Type.REAL:
             x = _to_float(v)
@@ -348,4 +378,4 @@ def _end_line(d: Datum) -> int:
     return node.span.line
 
 
-__all__ = ["read", "read_expr", "type_of"]
+__all__ = ["read", "read_expr", "type_of", "within_caps"]

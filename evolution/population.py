@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from deap import base
 
+from engine_dsl.checker import within_caps
 from engine_dsl.nodes import Definition, Expr
 from engine_dsl.printer import expr_to_scheme
 
@@ -63,6 +64,8 @@ def build_toolbox(config: EvolutionConfig, space: SearchSpace | None = None) -> 
     for name in OPERATOR_NAMES:
         tb.decorate(name, variation.static_limit(len, limits.max_size))
         tb.decorate(name, variation.static_limit(variation.tree_height, limits.max_height))
+        tb.decorate(name, variation.static_limit(  # nested vote/best-of: their product
+            lambda ind: not within_caps(to_expr(ind), limits), 0))
     tb.register("select", selection.select_survivors, kind=config.selection,
                 fitness_size=config.tournament_size, parsimony_size=config.parsimony_size)
     tb.register("select_parents", selection.select_parents, kind=config.selection,

@@ -15,6 +15,7 @@ import math
 import random
 from collections.abc import Sequence
 
+from engine_dsl.checker import within_caps
 from engine_dsl.nodes import Definition, Expr
 from engine_dsl.registry import PRIMITIVES, baseline
 from engine_dsl.types import Type
@@ -34,6 +35,7 @@ from .bridge import (
     fits,
     individual,
     slot_class,
+    to_expr,
     to_tree,
 )
 
@@ -195,7 +197,8 @@ def random_individual(rng: random.Random, sampler: ConstantSampler, heights: tup
         h = rng.randint(*heights)
         tree = generate(DECODER, h, rng, sampler, full=rng.random() < 0.5)
         ind = Individual(tree)
-        if len(ind) <= limits.max_size and ind.height <= limits.max_height:
+        if (len(ind) <= limits.max_size and ind.height <= limits.max_height
+                and within_caps(to_expr(ind), limits)):
             return ind
     return Individual(to_tree(baseline()))
 

@@ -69,6 +69,7 @@ class LoopSection:
     ray_address: str = ""  # tune on a Ray cluster instead ("auto", "ray://host:port")
     phased_model_generations: int = 1  # mode=phased: generations training the model alone
     phased_program_generations: int = 2  # ... then evolving programs with the model frozen
+    decode_memory_mb: int = 4096  # budget of one decode (KV cache and logits of every row)
 
 
 @dataclass
@@ -114,6 +115,13 @@ class RunConfig:
         if self.loop.max_new_tokens >= m.block_size:
             raise ConfigError(f"loop.max_new_tokens = {self.loop.max_new_tokens} exceeds the "
                               f"cap model.block_size - 1 = {m.block_size - 1}")
+        need = decode_memory_mb(self)
+        if need > self.loop.decode_memory_mb:
+            raise ConfigError(
+                f"loop.decode_memory_mb = {self.loop.decode_memory_mb}: decoding up to "
+                f"evolution.limits.max_votes = {self.evolution.limits.max_votes} answers for "
+                f"each of {max(self.loop.valid_prompts, self.loop.test_prompts)} prompts takes "
+                f"about {need:.0f} MB; raise it, or lower the cap or the prompts")
         if self.train.min_lr > self.train.learning_rate:
             raise ConfigError(f"train.min_lr = {self.train.min_lr} exceeds train.learning_rate "
                               f"= {self.train.learning_rate}")
@@ -137,6 +145,7 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "loop.workers": (0, 1024, False),
     "loop.phased_model_generations": (0, BIG, False),
     "loop.phased_program_generations": (0, BIG, False),
+    "loop.decode_memory_mb": (1, 2**30, False),
     "model.vocab_size": (1, 2**20, False),
     "model.block_size": (2, 2**16, False),
     "model.n_layer": (1, 256, False),
@@ -158,6 +167,15 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "train.seed": (0, 2**32 - 1, False),
     **{f"evolution.limits.{k}": (1, BIG, False) for k in Limits.field_names()},
 }
+
+
+def decode_memory_mb(cfg: RunConfig) -> float:
+    """An estimate of the most memory one decode of a run takes, in MB: every row (a prompt
+    times the decodes per answer, at most `max_votes` by the product cap) holds a KV cache of
+    the whole block in every layer and a few rows of logits."""
+    m = cfg.model
+    rows = cfg.evolution.limits.max_votes * max(cfg.loop.valid_prompts, cfg.loop.test_prompts)
+    return rows * (2 * m.n_layer * m.block_size * m.n_embd + 4 * m.vocab_size) * 4 / 2**20
 
 
 def _numbers(obj, where: str = ""):

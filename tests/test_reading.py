@@ -165,3 +165,44 @@ def test_printing_keeps_every_comment(parts):
     assert [c.text for c in comments] == [{"; c": "; c", "#| b |#": "; #| b |#",
                                            "#;(x)": "; #;(x)"}[p] for p in parts
                                           if p in ("; c", "#| b |#", "#;(x)")]
+
+
+def test_nested_vote_and_best_of_counts_are_capped_by_their_product():
+    """The decodes per answer multiply: 16^5 passed `check` and took 24 GB."""
+    with pytest.raises(DslError, match=r"v.scm:1:26: error: nested counts multiply to "
+                                       r"16 x 16 = 256, which exceeds the cap max_votes = 16"):
+        read("(define v (vote 16 (vote 16 (vote 16 (vote 16 (vote 16 (sample logits)))))))",
+             "v.scm")
+    with pytest.raises(DslError, match="4 x 5 = 20"):
+        read("(define x (vote 4 (best-of 5 (sample logits))))", "x.scm")
+    (d,) = read("(define y (best-of 4 (vote 4 (sample logits))))", "y.scm")
+    assert d.name == "y"
+
+
+def test_programs_the_gp_builds_are_within_the_product_cap():
+    import random
+
+    from evolution.generation import ConstantSampler, random_individual
+
+    from engine_dsl import Limits, to_scheme
+    from engine_dsl.checker import within_caps
+    from evolution.bridge import SearchSpace, to_expr
+    from evolution.config import EvolutionConfig
+    from evolution.population import build_toolbox, mutate
+
+    rng = random.Random(0)
+    space = SearchSpace(2, 2, 259)
+    sampler, limits = ConstantSampler(space), Limits()
+    toolbox = build_toolbox(EvolutionConfig(population_size=4), space)
+    for _ in range(200):
+        ind = random_individual(rng, sampler, (2, 6))
+        child, _ = mutate(ind, toolbox, rng)
+        for e in (to_expr(ind), to_expr(child)):
+            assert within_caps(e, limits)
+            read(to_scheme([engine_dsl_definition(e)]), "p.scm")
+
+
+def engine_dsl_definition(e):
+    from engine_dsl import Definition
+
+    return Definition("p", e)
