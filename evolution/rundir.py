@@ -154,6 +154,14 @@ class RunDir:
     def write(self, path: Path, data: str | bytes) -> None:
         atomic_write(path, data)
 
+    def read_json(self, path: Path):
+        """The JSON value in `path`; RunError if the file cannot be read as JSON."""
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise RunError(f"{path}: unreadable ({type(e).__name__}); the file is "
+                           "damaged") from None
+
     def write_json(self, path: Path, obj) -> None:
         atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
@@ -236,22 +244,14 @@ class RunDir:
             return None
         if not pointer.exists():
             return None
-        try:
-            tag = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise RunError(f"{pointer}: unreadable ({type(e).__name__}); the checkpoint is "
-                           "damaged") from None
+        pointed = self.read_json(pointer)
+        tag = pointed.get("checkpoint") if isinstance(pointed, dict) else None
         if not isinstance(tag, str) or not CHECKPOINT_TAG.fullmatch(tag):
             raise RunError(f"{pointer}: names {tag!r}, not a checkpoint of this run "
                            "(gen-NNNN); the checkpoint is damaged")
         directory = self.checkpoint_dir(tag)
         where = directory / "state.json"
-        try:
-            data = json.loads(where.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise RunError(f"{where}: unreadable ({type(e).__name__}); the checkpoint is "
-                           "damaged") from None
-        return directory, RunState.from_json(data, str(where))
+        return directory, RunState.from_json(self.read_json(where), str(where))
 
     # the lock
     def lock(self) -> None:
