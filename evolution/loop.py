@@ -354,6 +354,12 @@ class CoEvolution:
                               else ProcessMap(loop.workers))
             except ImportError as e:
                 raise RunError(f"loop.ray_address needs Ray ({e})") from None
+            except Exception as e:  # Ray's connection errors have no common type
+                if not loop.ray_address:
+                    raise
+                raise RunError(f"loop.ray_address = {loop.ray_address!r}: cannot use the Ray "
+                               f"cluster ({type(e).__name__}: {e}); check the address, or "
+                               "leave it empty to tune in-process") from None
         return getattr(self, "_pool", None)
 
     def close(self) -> None:

@@ -219,3 +219,22 @@ def _edit_json(path, change):
 
 def _edit_state(run, change):
     _edit_json(next((run / "checkpoint").glob("gen-*/state.json")), change)
+
+
+def test_an_answer_cap_that_leaves_no_room_for_the_prompt_is_refused_up_front(tmp_path):
+    proc = cli("evolve", "--out", tmp_path / "r", "--config", TINY, "--set",
+               "loop.max_new_tokens=31", check=1)
+    assert "loop.max_new_tokens: the task's longest prompt" in proc.stderr
+    assert "exceed model.block_size = 32" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_prompt_that_is_not_utf8_is_refused(tiny_run):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable.encode(), str(ROOT / "run_evolution.py").encode(),
+                           b"trace", str(ROOT / "programs" / "greedy.scm").encode(), b"--run",
+                           str(tiny_run[0]).encode(), b"--prompt", b"\xff\xfe"],
+                          capture_output=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1 and b"--prompt is not UTF-8 text" in proc.stderr, proc.stderr
