@@ -12,7 +12,6 @@ import base64
 import difflib
 import html
 import io
-import json
 import math
 import re
 
@@ -59,7 +58,7 @@ def write_page(path: str) -> str:
              f"width {cfg.model.n_embd}; population {cfg.evolution.population_size}.<br>"
              f"score: {_e(SCORE_MEANING[run.task.kind])}</p>"]
     parts += _generations(log, images, cfg.loop.valid_prompts)
-    parts += _final_report(rundir.report)
+    parts += _final_report(rundir)
     if hof:
         parts += _hall_of_fame(hof, graph, run)
     if hof and graph is not None and hof[0].name in graph:
@@ -114,10 +113,10 @@ def _generations(log: list[dict], images: dict, prompts: int) -> list[str]:
             "<h2>Champion constants</h2>", _img(images["constants.png"], "constants")]
 
 
-def _final_report(path) -> list[str]:
-    if not path.exists():
+def _final_report(rundir) -> list[str]:
+    rep = rundir.read_report()
+    if rep is None:
         return []
-    rep = json.loads(path.read_text(encoding="utf-8"))
     rows = []
     for name, splits in rep["programs"].items():
         rows.append([_e(name)] + [f"{splits[s]['score']:.3f} [{splits[s]['ci95'][0]:.3f}, "

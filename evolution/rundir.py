@@ -162,6 +162,22 @@ class RunDir:
             raise RunError(f"{path}: unreadable ({type(e).__name__}); the file is "
                            "damaged") from None
 
+    def read_report(self) -> dict | None:
+        """report.json (`{"programs": {name: {"valid"|"test": {"score", "ci95", "n"}}}}`), or
+        None before the run's end; RunError if it is damaged."""
+        if not self.report.exists():
+            return None
+        rep = self.read_json(self.report)
+        try:
+            for r in (sp[s] for sp in rep["programs"].values() for s in ("valid", "test")):
+                for value, spec in ((r["score"], ".3f"), (r["ci95"][0], ".3f"),
+                                    (r["ci95"][1], ".3f"), (r["n"], "d")):
+                    format(value, spec)  # as show and the page print them
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise RunError(f"{self.report}: not a final report (damaged); `evolve --resume "
+                           f"{self.path}` writes it again") from None
+        return rep
+
     def write_json(self, path: Path, obj) -> None:
         atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 

@@ -112,6 +112,8 @@ def test_damaged_run_directories_are_read_with_a_message(capsys, tiny_run, tmp_p
             run_main(capsys, *argv)
         if k % 3 == 0:  # resuming a finished run recomputes its report: a few of them
             run_main(capsys, "evolve", "--resume", run)
+        if k % 4 == 1:  # as does the HTML page
+            run_main(capsys, "report", run)
         shutil.rmtree(run)
 
 
