@@ -77,9 +77,11 @@ def programs(draw, max_defs: int = 3):
     out = []
     for name in chosen:
         from engine_dsl import height, size
+        from engine_dsl.checker import within_caps
 
         body = draw(expr(Type.DECODER, 4).filter(
-            lambda b: size(b) <= limits.max_size and height(b) <= limits.max_height))
+            lambda b: size(b) <= limits.max_size and height(b) <= limits.max_height
+            and within_caps(b, limits)))
         out.append(Definition(name, body, draw(comments)))
     return tuple(out)
 
