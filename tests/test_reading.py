@@ -182,7 +182,7 @@ def test_nested_vote_and_best_of_counts_are_capped_by_their_product():
 def test_programs_the_gp_builds_are_within_the_product_cap():
     import random
 
-    from evolution.generation import ConstantSampler, random_individual
+    from evolution.random_trees import ConstantSampler, random_individual
 
     from engine_dsl import Limits, to_scheme
     from engine_dsl.checker import within_caps
