@@ -185,14 +185,19 @@ def test_programs_the_gp_builds_are_within_the_product_cap():
     from engine_dsl import Limits, to_scheme
     from engine_dsl.checker import within_caps
     from evolution.bridge import SearchSpace, to_expr
+    from evolution.config import EvolutionConfig
+    from evolution.population import build_toolbox, mutate
     from evolution.random_trees import ConstantSampler, random_individual
 
     rng = random.Random(0)
     space = SearchSpace(2, 2, 259)
     sampler, limits = ConstantSampler(space), Limits()
+    toolbox = build_toolbox(EvolutionConfig(population_size=4), space)
     for _ in range(200):
         ind = random_individual(rng, sampler, (2, 6))
-        for e in (to_expr(ind),):
+        parent = to_expr(ind)  # operators change their argument in place (the GP clones first)
+        child, _ = mutate(ind, toolbox, rng)
+        for e in (parent, to_expr(child)):
             assert within_caps(e, limits)
             read(to_scheme([engine_dsl_definition(e)]), "p.scm")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from ..types import POSITIVE, PROBABILITY, Type
-from . import Arg, entry
+from . import Arg, Export, entry
 from ._torch import BIG, NEG_INF, F, apply_soft_mask, col, torch
 
 L, R = Type.LOGITS, Type.REAL
@@ -160,7 +160,11 @@ ENTRIES = [
           "probability per row and step (a draw from the common random numbers), drop every "
           "token whose probability is at least threshold except the least likely of them "
           "(equal probabilities: the last in token order stays); threshold > 0.5 does nothing",
-          exact=xtc_exact, relaxed=xtc_relaxed, reads={"uniform"}, shift="equivariant"),
+          exact=xtc_exact, relaxed=xtc_relaxed, reads={"uniform"}, shift="equivariant",
+          export={"llama.cpp": Export(("--xtc-threshold", "--xtc-probability"),
+                                      neutral=(0.1, 0.0), sampler="xtc"),
+                  "llama-server": Export(("xtc_threshold", "xtc_probability"),
+                                         neutral=(0.1, 0.0), sampler="xtc")}),
     entry("mirostat", [Arg("L", L), Arg("tau", R, POSITIVE, test_range=(0.5, 10.0)),
                        Arg("eta", R, POSITIVE, test_range=(0.01, 1.0))], L, "transform",
           "mirostat v2 (llama.cpp `llama_sampler_mirostat_v2_apply`): keep the tokens whose "

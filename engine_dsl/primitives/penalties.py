@@ -338,17 +338,22 @@ ENTRIES = [
           "`apply_penalties`, frequency_penalty; a in [-2, 2], negative encourages)",
           exact=frequency_penalty, relaxed=frequency_penalty_relaxed, reads={"generated"},
           neutral=0.0, shift="equivariant",
-          commutes={"presence-penalty"}),
+          commutes={"presence-penalty"},
+          # vLLM counts the output only, as this does; llama.cpp counts the prompt too
+          export={"vllm": Export(("frequency_penalty",), 1, (0.0,))}),
     entry("presence-penalty", [Arg("L", L), Arg("a", R, PENALTY_WEIGHT)], L, "transform",
           "minus a on every token the generated answer holds (OpenAI / vLLM "
           "`apply_penalties`, presence_penalty; a in [-2, 2], negative encourages)",
           exact=presence_penalty, relaxed=presence_penalty_relaxed, reads={"generated"},
-          neutral=0.0, shift="equivariant"),
+          neutral=0.0, shift="equivariant",
+          export={"vllm": Export(("presence_penalty",), 1, (0.0,))}),
     entry("no-repeat-ngram", [Arg("L", L), Arg("n", C, test_range=(1, 4))], L, "transform",
           "exclude every token that would repeat an n-gram of prompt + answer (transformers "
           "`NoRepeatNGramLogitsProcessor`); where every token would go, the best one stays",
           exact=no_repeat_ngram_exact, relaxed=no_repeat_ngram_relaxed, reads={"history"},
-          shift="equivariant"),
+          shift="equivariant",
+          # a processor: applied when greedy too, beside the repetition penalty (they commute)
+          export={"hf": Export(("no_repeat_ngram_size",), 0, (0,))}),
     entry("dry", [Arg("L", L), Arg("multiplier", R, NONNEGATIVE, test_range=(0.0, 3.0)),
                   Arg("base", R, PENALTY, test_range=(1.0, 3.0)),
                   Arg("allowed-length", C, test_range=(1, 3))], L, "transform",
@@ -358,5 +363,12 @@ ENTRIES = [
           "past the last sequence breaker (a task setting, task.dry_breakers: llama.cpp's "
           "newline, ':', '\"', '*'), and single-token breakers are never penalised",
           exact=dry_exact, relaxed=dry_relaxed, reads={"history", "breakers"},
-          shift="equivariant"),
+          shift="equivariant",
+          # exported with llama.cpp's default breakers (the task setting's default)
+          export={"llama.cpp": Export(("--dry-multiplier", "--dry-base",
+                                       "--dry-allowed-length"), neutral=(0.0, 1.75, 2),
+                                      extra={"--dry-penalty-last-n": -1}, sampler="dry"),
+                  "llama-server": Export(("dry_multiplier", "dry_base", "dry_allowed_length"),
+                                         neutral=(0.0, 1.75, 2),
+                                         extra={"dry_penalty_last_n": -1}, sampler="dry")}),
 ]

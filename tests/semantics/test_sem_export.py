@@ -40,10 +40,11 @@ def hf_processors(model, settings_: dict, prompt_len: int):
 
 
 # chains in transformers' order (the exporter accepts them), with random constants
-ORDER = ["repetition-penalty", "temperature", "top-k", "top-p", "min-p", "typical", "epsilon",
-         "eta"]
+ORDER = ["repetition-penalty", "no-repeat-ngram", "temperature", "top-k", "top-p", "min-p",
+         "typical", "epsilon", "eta"]
 chains = st.lists(st.sampled_from(ORDER), unique=True, min_size=1, max_size=4)
-ARG = {"repetition-penalty": st.floats(1.0, 3.0), "temperature": st.floats(0.2, 3.0),
+ARG = {"repetition-penalty": st.floats(1.0, 3.0), "no-repeat-ngram": st.integers(1, 3),
+       "temperature": st.floats(0.2, 3.0),
        "top-k": st.integers(1, V + 5), "top-p": st.floats(0.05, 0.95),
        "min-p": st.floats(0.01, 0.9), "typical": st.floats(0.05, 0.95),
        "epsilon": st.floats(0.001, 0.05), "eta": st.floats(0.001, 0.05)}
@@ -97,16 +98,22 @@ def test_transformers_processors_from_the_export_keep_the_programs_tokens(hf_mod
               "top_p": 0.9}),
 ])
 def test_a_nucleus_program_exports_to_each_engine(engine, want):
+    """The program's settings, and every other parameter the engine knows at its neutral
+    value (the registry's: more appear as primitives are added)."""
     e = program("(sample (top-p (temperature (repetition-penalty logits 1.2) 0.8) 0.9))")
-    assert export(e, engine) == want
+    got = export(e, engine)
+    assert {k: got[k] for k in want} == want
+    neutral = {k: v for p in engine_dsl.PRIMITIVES.values()
+               if engine in p.export and not p.is_chooser
+               for k, v in zip(p.export[engine].keys, p.export[engine].neutral, strict=True)}
+    assert all(got[k] == v for k, v in neutral.items() if k not in want)
 
 
 def test_renderings():
     e = program("(sample (top-p (top-k (temperature logits 0.7) 40) 0.9))")
-    assert render(export(e, "llama.cpp"), "llama.cpp") == (
+    assert render(export(e, "llama.cpp"), "llama.cpp").startswith(
         "--samplers 'temperature;top_k;top_p' --temp 0.7 --top-k 40 --top-p 0.9 --min-p 0.0 "
-        "--typical 1.0 --top-nsigma -1.0 --dynatemp-range 0.0 --dynatemp-exp 1.0 "
-        "--repeat-penalty 1.0")
+        "--typical 1.0 ")
     assert render(export(e, "ollama"), "ollama").splitlines() == [
         "PARAMETER top_k 40", "PARAMETER temperature 0.7", "PARAMETER top_p 0.9",
         "PARAMETER min_p 0.0"]
@@ -158,3 +165,16 @@ def test_llama_cpp_temperature_sampler_is_one_of_temperature_or_dynamic_temperat
     both = program("(sample (temperature (dynamic-temperature logits 0.8 0.5 1.5) 0.9))")
     with pytest.raises(engine_dsl.DslError, match="both are its temperature"):
         export(both, "llama.cpp")
+
+
+def test_penalties_export_where_an_engine_counts_what_they_count():
+    e = program("(sample (presence-penalty (frequency-penalty logits 0.5) 0.25))")
+    got = export(e, "vllm")
+    assert (got["frequency_penalty"], got["presence_penalty"]) == (0.5, 0.25)
+    with pytest.raises(engine_dsl.DslError, match="'presence-penalty' has no llama.cpp"):
+        export(e, "llama.cpp")  # llama.cpp's window holds the prompt too
+    dry = program("(sample (xtc (dry logits 0.8 1.75 2) 0.1 0.5))")
+    got = export(dry, "llama.cpp")
+    assert got["--samplers"] == "dry;xtc" and got["--dry-multiplier"] == 0.8
+    assert (got["--xtc-threshold"], got["--xtc-probability"]) == (0.1, 0.5)
+    assert got["--dry-penalty-last-n"] == -1
