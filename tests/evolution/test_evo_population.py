@@ -94,15 +94,16 @@ def test_double_tournament_without_replacement_picks_distinct():
 
 def test_initial_population_has_seeds_mutants_and_random_trees():
     """Generation 0 starts with the seeds in order, then seed mutants, then random trees."""
-    cfg = EvolutionConfig(population_size=24, mutant_fraction=0.25)
+    n_seeds = len(_seeds())
+    size = n_seeds + 16  # however many seeds ship: 4 of 16 slots mutants, the rest random
+    cfg = EvolutionConfig(population_size=size, mutant_fraction=4 / size)
     tb = build_toolbox(cfg, SPACE)
     pop = initial_population(tb, random.Random(0), _seeds())
     ops = [i.operator for i in pop]
-    n_seeds = len(_seeds())
     assert all(o.startswith("seed:") for o in ops[:n_seeds])
-    assert ops[n_seeds:n_seeds + 6] == ["seed-mutant"] * 6
-    assert set(ops[n_seeds + 6:]) == {"random"}
-    assert len({i.id for i in pop}) == 24
+    assert ops[n_seeds:n_seeds + 4] == ["seed-mutant"] * 4
+    assert set(ops[n_seeds + 4:]) == {"random"}
+    assert len({i.id for i in pop}) == size
 
 
 def test_generations_are_reproducible_from_the_seed():
