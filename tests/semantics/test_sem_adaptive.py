@@ -114,7 +114,14 @@ def test_mirostat_first_step_matches_llama_cpp(seed, B, V, kind, tau):
     x = make_logits(seed, B, V, kind)
     got = engine_dsl.logits_fn(f"(mirostat logits {tau} 0.1)")(x, state=RowState(B))
     for r in range(B):
-        assert torch.equal(got[r], llama_mirostat_v2_truncate(x[r], 2 * tau))
+        want = llama_mirostat_v2_truncate(x[r], 2 * tau)
+        if torch.equal(got[r], want):
+            continue
+        # tokens of exactly equal probability: which of them a sort puts first is the
+        # sort's business (llama.cpp leaves it unspecified); the kept probabilities agree
+        p = torch.softmax(x[r], -1)
+        ours, theirs = torch.isfinite(got[r]), torch.isfinite(want)
+        assert torch.equal(p[ours].sort().values, p[theirs].sort().values), (r, tau, kind)
 
 
 def test_mu_evolves_over_a_decode_as_llama_cpp_updates_it():

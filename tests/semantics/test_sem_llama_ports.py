@@ -146,7 +146,9 @@ def check_dynamic_temperature(x: torch.Tensor, t: float, delta: float, e: float)
     want = torch.from_numpy(np.stack([llama_temp_ext(r.numpy(), t, delta, e) for r in x]))
     assert torch.equal(torch.isfinite(got), torch.isfinite(want)), (x, got, want)
     fin = torch.isfinite(want)
-    torch.testing.assert_close(got[fin], want[fin], rtol=1e-4, atol=1e-30)
+    # float32 rounding of the entropy differs by summation order; (H / log n)^exponent
+    # multiplies its relative error by the exponent (up to 40 here)
+    torch.testing.assert_close(got[fin], want[fin], rtol=1e-4 * max(1.0, e), atol=1e-30)
 
 
 TEMPS = [1e-6, 0.05, 0.7, 1.0, 3.0, 1e30]
