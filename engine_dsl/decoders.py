@@ -51,6 +51,7 @@ best-of the highest log-likelihood; their cost is the sum over their samples.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -287,6 +288,7 @@ class _Layout:
     main_t: torch.Tensor
     gates_of: list[torch.Tensor]  # one (L, H) per gated stream, in row order
 
+    @functools.cached_property
     def edges(self) -> torch.Tensor:
         """Block and group boundaries as original row ids."""
         b = self.blocks
@@ -423,7 +425,7 @@ def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_his
     B = st.rid.numel()
     live_t = ~st.done[st.rid]
     all_live = bool(live_t.all())
-    edges = lay.edges()
+    edges = lay.edges  # computed once per decode
     edge_list = edges.tolist()
     if B == R:
         at = dict(zip(edge_list, edge_list, strict=True))
