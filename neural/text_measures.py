@@ -1,0 +1,296 @@
+"""Measures of generated text, and the judge that scores it.
+
+Text here is what a byte-level model writes; the n-gram measures count **whitespace words**
+(`str.split()`), the unit of the literature's tables (SimCTG and Holtzman et al. count word
+or BPE tokens; bytes would make every text look repetitive: "the" holds a repeated byte
+bigram of nothing). Every measure takes a list of continuations, one per prompt:
+
+| measure | definition |
+|---|---|
+| `rep_n(texts, n)` | SimCTG: 100 x (1 - sum of each text's unique n-grams / sum of its n-grams) |
+| `diversity(texts)` | SimCTG: prod over n = 2..4 of (1 - rep-n / 100) |
+| `distinct_n(texts, n)` | Li et al.: distinct n-grams of all texts together / all n-grams |
+| `zipf_coefficient(texts)` | Holtzman: minus the least-squares slope of log frequency on |
+| | log rank of the texts' words (the top `max_rank` ranks) |
+| `loop_share(texts)` | Holtzman's repetition: % of texts that end in a loop (`ends_in_loop`) |
+| `self_bleu(texts)` | Texygen's Self-BLEU-4: mean sacrebleu sentence BLEU of each text |
+| | against all the others (0-100) |
+| `Judge.score` | judge NLL, token counts and features of continuations given their prompts |
+| `perplexity(scores)` | exp(total judge NLL / total tokens), pooled over texts |
+| `mauve_score(p, q)` | MAUVE (`mauve-text`) between two sets of judge features |
+
+SimCTG counts n-grams within each text (a text shorter than n words has none); rep-n of a set
+without n-grams is 0. A text *ends in a loop* when its last bytes repeat with some period p:
+the final `span` bytes satisfy text[i] == text[i + p], hold at least two whole periods (span
+>= 2p) and at least `min_bytes` bytes (so "the cat the cat the c", cut by the length cap
+mid-phrase, loops with p = 8 once it is long enough; a short echo such as "no, no" does not).
+
+The judge is a byte-level GPT trained once on a task's train split and then frozen; it is
+never the model being co-trained, so neither evolution nor co-training can move it. It is
+cached by a key of its training data and settings (`Judge.load_or_train`), as safetensors.
+MAUVE features: the judge's final hidden state (after the final LayerNorm), mean-pooled over
+the continuation's positions, read with the prompt before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model, save_model
+from .model import GPT, GPTConfig
+from .tasks import Example
+from .tokenizer import ByteTokenizer
+from .train import TrainConfig, Trainer
+
+REP_ORDERS = (2, 3, 4)  # SimCTG's rep-n and diversity
+LOOP_MIN_BYTES = 32  # a loop must cover at least this many final bytes
+ZIPF_MAX_RANK = 5000  # Holtzman's fit uses the most frequent 5000 words
+
+
+# --- n-gram measures --------------------------------------------------------------------------
+
+
+def words(text: str) -> list[str]:
+    """The measures' unit: whitespace-separated words."""
+    return text.split()
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def rep_n(texts: Sequence[str], n: int) -> float:
+    """SimCTG's rep-n, in percent: 100 x (1 - sum_i |unique n-grams of text i| / sum_i |n-grams
+    of text i|); 0 when the texts hold no n-gram."""
+    unique = total = 0
+    for t in texts:
+        grams = ngrams(words(t), n)
+        unique += len(set(grams))
+        total += len(grams)
+    return 0.0 if total == 0 else 100.0 * (1.0 - unique / total)
+
+
+def diversity(texts: Sequence[str]) -> float:
+    """SimCTG's diversity: prod over n = 2, 3, 4 of (1 - rep-n / 100), in [0, 1]."""
+    return math.prod(1.0 - rep_n(texts, n) / 100.0 for n in REP_ORDERS)
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """distinct-n (Li et al. 2016): distinct n-grams over all texts / all n-grams; 0 if none."""
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for t in texts:
+        grams = ngrams(words(t), n)
+        seen.update(grams)
+        total += len(grams)
+    return 0.0 if total == 0 else len(seen) / total
+
+
+def zipf_coefficient(texts: Sequence[str], max_rank: int = ZIPF_MAX_RANK) -> float:
+    """Zipf's coefficient s of the texts' word frequencies (freq ~ rank^-s): minus the
+    least-squares slope of log(frequency) on log(rank) over ranks 1..max_rank (ties in
+    frequency ranked in any order: their frequencies are equal). NaN with < 2 distinct words."""
+    counts = sorted(Counter(w for t in texts for w in words(t)).values(), reverse=True)
+    counts = counts[:max_rank]
+    if len(counts) < 2:
+        return math.nan
+    x = [math.log(r) for r in range(1, len(counts) + 1)]
+    y = [math.log(c) for c in counts]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    return -sxy / sxx
+
+
+def ends_in_loop(text: str, min_bytes: int = LOOP_MIN_BYTES) -> bool:
+    """Whether the text's last bytes repeat with a period p (see the module doc): some p has
+    text[i] == text[i + p] over a final span of >= max(2p, min_bytes) bytes."""
+    b = text.encode("utf-8")
+    n = len(b)
+    for p in range(1, n // 2 + 1):
+        k = 0  # final bytes that equal the byte p before them
+        while k < n - p and b[n - 1 - k] == b[n - 1 - k - p]:
+            k += 1
+        if k + p >= max(2 * p, min_bytes):
+            return True
+    return False
+
+
+def loop_share(texts: Sequence[str], min_bytes: int = LOOP_MIN_BYTES) -> float:
+    """Holtzman's repetition: percent of texts that end in a loop (`ends_in_loop`)."""
+    if not texts:
+        return 0.0
+    return 100.0 * sum(ends_in_loop(t, min_bytes) for t in texts) / len(texts)
+
+
+def self_bleu(texts: Sequence[str], max_texts: int | None = None) -> float:
+    """Self-BLEU-4 (Zhu et al. 2018, Texygen): the mean over texts of sacrebleu's sentence BLEU
+    (4-grams, exponential smoothing, tokenize "none" on the texts' whitespace words) of each
+    text against all the others as references; 0-100, higher = less diverse. `max_texts`:
+    only the first that many texts (its cost grows with the square of their number)."""
+    from sacrebleu.metrics import BLEU
+
+    docs = [" ".join(words(t)) for t in texts][:max_texts]
+    if len(docs) < 2:
+        return 0.0
+    bleu = BLEU(tokenize="none", max_ngram_order=4, smooth_method="exp",
+                effective_order=True)
+    scores = [bleu.sentence_score(h, docs[:i] + docs[i + 1:]).score for i, h in enumerate(docs)]
+    return sum(scores) / len(scores)
+
+
+def mauve_score(p_features, q_features, *, seed: int = 25, buckets: int | str = "auto") -> float:
+    """MAUVE (Pillutla et al. 2021, the `mauve-text` package) between two feature sets (n, d):
+    k-means quantization (`buckets` clusters; "auto" = n / 10), scaling constant 5."""
+    import mauve
+    import numpy as np
+
+    p = np.asarray(p_features, dtype=np.float32)
+    q = np.asarray(q_features, dtype=np.float32)
+    out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=buckets, seed=seed,
+                              kmeans_num_redo=1, kmeans_max_iter=100, verbose=False,
+                              device_id=-1)
+    return float(out.mauve)
+
+
+# --- the judge --------------------------------------------------------------------------------
+
+
+@dataclass
+class JudgeScores:
+    """The judge's reading of n continuations, each given its prompt."""
+
+    nll: torch.Tensor  # (n,) summed negative log-likelihood (nats) of the continuation's tokens
+    tokens: torch.Tensor  # (n,) tokens scored: the continuation's bytes (+ EOS if it stopped)
+    features: torch.Tensor  # (n, C) mean final hidden state over the continuation's positions
+
+    def subset(self, index) -> JudgeScores:
+        return JudgeScores(self.nll[index], self.tokens[index], self.features[index])
+
+
+def perplexity(scores: JudgeScores) -> float:
+    """exp(total NLL / total tokens) over all the continuations (pooled, as a corpus)."""
+    tokens = float(scores.tokens.sum())
+    return math.exp(float(scores.nll.sum()) / tokens) if tokens else math.nan
+
+
+def log_perplexities(scores: JudgeScores) -> torch.Tensor:
+    """(n,) each continuation's own mean NLL per token (0 where nothing was scored)."""
+    return scores.nll / scores.tokens.clamp(min=1)
+
+
+@dataclass
+class JudgeConfig:
+    """How the judge is built: its architecture and training (the cache key holds both)."""
+
+    model: GPTConfig
+    train: TrainConfig
+
+    def key(self, examples: Sequence[Example]) -> str:
+        """sha256 of the training data and settings: the judge's cache directory name."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.model.to_dict(), self.train.to_dict()],
+                            sort_keys=True).encode())
+        for e in examples:
+            h.update(json.dumps([e.input, e.output]).encode())
+        return h.hexdigest()[:24]
+
+
+def cache_root() -> Path:
+    """Where judges are cached: $ECHO_FORGE_CACHE, else $XDG_CACHE_HOME/echo-forge, else
+    ~/.cache/echo-forge (a `judges/` folder inside)."""
+    if os.environ.get("ECHO_FORGE_CACHE"):
+        return Path(os.environ["ECHO_FORGE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "echo-forge"
+
+
+class Judge:
+    """A frozen byte-level GPT that reads continuations (never the co-trained generator)."""
+
+    def __init__(self, model: GPT, tokenizer: ByteTokenizer | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer or ByteTokenizer()
+
+    @classmethod
+    def train(cls, examples: Sequence[Example], config: JudgeConfig,
+              on_step: Callable[[int, dict], None] | None = None) -> Judge:
+        """Train a fresh GPT on `examples` (loss on prompt and continuation bytes alike)."""
+        tok = ByteTokenizer()
+        torch.manual_seed(config.train.seed)
+        model = GPT(config.model)
+        trainer = Trainer(model, tok, examples, replace(config.train, answer_only=False,
+                                                        extra_lambda=0.0))
+        for i in range(config.train.steps):
+            info = trainer.step()
+            if on_step is not None:
+                on_step(i, info)
+        return cls(model, tok)
+
+    @classmethod
+    def load_or_train(cls, examples: Sequence[Example], config: JudgeConfig,
+                      root: str | Path | None = None,
+                      on_step: Callable[[int, dict], None] | None = None,
+                      on_train: Callable[[Path], None] | None = None) -> Judge:
+        """The judge of `examples` under `config`, from `root/judges/KEY/` (safetensors) or
+        trained once and saved there. `on_train(directory)` is called before training."""
+        directory = Path(root or cache_root()) / "judges" / config.key(examples)
+        if (directory / "model.safetensors").exists():
+            return cls(load_model(str(directory)))
+        if on_train is not None:
+            on_train(directory)
+        judge = cls.train(examples, config, on_step)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(judge.model, str(directory), tokenizer=judge.tokenizer,
+                   step=config.train.steps)
+        return judge
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], continuations: Sequence[str],
+              stopped: Sequence[bool] | None = None, batch_rows: int = 64) -> JudgeScores:
+        """Read `BOS prompt continuation` (+ EOS where `stopped`), keeping the last
+        block_size tokens of longer rows (the prompt is cut from the left). NLL counts the
+        continuation's bytes (and the EOS); features mean the final hidden state over the
+        continuation's byte positions (an empty continuation: the prompt's last position)."""
+        if len(prompts) != len(continuations):
+            raise ValueError("one prompt per continuation")
+        stopped = [False] * len(prompts) if stopped is None else list(stopped)
+        tok, block = self.tokenizer, self.model.config.block_size
+        rows = []  # (ids, first continuation position, continuation bytes kept)
+        for p, c, s in zip(prompts, continuations, stopped, strict=True):
+            tail = tok.encode(c, eos=bool(s))
+            ids = (tok.encode(p, bos=True) + tail)[-block:]
+            n_tail = min(len(tail), len(ids) - 1)
+            rows.append((ids, len(ids) - n_tail, min(len(c.encode("utf-8")), n_tail)))
+        nll, count, feats = [], [], []
+        for start in range(0, len(rows), batch_rows):
+            chunk = rows[start:start + batch_rows]
+            width = max(len(r[0]) for r in chunk)
+            ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
+            scored = torch.zeros(len(chunk), width, dtype=torch.bool)  # continuation tokens
+            pooled = torch.zeros(len(chunk), width, dtype=torch.bool)  # continuation bytes
+            for i, (row, first, n_bytes) in enumerate(chunk):
+                ids[i, :len(row)] = torch.tensor(row)
+                scored[i, first:len(row)] = True
+                if n_bytes:
+                    pooled[i, first:first + n_bytes] = True
+                else:
+                    pooled[i, first - 1] = True
+            out = self.model.forward_step(ids)  # right padding: causal, no mask needed
+            logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+            target_lp = logp.gather(2, ids[:, 1:, None]).squeeze(2)
+            nll.append(-(target_lp * scored[:, 1:]).sum(1))
+            count.append(scored[:, 1:].sum(1))
+            hidden = self.model.transformer.ln_f(out.residuals[-1]).float()  # (B, T, C)
+            w = pooled.float()
+            feats.append((hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True))
+        return JudgeScores(torch.cat(nll), torch.cat(count), torch.cat(feats))
