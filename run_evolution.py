@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evolve", help="run co-evolution (the default command)")
     p.add_argument("--out", metavar="DIR", help="new run directory (default: runs/TASK-seedK)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
-    p.add_argument("--task", help="addition | reverse | sort | copy | jsonl:PATH | text:PATH")
+    p.add_argument("--task", help="addition | reverse | sort | copy | shakespeare | "
+                                  "jsonl:PATH | text:PATH")
     p.add_argument("--generations", type=int, metavar="N")
     p.add_argument("--population", type=int, metavar="P")
     p.add_argument("--train-steps", type=int, metavar="S", help="model steps per generation")

@@ -60,7 +60,8 @@ from evolution.selection import one_standard_error_choice  # noqa: E402
 from evolution.simplify import simplify  # noqa: E402
 from evolution.tuner import LikelihoodTuner, has_constants  # noqa: E402
 from evolution.variation import all_node_replacements, all_shrinks  # noqa: E402
-from neural import GPT, ByteTokenizer, GPTConfig, TrainConfig, Trainer, get_task  # noqa: E402
+from neural import GPT, ByteTokenizer, Example, GPTConfig, TrainConfig, Trainer  # noqa: E402
+from neural.tasks import split_examples  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,11 +74,29 @@ def train_model(steps: int, seed: int):
     torch.manual_seed(seed)
     path = Path(tempfile.gettempdir()) / f"echo-forge-recovery-{sys.version_info[1]}.txt"
     path.write_text(inspect.getsource(argparse))
-    task = get_task(f"text:{path}", chunk_bytes=48)
+    task = split_examples("recovery", "text", text_chunks(path.read_text(), 48))
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=96))
     Trainer(model, ByteTokenizer(), task.train,
             TrainConfig(steps=steps, batch_size=32, answer_only=False, seed=seed)).train()
     return model.eval(), task
+
+
+def text_chunks(text: str, chunk_bytes: int) -> list[Example]:
+    """`Example("", piece)` for each non-blank line of `text` cut into pieces of at most
+    `chunk_bytes` UTF-8 bytes (never inside a character)."""
+    examples = []
+    for line in text.splitlines():
+        piece, size = [], 0
+        for ch in line.strip():
+            n = len(ch.encode("utf-8"))
+            if size + n > chunk_bytes and piece:
+                examples.append(Example("", "".join(piece)))
+                piece, size = [], 0
+            piece.append(ch)
+            size += n
+        if piece:
+            examples.append(Example("", "".join(piece)))
+    return examples
 
 
 def teacher_data(model, teacher, prompts: list[list[int]], tokens: int, seed: int):

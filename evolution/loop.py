@@ -220,7 +220,8 @@ class CoEvolution:
 
     def _task(self, difficulty: int | None):
         t = self.cfg.task
-        return get_task(t.name, difficulty=difficulty, size=t.size, seed=self.cfg.run.seed)
+        return get_task(t.name, difficulty=difficulty, size=t.size, seed=self.cfg.run.seed,
+                        prompt_bytes=t.prompt_bytes, continuation_bytes=t.continuation_bytes)
 
     def _schedule(self):
         """The trainer's settings: the cosine schedule spans the whole run's steps."""
@@ -280,8 +281,8 @@ class CoEvolution:
             self.dir.lock()
         self.seeds = seeds
         self.champion_loss = ChampionLoss(GREEDY, breakers=self.breakers)
-        self.trainer = Trainer(model, self.tokenizer, self.task.train, self._schedule(),
-                               extra_loss=self.champion_loss)
+        self.trainer = Trainer(model, self.tokenizer, self.task.training_data(),
+                               self._schedule(), extra_loss=self.champion_loss)
         self.rng = random.Random(cfg.run.seed)
         self.next_generation = 0
         self.population: Population | None = None
@@ -302,7 +303,7 @@ class CoEvolution:
         except DslError as e:
             raise RunError(f"{ckpt / 'state.json'}: damaged champion ({e.message})") from None
         self.champion_loss = ChampionLoss(champion, breakers=self.breakers)
-        self.trainer = load_checkpoint(str(ckpt / "trainer"), self.task.train,
+        self.trainer = load_checkpoint(str(ckpt / "trainer"), self.task.training_data(),
                                        extra_loss=self.champion_loss, tokenizer=self.tokenizer)
         model = self.trainer.model
         self.seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
@@ -425,18 +426,21 @@ class CoEvolution:
                                breakers=self.breakers)
 
     def answer_cap(self) -> int:
-        """Answer length cap: configured, or the task's longest answer plus the stop token."""
+        """Answer length cap: configured, or the task's longest answer plus the stop token
+        (text tasks: the longest continuation; running text has no stop)."""
         if self.cfg.loop.max_new_tokens:
             return self.cfg.loop.max_new_tokens
         answers = self.task.train + self.task.valid + self.task.test
-        return 1 + max(len(self.tokenizer.encode(e.output)) for e in answers)
+        stop = 1 if self.task.kind == "answer" else 0
+        return stop + max(len(self.tokenizer.encode(e.output)) for e in answers)
 
     def _rows(self, examples: list[Example]) -> CachedRows:
-        """Teacher-forced rows at the answer tokens (text tasks: every token) of examples."""
-        batch = make_batch(self.tokenizer, examples, self.model.config.block_size)
-        mask = batch.answer_mask if self.task.kind == "answer" else batch.attention_mask
+        """Teacher-forced rows at the answer tokens of examples (text tasks: the
+        continuation's bytes, no EOS)."""
+        batch = make_batch(self.tokenizer, examples, self.model.config.block_size,
+                           eos=self.task.kind == "answer")
         self.model.eval()
-        return cache_rows(self.model, batch.ids, mask, breakers=self.breakers)
+        return cache_rows(self.model, batch.ids, batch.answer_mask, breakers=self.breakers)
 
     def evaluation_seed(self, generation: int | None = None) -> int:
         """The decoding draws of generation `generation`'s valid scoring (default: the last
@@ -550,7 +554,7 @@ class CoEvolution:
             self.difficulty = new
             self.task = cur.task()
             self._check_task()
-            self.trainer.set_examples(self.task.train)
+            self.trainer.set_examples(self.task.training_data())
 
     def _log_entry(self, g, champion, greedy_score, greedy_cost, model_info, timings) -> dict:
         pop = self.population

@@ -18,7 +18,6 @@ import re
 import engine_dsl
 from engine_dsl import Definition, RealConst, WeightsConst
 from engine_dsl.files import read_file
-from neural.tasks import Example
 
 from .genealogy import Lineage
 from .loop import GREEDY
@@ -239,9 +238,6 @@ def _lineage_png(graph, ident: str) -> bytes:
 def _samples(run, champion) -> list[str]:
     """The champion beside greedy on the first valid prompts (same draws as its score)."""
     examples = run._examples("valid")[:SAMPLES]
-    if run.task.kind == "text":  # the first half of a held-out chunk; the rest is the human's
-        examples = [Example(e.output[:len(e.output) // 2], e.output[len(e.output) // 2:])
-                    for e in examples]
     tok = run.tokenizer
     prompts = [tok.encode(e.input, bos=True) for e in examples]
     decoded = engine_dsl.decode(run.model, [champion.body, GREEDY], prompts,
@@ -255,6 +251,6 @@ def _samples(run, champion) -> list[str]:
     return [f"<h2>Sample {what}</h2><p class=meta>the champion <code>{_e(champion.name)}</code> "
             f"and greedy on the first {len(rows)} valid prompts, side by side"
             + (" (the draws of its score)" if run.task.kind == "answer" else
-               " (each prompt: the first half of a held-out chunk)") + "</p>",
+               " (prompts and human continuations from held-out works)") + "</p>",
             _table(["prompt", "reference", "champion", "greedy"], rows)]
 

@@ -20,8 +20,9 @@ SCORE_NAME = {"answer": "exact match", "text": "log-likelihood per token"}
 SCORE_MEANING = {
     "answer": "exact match: the fraction of prompts whose extracted answer equals the "
               "reference",
-    "text": "mean log-probability per token (nats) of held-out text under the program's "
-            "per-step distribution (smoothed with 1e-4 uniform); closer to 0 is better",
+    "text": "mean log-probability per token (nats) of the held-out human continuations "
+            "under the program's per-step distribution (smoothed with 1e-4 uniform); closer "
+            "to 0 is better",
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from engine_dsl.primitives.penalties import BREAKER_MAX_CHARS, DEFAULT_BREAKERS
 from engine_dsl.registry import Limits
 from neural.model import GPTConfig
+from neural.tasks import DEFAULT_CONTINUATION_BYTES, DEFAULT_PROMPT_BYTES, task_kind
 from neural.tokenizer import ByteTokenizer
 from neural.train import TrainConfig
 
@@ -48,12 +49,14 @@ class RunSection:
 
 @dataclass
 class TaskSection:
-    name: str = "addition"  # addition | reverse | sort | copy | jsonl:PATH | text:PATH
+    name: str = "addition"  # addition|reverse|sort|copy|shakespeare|jsonl:PATH|text:PATH
     difficulty: int | None = None  # None: the task's default
     size: int | None = None  # examples to generate for built-in tasks; None: the task's default
     curriculum: bool = False  # edge-of-chaos: move difficulty to keep valid success in 55-75%
     # DRY's sequence breakers, strings (llama.cpp's default: newline, ':', '"', '*')
     dry_breakers: list[str] = field(default_factory=lambda: list(DEFAULT_BREAKERS))
+    prompt_bytes: int = DEFAULT_PROMPT_BYTES  # text tasks: prompt length, ending at a word end
+    continuation_bytes: int = DEFAULT_CONTINUATION_BYTES  # text tasks: reference length
 
 
 @dataclass
@@ -112,6 +115,12 @@ class RunConfig:
         if m.vocab_size < ByteTokenizer.vocab_size:
             raise ConfigError(f"model.vocab_size must be >= {ByteTokenizer.vocab_size} (the byte "
                               f"tokenizer's vocabulary), found {m.vocab_size}")
+        t = self.task
+        if task_kind(t.name) == "text" and t.prompt_bytes + t.continuation_bytes > m.block_size:
+            raise ConfigError(f"task.prompt_bytes + task.continuation_bytes = "
+                              f"{t.prompt_bytes + t.continuation_bytes} exceeds model.block_size "
+                              f"= {m.block_size} (a prompt and its continuation must fit the "
+                              "model's context): raise model.block_size or shorten them")
         if self.loop.max_new_tokens >= m.block_size:
             raise ConfigError(f"loop.max_new_tokens = {self.loop.max_new_tokens} exceeds the "
                               f"cap model.block_size - 1 = {m.block_size - 1}")
@@ -135,6 +144,8 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "run.generations": (0, BIG, False),
     "task.difficulty": (1, BIG, False),
     "task.size": (1, BIG, False),
+    "task.prompt_bytes": (1, 2**16, False),
+    "task.continuation_bytes": (1, 2**16, False),
     "loop.pretrain_steps": (0, BIG, False),
     "loop.train_steps": (0, BIG, False),
     "loop.program_lambda": (0.0, 1e6, False),
@@ -326,16 +337,28 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+# Defaults of text tasks (shakespeare, text:PATH) where they differ from the answer tasks':
+# a context that holds a prompt and its continuation (task.prompt_bytes +
+# task.continuation_bytes = 64 + 128).
+TEXT_DEFAULTS = {"model": {"block_size": 192}}
+
+
 def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dict | None = None
             ) -> RunConfig:
-    """defaults <- config file <- command-line flags <- --set, checked and validated."""
+    """defaults <- text-task defaults (`TEXT_DEFAULTS`, for a text task) <- config file <-
+    command-line flags <- --set, checked and validated."""
     data = to_dict(RunConfig())  # defaults, including RunConfig's own nested ones
+    given: dict = {}
     if config_file:
-        data = merge(data, load_toml(config_file))
-    data = merge(data, overrides or {})
+        given = merge(given, load_toml(config_file))
+    given = merge(given, overrides or {})
     for s in sets:
-        apply_set(data, s)
-    cfg = from_dict(RunConfig, data)
+        apply_set(given, s)
+    task = given.get("task")
+    name = task.get("name") if isinstance(task, dict) else None
+    if isinstance(name, str) and task_kind(name) == "text":
+        data = merge(data, TEXT_DEFAULTS)
+    cfg = from_dict(RunConfig, merge(data, given))
     cfg.validate()
     return cfg
 

@@ -9,6 +9,7 @@ import engine_dsl
 from engine_dsl import Apply, Definition, DslError, Expr, Type
 from engine_dsl.files import read_file
 from engine_dsl.registry import baseline
+from neural.tasks import task_kind
 
 from .genealogy import Lineage
 from .report import SCORE_MEANING, bootstrap_ci, one_line, read_log, readable
@@ -66,7 +67,7 @@ def show(path: str, top: int = 5) -> str:
     rundir.require_run()
     cfg = resolve(str(rundir.config))
     log = read_log(rundir.path)
-    kind = "text" if cfg.task.name.startswith("text:") else "answer"
+    kind = task_kind(cfg.task.name)
     lines = [f"run {rundir.path}: task {cfg.task.name}, mode {cfg.run.mode}, seed "
              f"{cfg.run.seed}, {len(log)} of {cfg.run.generations + 1} generations done "
              f"(0 = pre-training)",
@@ -257,7 +258,7 @@ def config_listing() -> str:
     import dataclasses
 
     from .loop import DERIVED
-    from .settings import RunConfig
+    from .settings import TEXT_DEFAULTS, RunConfig
 
     lines = ["# every setting, its default and its meaning; set one with --set SECTION.KEY=VALUE",
              "# or in a --config TOML file"]
@@ -283,6 +284,9 @@ def config_listing() -> str:
     defaults = RunConfig()
     for f in dataclasses.fields(defaults):
         section(f.name, getattr(defaults, f.name))
+    text = ", ".join(f"{section}.{k} = {_toml_value(v)}"
+                     for section, values in TEXT_DEFAULTS.items() for k, v in values.items())
+    lines.extend(["", f"# text tasks (shakespeare, text:PATH) start from other defaults: {text}"])
     return "\n".join(lines)
 
 

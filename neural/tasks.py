@@ -9,13 +9,23 @@ Every example is a prompt (`input`) and a reference answer (`output`). Formats:
 | `sort` | `"dbca="` | `"abcd"` | max string length (6) |
 | `copy` | `"abcd="` | `"abcd"` | max string length (6) |
 | `jsonl:PATH` | field `input` | field `output` | none |
-| `text:PATH` | `""` | a chunk of the text (at most `chunk_bytes` UTF-8 bytes) | none |
+| `shakespeare` | a passage of a play or poem (`prompt_bytes`) | the next bytes | none |
+| `text:PATH` | the same, from sections of a user's UTF-8 text file | the same | none |
 
 Strings of the letter tasks are drawn from `a`-`z` with lengths uniform in 1..difficulty.
-Answer tasks are scored by exact match of the decoded answer; `text` tasks (kind "text") by
-per-token loss. The split is by content hash (sha256 of input and output), so it is the same
-on every machine and for every seed, and an example never moves between splits when the
-data set grows.
+Answer tasks (kind "answer") are scored by exact match of the decoded answer. The split is by
+content hash (sha256 of input and output), so it is the same on every machine and for every
+seed, and an example never moves between splits when the data set grows.
+
+Text tasks (kind "text", continuation examples) are split by whole works instead: the sha256
+of a work's text decides its split, so valid and test prompts come from works the model never
+trained on. A work is a Shakespeare play or poem (`neural.corpus`), or a section of a user's
+file (whole lines, at least `SECTION_BYTES`). Examples are consecutive, non-overlapping
+windows of a work: the prompt starts at a word and ends at the end of the last word that fits
+in `prompt_bytes`; the reference is the next `continuation_bytes` bytes (fewer only to end on
+a whole character; no EOS: the text goes on). Each split's examples are in a fixed shuffled
+order, so the first valid prompts spread over the valid works. The model trains on the whole
+text of the train works (`TextCorpus`: random windows), not on the examples.
 
 Token layout of one training row: `BOS prompt answer EOS`, then PAD. Training batches are
 right-padded (causal attention never looks at later positions, so no mask is needed);
@@ -25,9 +35,11 @@ the last column.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -68,11 +80,12 @@ class Task:
     """A named data set, split three ways by content hash."""
 
     name: str
-    kind: str  # "answer" (exact-match scored) or "text" (loss scored)
+    kind: str  # "answer" (exact-match scored) or "text" (continuations of running text)
     train: list[Example]
     valid: list[Example]
     test: list[Example]
     difficulty: int | None = None  # None for file tasks
+    works: dict[str, list[str]] = field(default_factory=dict)  # text tasks: split -> texts
 
     def split(self, name: str) -> list[Example]:
         """The examples of split `name` ("train", "valid" or "test")."""
@@ -80,10 +93,19 @@ class Task:
             raise ValueError(f"unknown split {name!r}; expected train, valid or test")
         return getattr(self, name)
 
+    def training_data(self) -> list[Example] | TextCorpus:
+        """What the model trains on: the train examples, or for text tasks the whole text
+        of the train works."""
+        return TextCorpus(self.works["train"]) if self.kind == "text" else self.train
+
 
 def split_of(example: Example, fractions: Sequence[float] = SPLIT_FRACTIONS) -> str:
     """The split an example belongs to, from the sha256 of its content."""
     digest = hashlib.sha256(json.dumps([example.input, example.output]).encode()).digest()
+    return _split_of_digest(digest, fractions)
+
+
+def _split_of_digest(digest: bytes, fractions: Sequence[float] = SPLIT_FRACTIONS) -> str:
     u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
     if u < fractions[0]:
         return "train"
@@ -243,39 +265,96 @@ def read_jsonl(path: str) -> list[Example]:
     return examples
 
 
-def read_text_chunks(path: str, chunk_bytes: int = 64) -> list[Example]:
-    """Examples `Example("", chunk)` from a plain text file: each non-blank line cut into
-    pieces of at most `chunk_bytes` UTF-8 bytes (never inside a character)."""
-    examples = []
-    for line in _read_text(path).splitlines():
-        line = line.strip()
-        piece, size = [], 0
-        for ch in line:
-            n = len(ch.encode("utf-8"))
-            if size + n > chunk_bytes and piece:
-                examples.append(Example("", "".join(piece)))
-                piece, size = [], 0
-            piece.append(ch)
-            size += n
-        if piece:
-            examples.append(Example("", "".join(piece)))
-    if not examples:
-        raise DataError("no text", path)
-    return examples
+SECTION_BYTES = 2048  # a user's text file is cut into works of whole lines, at least this long
+DEFAULT_PROMPT_BYTES = 64
+DEFAULT_CONTINUATION_BYTES = 128
+
+
+def task_kind(name: str) -> str:
+    """"text" for the continuation tasks (`shakespeare`, `text:PATH`), else "answer"."""
+    return "text" if name == "shakespeare" or name.startswith("text:") else "answer"
+
+
+def text_sections(text: str, min_bytes: int = SECTION_BYTES) -> list[str]:
+    """A user's text cut into consecutive sections of whole lines, each at least `min_bytes`
+    UTF-8 bytes (the last one may be shorter); blank-only sections are dropped."""
+    sections, piece, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        piece.append(line)
+        size += len(line.encode("utf-8"))
+        if size >= min_bytes:
+            sections.append("".join(piece))
+            piece, size = [], 0
+    sections.append("".join(piece))
+    return [s for s in sections if s.strip()]
+
+
+def continuations(text: str, prompt_bytes: int, continuation_bytes: int) -> list[Example]:
+    """Continuation examples from one work: consecutive, non-overlapping windows; each prompt
+    starts at a word and ends at the end of the last word within `prompt_bytes` UTF-8 bytes,
+    its reference is the next `continuation_bytes` bytes (cut back to a whole character).
+    A window needs a whole reference: the work's last bytes may give none."""
+    data = text.encode("utf-8")
+    words = [(m.start(), m.end()) for m in re.finditer(rb"\S+", data)]
+    starts = [w[0] for w in words]
+    ends = [w[1] for w in words]
+    out = []
+    i = 0
+    while i < len(words):
+        s = starts[i]
+        j = bisect.bisect_right(ends, s + prompt_bytes) - 1  # last word ending in the prompt
+        if j < i:  # a word longer than the prompt: move on to the next word
+            i += 1
+            continue
+        e = ends[j]
+        stop = e + continuation_bytes
+        if stop > len(data):
+            break
+        while e < stop < len(data) and (data[stop] & 0xC0) == 0x80:
+            stop -= 1  # data[stop] continues a character: end the reference before it
+        out.append(Example(data[s:e].decode("utf-8"), data[e:stop].decode("utf-8")))
+        i = bisect.bisect_left(starts, e + continuation_bytes)
+    return out
+
+
+def split_works(name: str, works: Sequence[str], prompt_bytes: int,
+                continuation_bytes: int) -> Task:
+    """A text task: each work hashed into its split (sha256 of its text), its continuation
+    examples in that split, each split's examples in a fixed shuffled order."""
+    texts: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for text in works:
+        texts[_split_of_digest(hashlib.sha256(text.encode("utf-8")).digest())].append(text)
+    parts = {}
+    for split, group in texts.items():
+        examples = [ex for t in group for ex in continuations(t, prompt_bytes,
+                                                               continuation_bytes)]
+        random.Random(f"continuations:{split}").shuffle(examples)
+        parts[split] = examples
+    return Task(name=name, kind="text", works=texts, **parts)
 
 
 def get_task(name: str, *, difficulty: int | None = None, size: int | None = None,
-             seed: int = 0, chunk_bytes: int = 64) -> Task:
-    """The task called `name`: "addition", "reverse", "sort", "copy", "jsonl:PATH" or
-    "text:PATH". `difficulty`, `size` (examples before the split) and `seed` apply to
-    built-in tasks; `chunk_bytes` to text files. Raises DataError for an unknown name or a
-    bad file."""
+             seed: int = 0, prompt_bytes: int = DEFAULT_PROMPT_BYTES,
+             continuation_bytes: int = DEFAULT_CONTINUATION_BYTES) -> Task:
+    """The task called `name`: "addition", "reverse", "sort", "copy", "shakespeare",
+    "jsonl:PATH" or "text:PATH". `difficulty`, `size` (examples before the split) and `seed`
+    apply to built-in answer tasks; `prompt_bytes` and `continuation_bytes` to text tasks.
+    Raises DataError for an unknown name, a bad file or a corpus that cannot be fetched."""
     if name.startswith("jsonl:"):
         return split_examples(name, "answer", read_jsonl(name[len("jsonl:"):]))
     if name.startswith("text:"):
-        return split_examples(name, "text", read_text_chunks(name[len("text:"):], chunk_bytes))
+        path = name[len("text:"):]
+        works = text_sections(_read_text(path))
+        if not works:
+            raise DataError("no text", path)
+        return split_works(name, works, prompt_bytes, continuation_bytes)
+    if name == "shakespeare":
+        from .corpus import shakespeare_works
+
+        return split_works(name, list(shakespeare_works().values()), prompt_bytes,
+                           continuation_bytes)
     if name not in BUILTIN_TASKS:
-        known = ", ".join([*BUILTIN_TASKS, "jsonl:PATH", "text:PATH"])
+        known = ", ".join([*BUILTIN_TASKS, "shakespeare", "jsonl:PATH", "text:PATH"])
         raise DataError(f"unknown task {name!r}; expected one of {known}")
     spec = BUILTIN_TASKS[name]
     d = spec.default_difficulty if difficulty is None else int(difficulty)
@@ -358,14 +437,16 @@ class Batch:
         return Batch(self.ids[index, :width], mask[:, :width], self.answer_mask[index, :width])
 
 
-def make_batch(tokenizer: ByteTokenizer, examples: Sequence[Example], block_size: int) -> Batch:
+def make_batch(tokenizer: ByteTokenizer, examples: Sequence[Example], block_size: int,
+               eos: bool = True) -> Batch:
     """Encode examples as right-padded teacher-forcing rows. The model reads at most
-    `block_size` of them (the final EOS is only a target, so rows may be block_size + 1 long);
-    a longer example raises DataError (raise model.block_size, or shorten the data)."""
+    `block_size` of them (the last token is only a target, so rows may be block_size + 1 long);
+    a longer example raises DataError (raise model.block_size, or shorten the data).
+    eos=False: answers are not ended by EOS (continuations of running text)."""
     rows, answer_lens = [], []
     for ex in examples:
         prompt = tokenizer.encode(ex.input, bos=True)
-        answer = tokenizer.encode(ex.output, eos=True)
+        answer = tokenizer.encode(ex.output, eos=eos)
         if len(prompt) + len(answer) - 1 > block_size:
             raise DataError(f"example {ex.input[:20]!r}... has {len(prompt) + len(answer)} "
                             f"tokens, more than model.block_size {block_size} + 1")
@@ -380,6 +461,52 @@ def make_batch(tokenizer: ByteTokenizer, examples: Sequence[Example], block_size
         attention_mask[i, : len(row)] = True
         answer_mask[i, p : p + a] = True
     return Batch(ids, attention_mask, answer_mask)
+
+
+class TextCorpus:
+    """Running text to train on: rows `BOS` + a window of `block_size` bytes from one work,
+    every window of every work equally likely (`sample`), or the works cut into consecutive
+    windows (`windows`, for a held-out loss). The loss is taken at every byte of a row."""
+
+    def __init__(self, texts: Sequence[str], tokenizer: ByteTokenizer | None = None):
+        self.tokenizer = tokenizer or ByteTokenizer()
+        encoded = [torch.frombuffer(bytearray(t.encode("utf-8")), dtype=torch.uint8)
+                   for t in texts]
+        self.lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
+        self.starts = torch.cumsum(self.lengths, 0) - self.lengths  # offset of each work
+        self.data = torch.cat(encoded) if encoded else torch.zeros(0, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        """Bytes of text."""
+        return self.data.numel()
+
+    def _rows(self, offsets: torch.Tensor, width: int) -> Batch:
+        text = self.data[offsets[:, None] + torch.arange(width)].long()  # (B, width)
+        bos = torch.full((len(offsets), 1), self.tokenizer.bos_id, dtype=torch.long)
+        ids = torch.cat((bos, text), dim=1)
+        answer = torch.ones_like(ids, dtype=torch.bool)
+        answer[:, 0] = False
+        return Batch(ids, torch.ones_like(answer), answer)
+
+    def sample(self, n: int, block_size: int, generator: torch.Generator) -> Batch:
+        """`n` rows at window starts drawn uniformly (with replacement) from every work at
+        least `block_size` bytes long; DataError when there is none."""
+        counts = (self.lengths - block_size + 1).clamp(min=0)  # windows per work
+        total = int(counts.sum())
+        if total == 0:
+            raise DataError(f"no training text of at least model.block_size = {block_size} "
+                            "bytes in one piece")
+        u = torch.randint(total, (n,), generator=generator)
+        cum = torch.cumsum(counts, 0)
+        work = torch.searchsorted(cum, u, right=True)
+        return self._rows(self.starts[work] + u - (cum[work] - counts[work]), block_size)
+
+    def windows(self, block_size: int) -> Batch:
+        """Every work cut into consecutive windows of `block_size` bytes (a work's last,
+        shorter piece left out), in order."""
+        offsets = [int(s) + k for s, n in zip(self.starts, self.lengths, strict=True)
+                   for k in range(0, int(n) - block_size + 1, block_size)]
+        return self._rows(torch.tensor(offsets, dtype=torch.long), block_size)
 
 
 def make_prompt_batch(tokenizer: ByteTokenizer, prompts: Sequence[str]):

@@ -3,6 +3,8 @@
 Batches (`neural.tasks.Batch`) are right-padded rows `BOS prompt answer EOS`: the model reads
 `batch.inputs` (B, T-1), and logits[:, t] predicts `batch.ids[:, t + 1]`; the answer tokens
 among those targets are `batch.answer_mask[:, 1:]`. No attention mask is needed for them.
+Text tasks train on running text instead (`neural.tasks.TextCorpus`): rows `BOS` + a random
+window of `block_size` bytes, every byte an answer token.
 
 The co-evolution loop passes `extra_loss(model, batch) -> scalar tensor` (the answer-token
 loss under the champion program's relaxed distribution); the step loss is
@@ -18,7 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .tasks import Batch, Example, make_batch, make_prompt_batch
+from .model import IGNORE_INDEX
+from .tasks import Batch, Example, TextCorpus, make_batch, make_prompt_batch
 from .tokenizer import ByteTokenizer
 
 ExtraLoss = Callable[[torch.nn.Module, Batch], torch.Tensor]
@@ -68,7 +71,8 @@ class Trainer:
     (batch sampling), `step_num`, and the global RNGs; `neural.checkpoint` saves all of it.
     """
 
-    def __init__(self, model, tokenizer: ByteTokenizer, train_examples: Sequence[Example],
+    def __init__(self, model, tokenizer: ByteTokenizer,
+                 train_examples: Sequence[Example] | TextCorpus,
                  config: TrainConfig | None = None, extra_loss: ExtraLoss | None = None):
         self.model = model
         self.tokenizer = tokenizer
@@ -84,15 +88,21 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step_num = 0  # steps done so far
 
-    def set_examples(self, train_examples: Sequence[Example]) -> None:
-        """Train on new examples from the next step on (e.g. after a curriculum moved the
-        difficulty); optimizer and schedule carry on."""
-        if not train_examples:
+    def set_examples(self, train_examples: Sequence[Example] | TextCorpus) -> None:
+        """Train on new examples (or running text) from the next step on (e.g. after a
+        curriculum moved the difficulty); optimizer and schedule carry on."""
+        if not len(train_examples):
             raise ValueError("no training examples")
-        self.data = make_batch(self.tokenizer, train_examples, self.model.config.block_size)
+        if isinstance(train_examples, TextCorpus):
+            self.data = train_examples
+        else:
+            self.data = make_batch(self.tokenizer, train_examples, self.model.config.block_size)
 
     def sample_batch(self) -> Batch:
         """The next training batch (advances the sampling generator)."""
+        if isinstance(self.data, TextCorpus):
+            return self.data.sample(self.config.batch_size, self.model.config.block_size,
+                                    self.generator)
         index = torch.randint(len(self.data), (self.config.batch_size,),
                               generator=self.generator)
         return self.data.select(index)
@@ -148,6 +158,30 @@ class Trainer:
             if callback is not None:
                 callback(metrics)
         return history
+
+
+@torch.no_grad()
+def text_loss(model, corpus: TextCorpus, *, max_rows: int | None = None,
+              batch_size: int = 64) -> float:
+    """Mean next-byte loss (nats per byte) of `model` over `corpus` cut into consecutive
+    windows of the model's block size (each read after BOS); `max_rows` windows at most,
+    evenly spaced. NaN when the corpus has no whole window."""
+    rows = corpus.windows(model.config.block_size)
+    if max_rows is not None and len(rows) > max_rows:
+        rows = rows.select(torch.linspace(0, len(rows) - 1, max_rows).long())
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(rows), batch_size):
+            part = rows.select(torch.arange(start, min(start + batch_size, len(rows))))
+            _, loss = model(part.inputs, part.targets())
+            n = part.targets().ne(IGNORE_INDEX).sum().item()
+            total += loss.item() * n
+            count += n
+    finally:
+        model.train(was_training)
+    return total / count if count else math.nan
 
 
 @torch.no_grad()

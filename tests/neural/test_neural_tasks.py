@@ -105,17 +105,6 @@ def test_missing_file_is_data_error(tmp_path):
         get_task(f"jsonl:{tmp_path / 'nothere.jsonl'}")
 
 
-def test_text_task_chunks(tmp_path):
-    """text:PATH gives examples with empty input and chunks of at most chunk_bytes bytes
-    that together are the file's non-blank lines."""
-    text = "hello world, this is a line\n\nünïcödé " * 3 + "\n"
-    p = write(tmp_path / "t.txt", text)
-    t = get_task(f"text:{p}", chunk_bytes=10)
-    everything = t.train + t.valid + t.test
-    assert t.kind == "text" and all(e.input == "" for e in everything)
-    assert all(len(e.output.encode()) <= 10 for e in everything)
-
-
 def test_curriculum_moves_toward_the_band():
     """Success above 75% raises difficulty, below 55% lowers it, inside the band keeps it."""
     c = Curriculum("addition", difficulty=3)

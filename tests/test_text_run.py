@@ -1,0 +1,61 @@
+"""A run on a text task (continuations of a user's file): its settings, its training on the
+whole text of the train works, its scoring on held-out continuations."""
+
+import json
+
+import pytest
+from conftest import TINY, cli
+
+from evolution.settings import ConfigError, resolve
+from neural.tasks import TextCorpus
+
+
+def test_text_tasks_get_a_context_that_holds_prompt_and_continuation():
+    """Text tasks default to model.block_size 192 = 64 + 128; answer tasks keep 128; a
+    prompt and continuation longer than the context is a settings error naming the keys."""
+    assert resolve(None, ["task.name=shakespeare"]).model.block_size == 192
+    assert resolve(None, ["task.name=text:x.txt"]).model.block_size == 192
+    assert resolve(None, []).model.block_size == 128
+    assert resolve(None, ["task.name=shakespeare", "model.block_size=256"]).model.block_size \
+        == 256
+    with pytest.raises(ConfigError, match=r"task.prompt_bytes \+ task.continuation_bytes = 192 "
+                                          r"exceeds model.block_size = 128"):
+        resolve(None, ["task.name=shakespeare", "model.block_size=128"])
+    with pytest.raises(ConfigError, match=r"task.continuation_bytes must be in \[1, 65536\]"):
+        resolve(None, ["task.continuation_bytes=0"])
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "story.txt"
+    path.write_text("".join(f"On day {i} the {['red', 'old', 'tall'][i % 3]} ship sailed "
+                            f"to the {['north', 'east'][i % 2]} harbour.\n"
+                            for i in range(1500)))
+    return path
+
+
+def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, text_file):
+    from evolution.loop import CoEvolution
+    from evolution.rundir import RunDir
+
+    cfg = resolve(TINY, [f"task.name=text:{text_file}", "task.prompt_bytes=12",
+                         "task.continuation_bytes=12", "loop.max_new_tokens=0",
+                         "run.generations=1"])
+    run = CoEvolution.start(cfg, RunDir(tmp_path / "run"))
+    try:
+        assert run.task.kind == "text" and isinstance(run.trainer.data, TextCorpus)
+        assert run.answer_cap() == 12  # the continuation's bytes; no stop token
+        report = run.run()
+    finally:
+        run.close()
+    assert set(report["programs"]) >= {"champion", "greedy"}
+    assert report["programs"]["greedy"]["test"]["score"] < 0  # a mean log-likelihood
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["generation"] for e in log] == [0, 1]
+
+
+def test_a_text_task_that_does_not_fit_is_one_line(tmp_path, text_file):
+    proc = cli("evolve", "--out", tmp_path / "r", "--config", TINY, "--task",
+               f"text:{text_file}", check=1)
+    assert "model.block_size = 32" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
