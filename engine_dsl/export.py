@@ -91,19 +91,23 @@ def export(program: Definition | Expr, engine: str, text: str | None = None) -> 
         chain = _in_engine_order(chain, engine, text)
     else:
         _each_once(chain, engine, text)
+    alone = _alone(chain, engine, text)
     known = sorted((p.export[engine] for p in PRIMITIVES.values()
                     if engine in p.export and not p.is_chooser), key=lambda e: e.rank)
     out = {k: v for e in known for k, v in zip(e.keys, e.neutral, strict=True)}
+    out.update({e.mode[0]: e.mode[2] for e in known if e.mode is not None})
     for node in chain:
         e = PRIMITIVES[node.op].export[engine]
         constants = [a for a in node.args[1:]]
         for key, a in zip(e.keys, constants, strict=True):
             out[key] = a.value
         out.update(e.extra)
+        if e.mode is not None:
+            out[e.mode[0]] = e.mode[1]
     choice = chooser.export[engine]
     if choice.keys:
         out[choice.keys[0]] = choice.value
-    if spec.samplers_key is not None:
+    if spec.samplers_key is not None and not alone:
         names = [PRIMITIVES[n.op].export[engine].sampler for n in chain]
         if choice.sampler is not None and choice.sampler not in names:
             names.append(choice.sampler)
@@ -168,6 +172,27 @@ def _in_engine_order(chain: list[Apply], engine: str, text: str | None) -> list[
                                          f"{ENGINES[engine].title.split(' (')[0]} applies "
                                          f"them in the order {order}", text)
     return chain
+
+
+def _alone(chain: list[Apply], engine: str, text: str | None) -> bool:
+    """Whether the chain ends in a sampler that replaces the engine's chain (`alone_after`);
+    DslError where such a sampler is not outermost or follows a transform its mode lacks."""
+    title = ENGINES[engine].title.split(" (")[0]
+    for i, node in enumerate(chain):
+        allowed = PRIMITIVES[node.op].export[engine].alone_after
+        if allowed is None:
+            continue
+        if i != len(chain) - 1:
+            raise DslError.at(chain[i + 1].span, f"'{chain[i + 1].op}' applied after "
+                                                 f"'{node.op}': {title} runs '{node.op}' "
+                                                 f"as the last sampler", text)
+        for before in chain[:i]:
+            if not set(PRIMITIVES[before.op].export[engine].keys) <= allowed:
+                raise DslError.at(before.span, f"'{before.op}' before '{node.op}': {title} "
+                                               f"runs '{node.op}' after "
+                                               f"{', '.join(sorted(allowed))} only", text)
+        return True
+    return False
 
 
 def _each_once(chain: list[Apply], engine: str, text: str | None) -> None:

@@ -95,6 +95,11 @@ class Export:
     value: a chooser's value for keys[0] (transformers do_sample, a temperature of 0).
     in_greedy: the engine applies it when decoding greedily too (transformers' warpers,
       vLLM's and Ollama's samplers are skipped then).
+    mode: (key, on, off): a setting that switches the engine into this sampler's mode
+      (llama.cpp's `--mirostat 2`), set to `off` in every export that does not use it.
+    alone_after: in that mode the sampler replaces the engine's chain (llama.cpp's mirostat):
+      it must be the outermost transform, and only transforms whose keys are all among these
+      may come before it; the chain's order key is not set.
     """
 
     keys: tuple[str, ...] = ()
@@ -104,6 +109,8 @@ class Export:
     sampler: str | None = None
     value: Any = None
     in_greedy: bool = True
+    mode: tuple[str, Any, Any] | None = None
+    alone_after: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, eq=False)  # an entry is itself: compared and hashed by identity

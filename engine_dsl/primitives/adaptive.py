@@ -173,5 +173,12 @@ ENTRIES = [
           "tau). Scoring and tuning carry no state: mu is then the one after an expected "
           "update per answer token so far (at most 16)",
           exact=mirostat_exact, relaxed=mirostat_relaxed, reads={"state", "generated"},
-          keeps_argmax=True, shift="equivariant", update=mirostat_update),
+          keeps_argmax=True, shift="equivariant", update=mirostat_update,
+          # llama.cpp's common sampler: mirostat 2 = temp, then mirostat v2 (no other sampler)
+          export={"llama.cpp": Export(("--mirostat-ent", "--mirostat-lr"), neutral=(5.0, 0.1),
+                                      mode=("--mirostat", 2, 0),
+                                      alone_after=frozenset({"--temp"})),
+                  "llama-server": Export(("mirostat_tau", "mirostat_eta"), neutral=(5.0, 0.1),
+                                         mode=("mirostat", 2, 0),
+                                         alone_after=frozenset({"temperature"}))}),
 ]

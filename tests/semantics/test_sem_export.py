@@ -178,3 +178,29 @@ def test_penalties_export_where_an_engine_counts_what_they_count():
     assert got["--samplers"] == "dry;xtc" and got["--dry-multiplier"] == 0.8
     assert (got["--xtc-threshold"], got["--xtc-probability"]) == (0.1, 0.5)
     assert got["--dry-penalty-last-n"] == -1
+
+
+def test_mirostat_exports_as_llama_cpps_mirostat_mode_temperature_then_mirostat_only():
+    """llama.cpp's common sampler with `--mirostat 2` runs temp, then mirostat v2, and no
+    other sampler (common/sampling.cpp): exactly the programs of that shape export."""
+    for text in ("(sample (mirostat (temperature logits 0.7) 4.0 0.2))",
+                 "(sample (mirostat logits 4.0 0.2))"):
+        got = export(program(text), "llama.cpp")
+        assert "--samplers" not in got and got["--mirostat"] == 2
+        assert (got["--mirostat-ent"], got["--mirostat-lr"]) == (4.0, 0.2)
+        assert got["--temp"] == (0.7 if "temperature" in text else 1.0)
+        body = export(program(text), "llama-server")
+        assert "samplers" not in body and body["mirostat"] == 2
+        assert (body["mirostat_tau"], body["mirostat_eta"]) == (4.0, 0.2)
+    assert export(program("(sample (top-k logits 4))"), "llama.cpp")["--mirostat"] == 0
+    for text, why in [("(sample (temperature (mirostat logits 4.0 0.2) 0.7))",
+                       "'temperature' applied after 'mirostat'"),
+                      ("(sample (mirostat (top-k logits 40) 4.0 0.2))",
+                       "'top-k' before 'mirostat'"),
+                      ("(sample (mirostat (dynamic-temperature logits 0.8 0.5 1.0) 4.0 0.2))",
+                       "'dynamic-temperature' before 'mirostat'")]:
+        with pytest.raises(engine_dsl.DslError, match=why):
+            export(program(text), "llama.cpp")
+    for engine in ("hf", "vllm", "ollama"):
+        with pytest.raises(engine_dsl.DslError, match="'mirostat' has no"):
+            export(program("(sample (mirostat logits 4.0 0.2))"), engine)
