@@ -19,7 +19,7 @@ from engine_dsl import (
 from engine_dsl.registry import Limits, producing
 
 # the language's own laws get thousands of examples in CI (HYPOTHESIS_PROFILE=ci)
-LANGUAGE_EXAMPLES = 3000 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 300
+LANGUAGE_EXAMPLES = 1000 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 300
 
 _finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
