@@ -36,10 +36,11 @@ from engine_dsl.registry import baseline
 from neural import GPT, ByteTokenizer, Curriculum, DataError, Trainer, get_task
 from neural.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from neural.tasks import Example, make_batch
+from neural.text_measures import Judge, JudgeConfig
 
 from . import report
 from .bridge import SearchSpace, to_definition, to_expr, to_tree
-from .evaluation import CachedRows, DecodeEvaluator, LikelihoodEvaluator, cache_rows
+from .evaluation import CachedRows, DecodeEvaluator, cache_rows
 from .genealogy import Lineage
 from .population import (
     Population,
@@ -50,6 +51,7 @@ from .population import (
 )
 from .rundir import RunDir, RunError, RunState
 from .settings import ConfigError, RunConfig, check_resume, resolve, to_dict
+from .text_scoring import TextEvaluator, TextScorer
 from .tuner import LikelihoodTuner
 
 GREEDY = baseline()  # the fixed decoding a user would pick: (greedy logits)
@@ -62,6 +64,8 @@ DERIVED = {
     "evolution.seed": "run.seed",
     "evolution.reevaluate_parents": "true (the model changes between generations)",
 }
+JUDGE_SEED = 1  # the judge's training draws: one judge per corpus and settings, whatever the
+# run's seed (so runs of different seeds are measured by the same judge)
 PROGRAMS_DIR = Path(__file__).resolve().parent.parent / "programs"
 TUNE_EXAMPLES = 256  # train examples whose answer tokens tune constants each generation
 
@@ -425,6 +429,32 @@ class CoEvolution:
                                stop_token=tok.eos_id, pad_token=tok.pad_id,
                                breakers=self.breakers)
 
+    def _text_evaluator(self, examples: list[Example], seed: int) -> TextEvaluator:
+        """Scores from each program's continuations of the examples' prompts, measured
+        against their human continuations by the judge (`text_scoring`)."""
+        scorer = TextScorer(self.judge, [e.input for e in examples],
+                            [e.output for e in examples], self.cfg.text.objective)
+        tok = self.tokenizer
+        return TextEvaluator(self.model, scorer, self._prompts(examples), tok.decode,
+                             seed=seed, max_new_tokens=self.answer_cap(),
+                             stop_token=tok.eos_id, pad_token=tok.pad_id,
+                             breakers=self.breakers)
+
+    @property
+    def judge(self) -> Judge:
+        """The frozen judge of text tasks: the run's model architecture trained on the train
+        split for text.judge_steps (0: loop.pretrain_steps) with its own draws (`JUDGE_SEED`),
+        once per corpus and settings, cached as safetensors (`neural.text_measures`)."""
+        if getattr(self, "_judge", None) is None:
+            steps = self.cfg.text.judge_steps or self.cfg.loop.pretrain_steps
+            config = JudgeConfig(self.cfg.model, replace(self.cfg.train, steps=steps,
+                                                         seed=JUDGE_SEED, extra_lambda=0.0))
+            with self._progress("training the judge (once per corpus, then cached)",
+                                steps) as advance:
+                self._judge = Judge.load_or_train(self.task.training_data(), config,
+                                                  on_step=lambda i, info: advance())
+        return self._judge
+
     def answer_cap(self) -> int:
         """Answer length cap: configured, or the task's longest answer plus the stop token
         (text tasks: the longest continuation; running text has no stop)."""
@@ -453,7 +483,7 @@ class CoEvolution:
         examples = self._examples(split)
         if self.task.kind == "answer":
             return self._answer_evaluator(examples, seed=self.evaluation_seed(generation))
-        return LikelihoodEvaluator(self._rows(examples))
+        return self._text_evaluator(examples, seed=self.evaluation_seed(generation))
 
     def _examples(self, split: str) -> list[Example]:
         n = self.cfg.loop.valid_prompts if split == "valid" else self.cfg.loop.test_prompts
@@ -673,10 +703,18 @@ class CoEvolution:
 
     def score(self, programs: dict[str, Expr], split: str) -> dict[str, dict]:
         """{name: {score, ci95, cost, n}} of Decoder programs on a split, with a 95% bootstrap
-        interval of the mean score (exact match; mean token log-likelihood for text tasks)."""
+        interval over prompts (exact match; text tasks: the text objective)."""
         names = list(programs)
-        scores, costs, _ = self.per_item(split, [programs[n] for n in names])
         out = {}
+        if self.task.kind == "text":
+            ev = self._text_evaluator(self._examples(split), seed=self.evaluation_seed())
+            for name, (w, cost) in zip(names, ev.write([programs[n] for n in names]),
+                                       strict=True):
+                value, lo, hi = ev.scorer.interval(w, self.cfg.loop.bootstrap,
+                                                   seed=self.cfg.run.seed)
+                out[name] = {"score": value, "ci95": [lo, hi], "cost": cost, "n": len(w.texts)}
+            return out
+        scores, costs, _ = self.per_item(split, [programs[n] for n in names])
         for name, items, cost in zip(names, scores, costs, strict=True):
             mean, lo, hi = report.bootstrap_ci(items, self.cfg.loop.bootstrap,
                                                seed=self.cfg.run.seed)
@@ -685,26 +723,22 @@ class CoEvolution:
 
     @torch.no_grad()
     def per_item(self, split: str, exprs: list[Expr]) -> tuple[list[list[float]], list, list]:
-        """Per-item scores of each program on a split (per prompt; per token for text tasks),
-        each program's mean cost, and its answers (texts; None for text tasks). Every
-        program gets the same draws (common random numbers): differences are paired."""
+        """Per-prompt scores of each program on a split (text tasks: each continuation's
+        reward, `TextScorer.rewards`), each program's mean cost, and its answers (texts).
+        Every program gets the same draws (common random numbers): differences are paired."""
         examples = self._examples(split)
-        if self.task.kind == "answer":
-            ev = self._answer_evaluator(examples, seed=self.evaluation_seed())
-            decoded = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
-                                        **ev.decode_options)
-            answers = [[self.tokenizer.decode(a.tokens) for a in ans] for ans in decoded]
-            scores = [[float(a == e.output) for a, e in zip(ans, examples, strict=True)]
-                      for ans in answers]
-            return scores, [_mean([a.cost for a in ans]) for ans in decoded], answers
-        from .evaluation import forward_cost, sampling_logits, target_log_probs
-
-        rows = self._rows(examples)
-        scores = []
-        for e in exprs:
-            chooser, logits_expr, _ = sampling_logits(e)
-            scores.append(target_log_probs(logits_expr, chooser, rows).tolist())
-        return scores, [forward_cost(e) for e in exprs], [None] * len(exprs)
+        if self.task.kind == "text":
+            ev = self._text_evaluator(examples, seed=self.evaluation_seed())
+            written = ev.write(exprs)
+            return ([ev.scorer.rewards(w).tolist() for w, _ in written],
+                    [cost for _, cost in written], [w.texts for w, _ in written])
+        ev = self._answer_evaluator(examples, seed=self.evaluation_seed())
+        decoded = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
+                                    **ev.decode_options)
+        answers = [[self.tokenizer.decode(a.tokens) for a in ans] for ans in decoded]
+        scores = [[float(a == e.output) for a, e in zip(ans, examples, strict=True)]
+                  for ans in answers]
+        return scores, [_mean([a.cost for a in ans]) for ans in decoded], answers
 
 
 def _tuning_counts(tuner, in_process: bool) -> dict | None:

@@ -16,13 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 
 SIGNIFICANT = 4  # significant digits of tuned constants in the programs a run writes
-SCORE_NAME = {"answer": "exact match", "text": "log-likelihood per token"}
+SCORE_NAME = {"answer": "exact match", "text": "text.objective of the continuations"}
 SCORE_MEANING = {
     "answer": "exact match: the fraction of prompts whose extracted answer equals the "
               "reference",
-    "text": "mean log-probability per token (nats) of the held-out human continuations "
-            "under the program's per-step distribution (smoothed with 1e-4 uniform); closer "
-            "to 0 is better",
+    "text": "how close the program's continuations of held-out prompts are to the human "
+            "ones, by the frozen judge (text.objective; the default, human: minus the gaps "
+            "in judge log-perplexity and rep-4 / 100, 0 = like the human text); higher is "
+            "better",
 }
 
 

@@ -6,6 +6,7 @@
     [model]      neural.GPTConfig
     [train]      neural.TrainConfig
     [evolution]  evolution.config.EvolutionConfig (with [evolution.limits])
+    [text]       how text tasks score programs (objective, the judge)
 
 Unknown keys and ill-typed values are errors naming the key (`ConfigError`), never ignored.
 """
@@ -75,6 +76,15 @@ class LoopSection:
     decode_memory_mb: int = 4096  # budget of one decode (KV cache and logits of every row)
 
 
+TEXT_OBJECTIVES = ("human", "mauve", "reward")  # evolution.text_scoring.OBJECTIVES
+
+
+@dataclass
+class TextSection:
+    objective: str = "human"  # text tasks select on: human (gaps to human) | mauve | reward
+    judge_steps: int = 0  # training steps of the frozen judge; 0: as many as loop.pretrain_steps
+
+
 @dataclass
 class RunConfig:
     run: RunSection = field(default_factory=RunSection)
@@ -84,6 +94,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evolution: EvolutionConfig = field(
         default_factory=lambda: EvolutionConfig(population_size=16))
+    text: TextSection = field(default_factory=TextSection)
 
     def validate(self) -> None:
         """Every value in its domain (`ConfigError` naming `section.key`), before anything is
@@ -100,6 +111,13 @@ class RunConfig:
                 if not (lo <= value and (value < hi if open_hi else value <= hi)):
                     raise ConfigError(f"{key} must be in [{lo}, {hi}{')' if open_hi else ']'}, "
                                       f"found {value}")
+        if self.text.objective not in TEXT_OBJECTIVES:
+            raise ConfigError(f"text.objective must be one of {', '.join(TEXT_OBJECTIVES)}, "
+                              f"found '{self.text.objective}'")
+        if task_kind(self.task.name) == "text" and self.text.judge_steps == 0 \
+                and self.loop.pretrain_steps == 0:
+            raise ConfigError("text.judge_steps = 0 means as many as loop.pretrain_steps, which "
+                              "is 0: give the judge its own steps")
         for b in self.task.dry_breakers:
             if not b or len(b.encode("utf-8")) > BREAKER_MAX_CHARS:
                 raise ConfigError(f"task.dry_breakers: each breaker must be 1 to "
@@ -176,6 +194,7 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "train.grokfast_lambda": (0.0, 1e6, False),
     "train.extra_lambda": (0.0, 1e6, False),
     "train.seed": (0, 2**32 - 1, False),
+    "text.judge_steps": (0, BIG, False),
     **{f"evolution.limits.{k}": (1, BIG, False) for k in Limits.field_names()},
 }
 
@@ -365,7 +384,7 @@ def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dic
 
 # What a run is: a resume may extend it or change how it searches, never these.
 FIXED_ON_RESUME = ("run.seed", "run.mode", "run.seeds", "run.model_from", "task", "model",
-                   "train")
+                   "train", "text.judge_steps")
 
 
 def check_resume(recorded: RunConfig, new: RunConfig) -> None:

@@ -93,6 +93,8 @@ def show(path: str, top: int = 5) -> str:
             lines.append(f"  {d.name:<10} score {number(info.get('score'), '.3f'):>6}  cost "
                          f"{number(info.get('cost'), '.1f'):>5}  size "
                          f"{engine_dsl.size(d.body):>3}  {one_line(d.body, 70)}")
+    if kind == "text" and rundir.model.exists() and rundir.hall_of_fame.exists():
+        lines += ["", *side_by_side(open_run(path), read_file(rundir.hall_of_fame)[0])]
     rep = rundir.read_report()
     if rep is not None:
         lines += ["", f"final report (re-scored on the final model with the last generation's "
@@ -104,6 +106,45 @@ def show(path: str, top: int = 5) -> str:
                      f"{splits[s]['ci95'][1]:.3f}]" for s in ("valid", "test")]
             lines.append(f"  {name:<30} {cells[0]:>22} {cells[1]:>22}")
     return "\n".join(lines)
+
+
+SHOW_WIDTH = 30  # characters per column of `side_by_side`
+
+
+def side_by_side(run, champion: Definition) -> list[str]:
+    """The first held-out (valid) prompt and its continuations by greedy, nucleus 0.95 and
+    the champion, in columns (the draws of the last generation's scoring)."""
+    import textwrap
+
+    from .text_scoring import NUCLEUS_95
+
+    example = run._examples("valid")[0]
+    programs = {"greedy": baseline(), "nucleus 0.95": engine_dsl.read_expr(NUCLEUS_95,
+                                                                           Type.DECODER),
+                f"champion {champion.name}": champion.body}
+    tok = run.tokenizer
+    decoded = engine_dsl.decode(run.model, list(programs.values()),
+                                [tok.encode(example.input, bos=True)],
+                                seed=run.evaluation_seed(), max_new_tokens=run.answer_cap(),
+                                stop_token=tok.eos_id, pad_token=tok.pad_id,
+                                breakers=run.breakers)
+    columns = {name: tok.decode(ans[0].tokens) for name, ans in zip(programs, decoded,
+                                                                     strict=True)}
+    columns["human"] = example.output
+
+    def wrap(text: str) -> list[str]:
+        return [piece for line in text.split("\n")
+                for piece in (textwrap.wrap(line, SHOW_WIDTH, drop_whitespace=False) or [""])]
+
+    cells = {name: wrap(text) for name, text in columns.items()}
+    height = max(len(c) for c in cells.values())
+    out = [f"one held-out prompt (valid split), continued by each (the same draws): "
+           f"{example.input!r}",
+           "  " + " | ".join(f"{name:<{SHOW_WIDTH}}" for name in cells)]
+    for k in range(height):
+        out.append("  " + " | ".join(f"{(c[k] if k < len(c) else ''):<{SHOW_WIDTH}}"
+                                     for c in cells.values()))
+    return out
 
 
 def number(text: str | None, spec: str) -> str:

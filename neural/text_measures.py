@@ -47,7 +47,7 @@ import torch
 
 from .checkpoint import load_model, save_model
 from .model import GPT, GPTConfig
-from .tasks import Example
+from .tasks import Example, TextCorpus
 from .tokenizer import ByteTokenizer
 from .train import TrainConfig, Trainer
 
@@ -68,15 +68,23 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
 
+def ngram_counts(text: str, n: int) -> tuple[int, int]:
+    """(distinct n-grams, n-grams) of one text's words."""
+    grams = ngrams(words(text), n)
+    return len(set(grams)), len(grams)
+
+
+def rep_from_counts(counts: Sequence[tuple[int, int]]) -> float:
+    """rep-n in percent from each text's `ngram_counts`."""
+    unique = sum(u for u, _ in counts)
+    total = sum(t for _, t in counts)
+    return 0.0 if total == 0 else 100.0 * (1.0 - unique / total)
+
+
 def rep_n(texts: Sequence[str], n: int) -> float:
     """SimCTG's rep-n, in percent: 100 x (1 - sum_i |unique n-grams of text i| / sum_i |n-grams
     of text i|); 0 when the texts hold no n-gram."""
-    unique = total = 0
-    for t in texts:
-        grams = ngrams(words(t), n)
-        unique += len(set(grams))
-        total += len(grams)
-    return 0.0 if total == 0 else 100.0 * (1.0 - unique / total)
+    return rep_from_counts([ngram_counts(t, n) for t in texts])
 
 
 def diversity(texts: Sequence[str]) -> float:
@@ -195,13 +203,17 @@ class JudgeConfig:
     model: GPTConfig
     train: TrainConfig
 
-    def key(self, examples: Sequence[Example]) -> str:
+    def key(self, data: Sequence[Example] | TextCorpus) -> str:
         """sha256 of the training data and settings: the judge's cache directory name."""
         h = hashlib.sha256()
         h.update(json.dumps([self.model.to_dict(), self.train.to_dict()],
                             sort_keys=True).encode())
-        for e in examples:
-            h.update(json.dumps([e.input, e.output]).encode())
+        if isinstance(data, TextCorpus):
+            h.update(data.lengths.numpy().tobytes())
+            h.update(data.data.numpy().tobytes())
+        else:
+            for e in data:
+                h.update(json.dumps([e.input, e.output]).encode())
         return h.hexdigest()[:24]
 
 
@@ -222,13 +234,14 @@ class Judge:
         self.tokenizer = tokenizer or ByteTokenizer()
 
     @classmethod
-    def train(cls, examples: Sequence[Example], config: JudgeConfig,
+    def train(cls, data: Sequence[Example] | TextCorpus, config: JudgeConfig,
               on_step: Callable[[int, dict], None] | None = None) -> Judge:
-        """Train a fresh GPT on `examples` (loss on prompt and continuation bytes alike)."""
+        """Train a fresh GPT on `data`: examples (loss on prompt and continuation bytes
+        alike) or running text (`TextCorpus`)."""
         tok = ByteTokenizer()
         torch.manual_seed(config.train.seed)
         model = GPT(config.model)
-        trainer = Trainer(model, tok, examples, replace(config.train, answer_only=False,
+        trainer = Trainer(model, tok, data, replace(config.train, answer_only=False,
                                                         extra_lambda=0.0))
         for i in range(config.train.steps):
             info = trainer.step()
@@ -237,18 +250,18 @@ class Judge:
         return cls(model, tok)
 
     @classmethod
-    def load_or_train(cls, examples: Sequence[Example], config: JudgeConfig,
+    def load_or_train(cls, data: Sequence[Example] | TextCorpus, config: JudgeConfig,
                       root: str | Path | None = None,
                       on_step: Callable[[int, dict], None] | None = None,
                       on_train: Callable[[Path], None] | None = None) -> Judge:
-        """The judge of `examples` under `config`, from `root/judges/KEY/` (safetensors) or
+        """The judge of `data` under `config`, from `root/judges/KEY/` (safetensors) or
         trained once and saved there. `on_train(directory)` is called before training."""
-        directory = Path(root or cache_root()) / "judges" / config.key(examples)
+        directory = Path(root or cache_root()) / "judges" / config.key(data)
         if (directory / "model.safetensors").exists():
             return cls(load_model(str(directory)))
         if on_train is not None:
             on_train(directory)
-        judge = cls.train(examples, config, on_step)
+        judge = cls.train(data, config, on_step)
         directory.mkdir(parents=True, exist_ok=True)
         save_model(judge.model, str(directory), tokenizer=judge.tokenizer,
                    step=config.train.steps)

@@ -9,6 +9,11 @@ from pathlib import Path
 # before torch loads, as the command line does: OpenMP threads wait passively, so tests on
 # a busy machine slow down in proportion instead of stalling (issue 16, item 17)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# judges of text tasks are cached here, never in the user's cache (neural.text_measures)
+if "ECHO_FORGE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["ECHO_FORGE_CACHE"] = tempfile.mkdtemp(prefix="echo-forge-test-cache-")
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -49,7 +49,7 @@ def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, te
     finally:
         run.close()
     assert set(report["programs"]) >= {"champion", "greedy"}
-    assert report["programs"]["greedy"]["test"]["score"] < 0  # a mean log-likelihood
+    assert report["programs"]["greedy"]["test"]["score"] < 0  # minus its gaps to human text
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["generation"] for e in log] == [0, 1]
 

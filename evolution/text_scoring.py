@@ -1,0 +1,164 @@
+"""Scores of text-task programs from what they write (DESIGN §3).
+
+A program is scored on its sampled continuations of the valid prompts against the human
+continuations of the same prompts, read by a frozen judge (`neural.text_measures.Judge`,
+trained once on the train split, never the co-trained model). Every program is decoded with
+the same draws (common random numbers), so differences between programs are paired.
+
+Objectives (`text.objective`; higher is better), of a set of continuations:
+
+* `human` (default): minus the gaps to the human continuations,
+  |ln PPL - ln PPL_human| + |rep-4 - rep-4_human| / 100, with PPL the judge's pooled
+  perplexity (per byte) and rep-4 SimCTG's (percent).
+* `mauve`: MAUVE (`mauve-text`) between the judge features of the continuations and those of
+  the human ones.
+* `reward`: the seeds' reward, the mean over continuations of
+  -PPL_i / 100 - 0.1 |len_i - len_human_i| / len_human_i + 0.1 distinct-1_i, with PPL_i the
+  judge's per-byte perplexity of continuation i, lengths in bytes, distinct-1 over its words.
+
+`human` is the default because it is cheap (one judge forward per continuation, counting)
+and stable on the 64 prompts a generation scores: MAUVE quantizes 64 points into 6 clusters,
+so its value moves by several points between draws. Both terms are 0 for the human text
+itself; greedy's loops raise rep-4, pure sampling's wandering raises PPL.
+
+`rewards` gives one number per continuation, for co-training by reinforce: `reward` as above;
+`human` (and `mauve`, which has no per-continuation form) as minus the gaps of the one
+continuation to the human set: |ln PPL_i - ln PPL_human| + |rep-4_i - rep-4_human| / 100.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from engine_dsl.nodes import Expr
+from neural.text_measures import (
+    Judge,
+    JudgeScores,
+    distinct_n,
+    log_perplexities,
+    mauve_score,
+    ngram_counts,
+    perplexity,
+    rep_from_counts,
+)
+
+OBJECTIVES = ("human", "mauve", "reward")
+MAUVE_SEED = 25  # mauve-text's default k-means seed: the same quantization for every program
+NUCLEUS_95 = "(sample (top-p logits 0.95))"  # Holtzman et al.'s closest-to-human decoder
+MAUVE_RESAMPLES = 200  # bootstrap resamples of a MAUVE score (each one a k-means)
+
+
+@dataclass
+class Written:
+    """Continuations of the scorer's prompts (one each) and the judge's reading of them."""
+
+    texts: list[str]
+    stopped: list[bool]
+    judge: JudgeScores
+    rep4: list[tuple[int, int]] = field(init=False)  # each text's (distinct, all) 4-grams
+
+    def __post_init__(self):
+        self.rep4 = [ngram_counts(t, 4) for t in self.texts]
+
+
+class TextScorer:
+    """Measures continuations of `prompts` against the human `references` (see module doc)."""
+
+    def __init__(self, judge: Judge, prompts: Sequence[str], references: Sequence[str],
+                 objective: str = "human"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown text objective {objective!r}; expected one of "
+                             f"{', '.join(OBJECTIVES)}")
+        self.judge, self.objective = judge, objective
+        self.prompts, self.references = list(prompts), list(references)
+        self.human = self.read(self.references, [False] * len(self.references))
+
+    def read(self, texts: Sequence[str], stopped: Sequence[bool]) -> Written:
+        """The judge's reading of continuations of the scorer's prompts."""
+        return Written(list(texts), list(stopped),
+                       self.judge.score(self.prompts, texts, stopped))
+
+    def score(self, w: Written, index: Sequence[int] | None = None) -> float:
+        """The objective of continuations `w` (only the prompts at `index`, if given: a
+        bootstrap resample), against the human continuations of the same prompts."""
+        index = list(range(len(w.texts))) if index is None else list(index)
+        if self.objective == "reward":
+            r = self.rewards(w, index)
+            return float(r.mean())
+        h = self.human
+        if self.objective == "mauve":
+            return mauve_score(w.judge.features[index], h.judge.features[index],
+                               seed=MAUVE_SEED)
+        rep, rep_human = (rep_from_counts([x.rep4[i] for i in index]) for x in (w, h))
+        return -(abs(math.log(perplexity(w.judge.subset(index)))
+                     - math.log(perplexity(h.judge.subset(index))))
+                 + abs(rep - rep_human) / 100.0)
+
+    def rewards(self, w: Written, index: Sequence[int] | None = None) -> torch.Tensor:
+        """One reward per continuation (at `index`), higher is better (see module doc)."""
+        index = list(range(len(w.texts))) if index is None else list(index)
+        log_ppl = log_perplexities(w.judge.subset(index))
+        if self.objective == "reward":
+            out = []
+            for k, i in enumerate(index):
+                n = len(w.texts[i].encode("utf-8"))
+                n_ref = max(len(self.references[i].encode("utf-8")), 1)
+                out.append(-math.exp(float(log_ppl[k])) / 100.0 - 0.1 * abs(n - n_ref) / n_ref
+                           + 0.1 * distinct_n([w.texts[i]], 1))
+            return torch.tensor(out)
+        human_log_ppl = math.log(perplexity(self.human.judge))
+        human_rep = rep_from_counts(self.human.rep4)
+        reps = torch.tensor([rep_from_counts([w.rep4[i]]) for i in index])
+        return -((log_ppl - human_log_ppl).abs() + (reps - human_rep).abs() / 100.0)
+
+    def interval(self, w: Written, resamples: int, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+        """(score, low, high): the objective and a percentile bootstrap interval over prompts
+        (MAUVE, a k-means per resample: at most `MAUVE_RESAMPLES` resamples)."""
+        value = self.score(w)
+        n = len(w.texts)
+        if self.objective == "mauve":
+            resamples = min(resamples, MAUVE_RESAMPLES)
+        if resamples <= 0 or n < 2:
+            return value, value, value
+        rng = random.Random(seed)
+        vals = sorted(self.score(w, [rng.randrange(n) for _ in range(n)])
+                      for _ in range(resamples))
+        lo = int(math.floor((1 - level) / 2 * (resamples - 1)))
+        hi = int(math.ceil((1 + level) / 2 * (resamples - 1)))
+        return value, vals[lo], vals[hi]
+
+
+class TextEvaluator:
+    """Text-task scores of many programs from one batched decode of every program x valid
+    prompt (`engine_dsl.decode`, common random numbers), each program's continuations then
+    read by the judge and measured (`TextScorer.score`); cost = mean forward positions per
+    continuation."""
+
+    def __init__(self, model, scorer: TextScorer, prompts: Sequence[Sequence[int]],
+                 to_text: Callable[[Sequence[int]], str], seed: int = 0, **decode_options):
+        self.model, self.scorer, self.prompts = model, scorer, list(prompts)
+        self.to_text, self.seed, self.decode_options = to_text, seed, decode_options
+
+    @torch.no_grad()
+    def write(self, decoders: Sequence[Expr]) -> list[tuple[Written, float]]:
+        """Each program's continuations (read by the judge) and mean cost."""
+        import engine_dsl
+
+        answers = engine_dsl.decode(self.model, list(decoders), self.prompts, seed=self.seed,
+                                    **self.decode_options)
+        out = []
+        for ans in answers:
+            w = self.scorer.read([self.to_text(a.tokens) for a in ans],
+                                 [a.stopped for a in ans])
+            out.append((w, sum(a.cost for a in ans) / max(len(ans), 1)))
+        return out
+
+    def __call__(self, decoders: Sequence[Expr]) -> list[tuple[float, float]]:
+        return [(self.scorer.score(w), cost) for w, cost in self.write(decoders)]
+
