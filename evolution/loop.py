@@ -242,7 +242,7 @@ class CoEvolution:
         examples = self.task.train + self.task.valid + self.task.test
         prompt = max(len(self.tokenizer.encode(e.input, bos=True)) for e in examples)
         block = self.cfg.model.block_size
-        if prompt + self.answer_cap() > block:
+        if prompt + self.answer_cap() - 1 > block:  # the answer's last token is never read
             key = "loop.max_new_tokens" if self.cfg.loop.max_new_tokens else "model.block_size"
             raise ConfigError(f"{key}: the task's longest prompt ({prompt} tokens) and answer "
                               f"cap ({self.answer_cap()} tokens) exceed model.block_size = "

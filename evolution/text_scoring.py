@@ -162,3 +162,16 @@ class TextEvaluator:
     def __call__(self, decoders: Sequence[Expr]) -> list[tuple[float, float]]:
         return [(self.scorer.score(w), cost) for w, cost in self.write(decoders)]
 
+
+
+def text_reward(judge: Judge, objective: str = "human"):
+    """Co-training's reward for text tasks, `(examples, texts, stopped) -> one float per
+    example` (the `reinforce.Reward` signature): `TextScorer.rewards` of each continuation
+    against the human continuations of the same examples."""
+
+    def reward(examples, texts, stopped) -> list[float]:
+        scorer = TextScorer(judge, [e.input for e in examples], [e.output for e in examples],
+                            objective)
+        return scorer.rewards(scorer.read(texts, stopped)).tolist()
+
+    return reward

@@ -29,7 +29,7 @@ The judge is a byte-level GPT trained once on a task's train split and then froz
 never the model being co-trained, so neither evolution nor co-training can move it. It is
 cached by a key of its training data and settings (`Judge.load_or_train`), as safetensors.
 MAUVE features: the judge's final hidden state (after the final LayerNorm), mean-pooled over
-the continuation's positions, read with the prompt before it.
+the positions that predict the continuation's tokens, read with the prompt before it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -46,6 +45,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_model, save_model
+from .corpus import cache_dir
 from .model import GPT, GPTConfig
 from .tasks import Example, TextCorpus
 from .tokenizer import ByteTokenizer
@@ -145,15 +145,20 @@ def self_bleu(texts: Sequence[str], max_texts: int | None = None) -> float:
     (4-grams, exponential smoothing, tokenize "none" on the texts' whitespace words) of each
     text against all the others as references; 0-100, higher = less diverse. `max_texts`:
     only the first that many texts (its cost grows with the square of their number)."""
+    scores = self_bleu_per_text(list(texts)[:max_texts])
+    return sum(scores) / len(scores) if len(scores) > 1 else 0.0
+
+
+def self_bleu_per_text(texts: Sequence[str]) -> list[float]:
+    """Each text's sentence BLEU-4 against all the others (`self_bleu`); 0 for a lone text."""
     from sacrebleu.metrics import BLEU
 
-    docs = [" ".join(words(t)) for t in texts][:max_texts]
+    docs = [" ".join(words(t)) for t in texts]
     if len(docs) < 2:
-        return 0.0
+        return [0.0] * len(docs)
     bleu = BLEU(tokenize="none", max_ngram_order=4, smooth_method="exp",
                 effective_order=True)
-    scores = [bleu.sentence_score(h, docs[:i] + docs[i + 1:]).score for i, h in enumerate(docs)]
-    return sum(scores) / len(scores)
+    return [bleu.sentence_score(h, docs[:i] + docs[i + 1:]).score for i, h in enumerate(docs)]
 
 
 def mauve_score(p_features, q_features, *, seed: int = 25, buckets: int | str = "auto") -> float:
@@ -217,15 +222,6 @@ class JudgeConfig:
         return h.hexdigest()[:24]
 
 
-def cache_root() -> Path:
-    """Where judges are cached: $ECHO_FORGE_CACHE, else $XDG_CACHE_HOME/echo-forge, else
-    ~/.cache/echo-forge (a `judges/` folder inside)."""
-    if os.environ.get("ECHO_FORGE_CACHE"):
-        return Path(os.environ["ECHO_FORGE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "echo-forge"
-
-
 class Judge:
     """A frozen byte-level GPT that reads continuations (never the co-trained generator)."""
 
@@ -256,7 +252,7 @@ class Judge:
                       on_train: Callable[[Path], None] | None = None) -> Judge:
         """The judge of `data` under `config`, from `root/judges/KEY/` (safetensors) or
         trained once and saved there. `on_train(directory)` is called before training."""
-        directory = Path(root or cache_root()) / "judges" / config.key(data)
+        directory = Path(root or cache_dir()) / "judges" / config.key(data)
         if (directory / "model.safetensors").exists():
             return cls(load_model(str(directory)))
         if on_train is not None:
@@ -270,39 +266,39 @@ class Judge:
     @torch.no_grad()
     def score(self, prompts: Sequence[str], continuations: Sequence[str],
               stopped: Sequence[bool] | None = None, batch_rows: int = 64) -> JudgeScores:
-        """Read `BOS prompt continuation` (+ EOS where `stopped`), keeping the last
-        block_size tokens of longer rows (the prompt is cut from the left). NLL counts the
-        continuation's bytes (and the EOS); features mean the final hidden state over the
-        continuation's byte positions (an empty continuation: the prompt's last position)."""
+        """Read `BOS prompt continuation` (+ EOS where `stopped`), as in training: the model
+        reads every token but the last, at most block_size of them (a longer row loses the
+        start of its prompt). NLL counts the continuation's tokens (bytes, and the EOS);
+        features mean the final hidden state over the positions that predict them (the
+        prompt's last position through the continuation's last-but-one token; an empty
+        continuation: the prompt's last position)."""
         if len(prompts) != len(continuations):
             raise ValueError("one prompt per continuation")
         stopped = [False] * len(prompts) if stopped is None else list(stopped)
         tok, block = self.tokenizer, self.model.config.block_size
-        rows = []  # (ids, first continuation position, continuation bytes kept)
+        rows = []  # (ids, first continuation position)
         for p, c, s in zip(prompts, continuations, stopped, strict=True):
             tail = tok.encode(c, eos=bool(s))
-            ids = (tok.encode(p, bos=True) + tail)[-block:]
-            n_tail = min(len(tail), len(ids) - 1)
-            rows.append((ids, len(ids) - n_tail, min(len(c.encode("utf-8")), n_tail)))
+            ids = (tok.encode(p, bos=True) + tail)[-(block + 1):]
+            rows.append((ids, len(ids) - min(len(tail), len(ids) - 1)))
         nll, count, feats = [], [], []
         for start in range(0, len(rows), batch_rows):
             chunk = rows[start:start + batch_rows]
-            width = max(len(r[0]) for r in chunk)
-            ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
-            scored = torch.zeros(len(chunk), width, dtype=torch.bool)  # continuation tokens
-            pooled = torch.zeros(len(chunk), width, dtype=torch.bool)  # continuation bytes
-            for i, (row, first, n_bytes) in enumerate(chunk):
+            width = min(max(len(r[0]) for r in chunk), block)  # model inputs per row
+            ids = torch.full((len(chunk), width + 1), tok.pad_id, dtype=torch.long)
+            scored = torch.zeros(len(chunk), width, dtype=torch.bool)  # at input t: t + 1
+            for i, (row, first) in enumerate(chunk):
                 ids[i, :len(row)] = torch.tensor(row)
-                scored[i, first:len(row)] = True
-                if n_bytes:
-                    pooled[i, first:first + n_bytes] = True
-                else:
-                    pooled[i, first - 1] = True
-            out = self.model.forward_step(ids)  # right padding: causal, no mask needed
-            logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+                scored[i, first - 1:len(row) - 1] = True
+            out = self.model.forward_step(ids[:, :width])  # right padding: causal, no mask
+            logp = torch.log_softmax(out.logits.float(), dim=-1)
             target_lp = logp.gather(2, ids[:, 1:, None]).squeeze(2)
-            nll.append(-(target_lp * scored[:, 1:]).sum(1))
-            count.append(scored[:, 1:].sum(1))
+            nll.append(-(target_lp * scored).sum(1))
+            count.append(scored.sum(1))
+            pooled = scored.clone()
+            for i, (row, _) in enumerate(chunk):
+                if not scored[i].any():
+                    pooled[i, min(len(row), width) - 1] = True
             hidden = self.model.transformer.ln_f(out.residuals[-1]).float()  # (B, T, C)
             w = pooled.float()
             feats.append((hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True))

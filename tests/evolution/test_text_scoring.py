@@ -133,3 +133,18 @@ def test_text_settings_are_checked():
     with pytest.raises(ConfigError, match="give the judge its own steps"):
         resolve(sets=["task.name=text:x.txt", "loop.pretrain_steps=0"])
     assert resolve(sets=["text.objective=mauve"]).text.objective == "mauve"
+
+
+def test_text_reward_is_each_continuations_reward():
+    """The co-training reward of (examples, texts, stopped) is `TextScorer.rewards` against
+    the examples' human continuations; the human text itself is rewarded best."""
+    from evolution.text_scoring import text_reward
+    from neural.tasks import Example
+
+    judge = tiny_judge()
+    examples = [Example("the cat ", "sat on the mat and"), Example("a dog ", "ran to the hill")]
+    texts = ["sat sat sat sat sat sat", "ran to the hill"]
+    got = text_reward(judge)(examples, texts, [False, False])
+    s = TextScorer(judge, [e.input for e in examples], [e.output for e in examples])
+    assert got == pytest.approx(s.rewards(s.read(texts, [False, False])).tolist())
+    assert got[0] < 0

@@ -131,7 +131,7 @@ def test_judge_keeps_the_last_block_of_long_rows():
     s = judge.score(["p" * 40], ["q" * 10])
     assert s.tokens.tolist() == [10]
     s = judge.score(["p"], ["q" * 40])
-    assert s.tokens.tolist() == [23]  # every position but the first predicts a byte
+    assert s.tokens.tolist() == [24]  # the model reads 24 tokens, each predicting a byte
 
 
 def test_judge_is_cached_by_data_and_settings(tmp_path):
