@@ -49,6 +49,7 @@ from .population import (
     evolve_generation,
     initial_population,
 )
+from .reinforce import ReinforceLoss, relaxed_policy, token_log_probs
 from .rundir import RunDir, RunError, RunState
 from .settings import ConfigError, RunConfig, check_resume, resolve, to_dict
 from .text_scoring import TextEvaluator, TextScorer
@@ -127,25 +128,19 @@ def fit_to_model(d: Definition, n_layer: int, n_head: int) -> Definition:
 class ChampionLoss:
     """`extra_loss(model, batch)`: NLL of the batch's answer tokens under the champion
     program's relaxed distribution, differentiable in the model (the program's constants
-    stay as they are). Layer 1's hook for "the loss passes through the champion"."""
+    stay as they are). Layer 1's hook for "the loss passes through the champion"
+    (`loop.model_objective = "likelihood"`; `reinforce.ReinforceLoss` is the other)."""
 
     def __init__(self, decoder: Expr, sharpness: float = 30.0, breakers=None):
         self.sharpness, self.breakers = sharpness, breakers
         self.set(decoder)
 
     def set(self, decoder: Expr) -> None:
-        from engine_dsl.decoders import plan as decoder_plan
-
-        logits_expr = decoder_plan(decoder).logits_expr
-        self.module = engine_dsl.compile_expr(logits_expr).requires_grad_(False)
+        self.policy = relaxed_policy(decoder)
 
     def __call__(self, model, batch) -> torch.Tensor:
-        rows = cache_rows(model, batch.ids, batch.answer_mask,
-                          attention_mask=batch.attention_mask, grad=True,
-                          breakers=self.breakers)
-        scores = self.module(mode="relaxed", sharpness=self.sharpness, **rows.sources())
-        logp = torch.log_softmax(scores.float(), dim=-1)
-        return -logp.gather(1, rows.targets[:, None]).mean()
+        return -token_log_probs(self.policy, model, batch.ids, batch.answer_mask,
+                                batch.attention_mask, self.sharpness, self.breakers).mean()
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -284,7 +279,7 @@ class CoEvolution:
             self.dir.create(config_text(cfg), {f.name: f.read_bytes() for f in files})
             self.dir.lock()
         self.seeds = seeds
-        self.champion_loss = ChampionLoss(GREEDY, breakers=self.breakers)
+        self.champion_loss = self._program_loss(GREEDY)
         self.trainer = Trainer(model, self.tokenizer, self.task.training_data(),
                                self._schedule(), extra_loss=self.champion_loss)
         self.rng = random.Random(cfg.run.seed)
@@ -306,7 +301,7 @@ class CoEvolution:
             champion = engine_dsl.read_expr(state.champion, Type.DECODER)
         except DslError as e:
             raise RunError(f"{ckpt / 'state.json'}: damaged champion ({e.message})") from None
-        self.champion_loss = ChampionLoss(champion, breakers=self.breakers)
+        self.champion_loss = self._program_loss(champion)
         self.trainer = load_checkpoint(str(ckpt / "trainer"), self.task.training_data(),
                                        extra_loss=self.champion_loss, tokenizer=self.tokenizer)
         model = self.trainer.model
@@ -375,20 +370,41 @@ class CoEvolution:
             self._pool = None
         self.dir.unlock()
 
+    def _program_loss(self, decoder: Expr) -> ChampionLoss | ReinforceLoss:
+        """The champion's loss inside model training, by `loop.model_objective`."""
+        if self.cfg.loop.model_objective == "likelihood":
+            return ChampionLoss(decoder, breakers=self.breakers)
+        seed = self.cfg.run.seed
+        return ReinforceLoss(decoder, self._reward, self.task.train,
+                             samples=self.cfg.loop.reinforce_samples,
+                             max_new_tokens=self.answer_cap(), tokenizer=self.tokenizer,
+                             seed=lambda: seed * 1_000_003 + self.trainer.step_num,
+                             breakers=self.breakers)
+
+    def _reward(self, examples: list[Example], texts: list[str], stopped: list[bool]
+                ) -> list[float]:
+        """Reinforce's reward of each written answer: exact match for answer tasks."""
+        return [float(t == e.output) for e, t in zip(examples, texts, strict=True)]
+
     def _train(self, steps: int, label: str, program_lambda: float) -> dict | None:
         if steps <= 0:
             return None
         self.trainer.config.extra_lambda = program_lambda
-        history = []
+        history, rewards = [], []
         with self._progress(label, steps) as advance:
             for _ in range(steps):
                 history.append(self.trainer.step())
+                if program_lambda and isinstance(self.champion_loss, ReinforceLoss):
+                    rewards.append(_mean(self.champion_loss.last))
                 advance()
         last = history[-10:]
-        return {"steps": steps, "step": self.trainer.step_num,
+        info = {"steps": steps, "step": self.trainer.step_num,
                 "loss": sum(h["lm_loss"] for h in last) / len(last),
                 "program_loss": (sum(h["extra_loss"] for h in last) / len(last)
                                  if last[-1]["extra_loss"] is not None else None)}
+        if rewards:  # reinforce: mean reward of the champion's samples, the last 10 steps
+            info["reward"] = _mean(rewards[-10:])
+        return info
 
     def _progress(self, label: str, total: int | None = None):
         from .progress import progress

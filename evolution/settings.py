@@ -33,6 +33,7 @@ from neural.train import TrainConfig
 from .config import EvolutionConfig
 
 MODES = ("hybrid", "phase1", "phased")
+MODEL_OBJECTIVES = ("likelihood", "reinforce")
 
 
 class ConfigError(Exception):
@@ -64,7 +65,11 @@ class TaskSection:
 class LoopSection:
     pretrain_steps: int = 2500  # model-alone training before generation 1 (generation 0)
     train_steps: int = 100  # model training per generation (layer 1)
-    program_lambda: float = 0.1  # weight of the champion program's relaxed answer loss
+    program_lambda: float = 0.1  # weight of the champion's loss in training (vs the LM loss 1)
+    # the champion's loss: likelihood (its relaxed answer NLL) | reinforce (what it writes,
+    # weighted by reward advantage; the LM loss on the corpus is the anchor)
+    model_objective: str = "likelihood"
+    reinforce_samples: int = 16  # reinforce: prompts the champion writes for per step
     valid_prompts: int = 64  # prompts of the valid split scoring every program
     test_prompts: int = 200  # prompts of the test split in the final report
     max_new_tokens: int = 0  # answer length cap; 0: the task's longest answer + 1 (the stop)
@@ -103,6 +108,13 @@ class RunConfig:
         if self.run.mode not in MODES:
             raise ConfigError(f"run.mode must be one of {', '.join(MODES)}, found "
                               f"'{self.run.mode}'")
+        if self.loop.model_objective not in MODEL_OBJECTIVES:
+            raise ConfigError(f"loop.model_objective must be one of "
+                              f"{', '.join(MODEL_OBJECTIVES)}, found "
+                              f"'{self.loop.model_objective}'")
+        if self.loop.model_objective == "reinforce" and task_kind(self.task.name) == "text":
+            raise ConfigError("loop.model_objective = reinforce: text tasks have no "
+                              "per-continuation reward in this version; use likelihood")
         for key, value in _numbers(self):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key} must be finite, found {value}")
@@ -167,6 +179,7 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "loop.pretrain_steps": (0, BIG, False),
     "loop.train_steps": (0, BIG, False),
     "loop.program_lambda": (0.0, 1e6, False),
+    "loop.reinforce_samples": (2, 2**16, False),
     "loop.valid_prompts": (1, BIG, False),
     "loop.test_prompts": (1, BIG, False),
     "loop.max_new_tokens": (0, BIG, False),
