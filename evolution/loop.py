@@ -383,7 +383,12 @@ class CoEvolution:
 
     def _reward(self, examples: list[Example], texts: list[str], stopped: list[bool]
                 ) -> list[float]:
-        """Reinforce's reward of each written answer: exact match for answer tasks."""
+        """Reinforce's reward of each written answer: exact match for answer tasks; for text
+        tasks the text objective's reward of each continuation (`TextScorer.rewards`)."""
+        if self.task.kind == "text":
+            scorer = TextScorer(self.judge, [e.input for e in examples],
+                                [e.output for e in examples], self.cfg.text.objective)
+            return scorer.rewards(scorer.read(texts, stopped)).tolist()
         return [float(t == e.output) for e, t in zip(examples, texts, strict=True)]
 
     def _train(self, steps: int, label: str, program_lambda: float) -> dict | None:

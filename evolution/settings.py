@@ -112,9 +112,6 @@ class RunConfig:
             raise ConfigError(f"loop.model_objective must be one of "
                               f"{', '.join(MODEL_OBJECTIVES)}, found "
                               f"'{self.loop.model_objective}'")
-        if self.loop.model_objective == "reinforce" and task_kind(self.task.name) == "text":
-            raise ConfigError("loop.model_objective = reinforce: text tasks have no "
-                              "per-continuation reward in this version; use likelihood")
         for key, value in _numbers(self):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key} must be finite, found {value}")

@@ -34,13 +34,18 @@ def text_file(tmp_path):
     return path
 
 
-def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, text_file):
+@pytest.mark.parametrize("objective", ["likelihood", "reinforce"])
+def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, text_file,
+                                                                     objective):
+    """Both co-training objectives run on a text task; reinforce logs the mean reward of
+    the champion's continuations (the text objective's: minus gaps, at most 0)."""
     from evolution.loop import CoEvolution
     from evolution.rundir import RunDir
 
     cfg = resolve(TINY, [f"task.name=text:{text_file}", "task.prompt_bytes=12",
                          "task.continuation_bytes=12", "loop.max_new_tokens=0",
-                         "run.generations=1"])
+                         "run.generations=1", f"loop.model_objective={objective}",
+                         "loop.reinforce_samples=4"])
     run = CoEvolution.start(cfg, RunDir(tmp_path / "run"))
     try:
         assert run.task.kind == "text" and isinstance(run.trainer.data, TextCorpus)
@@ -52,6 +57,9 @@ def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, te
     assert report["programs"]["greedy"]["test"]["score"] < 0  # minus its gaps to human text
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["generation"] for e in log] == [0, 1]
+    assert ("reward" in log[1]["model"]) == (objective == "reinforce")
+    if objective == "reinforce":
+        assert log[1]["model"]["reward"] <= 0
 
 
 def test_a_text_task_that_does_not_fit_is_one_line(tmp_path, text_file):

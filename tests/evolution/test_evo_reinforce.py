@@ -92,8 +92,6 @@ def test_a_run_co_trains_by_reinforce(tmp_path):
     with pytest.raises(ConfigError, match="loop.model_objective must be one of likelihood, "
                                           "reinforce, found 'reward'"):
         resolve(TINY, ["loop.model_objective=reward"])
-    with pytest.raises(ConfigError, match="text tasks have no per-continuation reward"):
-        resolve(TINY, ["loop.model_objective=reinforce", "task.name=shakespeare"])
     cfg = resolve(TINY, ["loop.model_objective=reinforce", "loop.reinforce_samples=4",
                          "run.generations=1"])
     run = CoEvolution.start(cfg, RunDir(tmp_path / "run"))
