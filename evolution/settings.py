@@ -368,8 +368,11 @@ def merge(base: dict, over: dict) -> dict:
 
 # Defaults of text tasks (shakespeare, text:PATH) where they differ from the answer tasks':
 # a context that holds a prompt and its continuation (task.prompt_bytes +
-# task.continuation_bytes = 64 + 128).
-TEXT_DEFAULTS = {"model": {"block_size": 192}}
+# task.continuation_bytes = 64 + 128), and the pre-training that did best on the shakespeare
+# task in about 3 CPU minutes (bench/shakespeare_model.py, docs/BENCHMARKS.md): 1200 steps
+# of 4 windows (batches of 8 and 12 and a learning rate of 6e-3 did no better per CPU second).
+TEXT_DEFAULTS = {"model": {"block_size": 192}, "train": {"batch_size": 4},
+                 "loop": {"pretrain_steps": 1200}}
 
 
 def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dict | None = None

@@ -11,9 +11,12 @@ from neural.tasks import TextCorpus
 
 
 def test_text_tasks_get_a_context_that_holds_prompt_and_continuation():
-    """Text tasks default to model.block_size 192 = 64 + 128; answer tasks keep 128; a
-    prompt and continuation longer than the context is a settings error naming the keys."""
-    assert resolve(None, ["task.name=shakespeare"]).model.block_size == 192
+    """Text tasks default to model.block_size 192 = 64 + 128 (and the pre-training of the
+    shakespeare benchmark); answer tasks keep 128; a prompt and continuation longer than
+    the context is a settings error naming the keys."""
+    text = resolve(None, ["task.name=shakespeare"])
+    assert (text.model.block_size, text.train.batch_size, text.loop.pretrain_steps) == \
+        (192, 4, 1200)
     assert resolve(None, ["task.name=text:x.txt"]).model.block_size == 192
     assert resolve(None, []).model.block_size == 128
     assert resolve(None, ["task.name=shakespeare", "model.block_size=256"]).model.block_size \
