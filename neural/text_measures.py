@@ -34,9 +34,12 @@ the positions that predict the continuation's tokens, read with the prompt befor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -169,10 +172,25 @@ def mauve_score(p_features, q_features, *, seed: int = 25, buckets: int | str = 
 
     p = np.asarray(p_features, dtype=np.float32)
     q = np.asarray(q_features, dtype=np.float32)
-    out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=buckets, seed=seed,
-                              kmeans_num_redo=1, kmeans_max_iter=100, verbose=False,
-                              device_id=-1)
+    with _quiet_stderr():  # faiss warns on stderr whenever points per cluster are few
+        out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=buckets, seed=seed,
+                                  kmeans_num_redo=1, kmeans_max_iter=100, verbose=False,
+                                  device_id=-1)
     return float(out.mauve)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 sent to /dev/null for the block (C++ libraries write to it)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # --- the judge --------------------------------------------------------------------------------

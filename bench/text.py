@@ -1,0 +1,422 @@
+"""Benchmark: open-ended text on held-out works, a Holtzman-style table (issue 12).
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/text.py            # 3 run seeds, within 45 min
+    OMP_NUM_THREADS=2 .venv/bin/python bench/text.py --quick    # 1 seed, small: minutes
+    ... --write                                                 # section of docs/BENCHMARKS.md
+
+Per run seed: an evolution run on the `shakespeare` task without co-training
+(`loop.program_lambda = 0`) and one with it (the same pre-trained model, copied after
+generation 0: `loop.model_objective = "reinforce"` where that setting exists, else the
+likelihood objective with `loop.program_lambda = 0.1`); a nucleus sampler (temperature, top-p)
+tuned by Optuna (TPE) on the valid split with the run's text objective and as many program
+evaluations as evolution made; then every decoder continues the same test prompts (works no
+model or selection saw) with the same draws, and the frozen judge reads the continuations.
+Rows: greedy, pure sampling, top-k 40, nucleus 0.95, typical 0.95, min-p 0.1, the newer
+samplers (top-n-sigma, eta, mirostat, XTC, DRY), the tuned nucleus, the evolved champion
+without and with co-training, and the human continuations. Columns: judge perplexity
+(per byte) and its ratio to human, rep-4, diversity, Zipf coefficient, Self-BLEU-4, MAUVE
+(against the human continuations, judge features), loops (% of continuations that end in a
+loop); each the mean over run seeds with a 95% bootstrap interval over prompts (the same
+resamples for every row and seed, so differences are paired).
+
+Also measured: scoring cost against generation, P programs x N continuations of M bytes
+(goal: scoring <= 0.5x generating). The last line is, for scripts:
+`text: champion MAUVE 0.812 vs tuned nucleus 0.790, paired difference +0.022 [+0.004, +0.041]`
+(the champion without co-training, on the same model and draws as the tuned nucleus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import torch  # noqa: E402
+
+import engine_dsl  # noqa: E402
+from engine_dsl import Type  # noqa: E402
+from evolution.bridge import to_expr  # noqa: E402
+from evolution.loop import CoEvolution  # noqa: E402
+from evolution.rundir import RunDir  # noqa: E402
+from evolution.settings import LoopSection, resolve  # noqa: E402
+from evolution.text_scoring import NUCLEUS_95, TextScorer  # noqa: E402
+from neural.text_measures import (  # noqa: E402
+    diversity,
+    loop_share,
+    mauve_score,
+    perplexity,
+    rep_n,
+    self_bleu_per_text,
+    zipf_coefficient,
+)
+
+BASELINES = {  # row name -> program (fixed decoders of the literature, their usual settings)
+    "greedy": "(greedy logits)",
+    "pure sampling": "(sample logits)",
+    "top-k 40": "(sample (top-k logits 40))",
+    "nucleus 0.95": NUCLEUS_95,
+    "typical 0.95": "(sample (typical logits 0.95))",
+    "min-p 0.1": "(sample (min-p logits 0.1))",
+    "top-n-sigma 1": "(sample (top-n-sigma logits 1.0))",
+    "eta 0.0009": "(sample (eta logits 0.0009))",
+    "mirostat 5 0.1": "(sample (mirostat logits 5.0 0.1))",
+    "xtc 0.1 0.5": "(sample (xtc logits 0.1 0.5))",
+    "dry + nucleus 0.95": "(sample (top-p (dry logits 0.8 1.75 2) 0.95))",
+}
+TUNED, CHAMPION, COTRAINED, HUMAN = ("tuned nucleus", "champion", "champion, co-trained",
+                                     "human")
+COLUMNS = ["judge PPL", "PPL / human", "rep-4", "diversity", "Zipf", "Self-BLEU-4", "MAUVE",
+           "loops %"]
+
+
+def nucleus(t: float, p: float) -> str:
+    return f"(sample (top-p (temperature logits {t!r}) {p!r}))"
+
+
+class CountingRun(CoEvolution):
+    """A run that counts the programs its generations score (the greedy baseline aside)."""
+
+    evaluations = 0
+
+    def _scoring(self, evaluator, label):
+        def evaluate(decoders):
+            if not (len(decoders) == 1 and decoders[0] == engine_dsl.registry.baseline()):
+                self.evaluations += len(decoders)
+            return evaluator(decoders)
+
+        return evaluate
+
+
+def run_config(args, seed: int, sets=()):
+    return resolve(None, ["task.name=shakespeare", f"run.seed={seed}",
+                          f"run.generations={args.generations}",
+                          f"evolution.population_size={args.population}",
+                          f"loop.pretrain_steps={args.pretrain_steps}",
+                          f"loop.train_steps={args.train_steps}",
+                          f"loop.valid_prompts={args.valid_prompts}",
+                          f"text.judge_steps={args.judge_steps}",
+                          f"train.batch_size={args.batch_size}", *args.set, *sets])
+
+
+def evolve(args, seed: int, out: Path, log):
+    """The run without co-training and the one with it (sharing generation 0)."""
+    plain_dir, co_dir = out / f"seed-{seed}-plain", out / f"seed-{seed}-cotrained"
+    for d in (plain_dir, co_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    cotrain = (["loop.model_objective=reinforce"]
+               if "model_objective" in {f.name for f in dataclasses.fields(LoopSection)}
+               else ["loop.program_lambda=0.1"])
+    runs = {}
+    plain = CountingRun.start(run_config(args, seed, ["loop.program_lambda=0"]),
+                              RunDir(plain_dir))
+    try:
+        t0 = time.perf_counter()
+        plain.generation(0)
+        log(f"seed {seed}: pre-training and generation 0 in {time.perf_counter() - t0:.0f} s")
+        shutil.copytree(plain_dir, co_dir)
+        for g in range(1, args.generations + 1):
+            plain.generation(g)
+    finally:
+        plain.close()
+    runs["plain"] = plain
+    co = CountingRun.resume(RunDir(co_dir), sets=cotrain)
+    try:
+        for g in range(1, args.generations + 1):
+            co.generation(g)
+    finally:
+        co.close()
+    runs["cotrained"] = co
+    log(f"seed {seed}: {plain.evaluations} program evaluations by evolution "
+        f"(co-trained run, after generation 0: {co.evaluations}); co-training by "
+        f"{' '.join(cotrain)}")
+    return runs
+
+
+def tune_nucleus(run, trials: int, batch: int, seed: int):
+    """Optuna's TPE over (temperature, top-p) of a nucleus sampler, `trials` evaluations on
+    the valid split with the run's objective, asked and scored `batch` at a time."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    ev = run._text_evaluator(run._examples("valid"), seed=run.evaluation_seed())
+    done = 0
+    while done < trials:
+        asked = [study.ask() for _ in range(min(batch, trials - done))]
+        progs = [engine_dsl.read_expr(nucleus(round(t.suggest_float("temperature", 0.3, 1.5), 4),
+                                              round(t.suggest_float("top_p", 0.3, 0.999), 4)),
+                                      Type.DECODER) for t in asked]
+        for t, (score, _) in zip(asked, ev(progs), strict=True):
+            study.tell(t, score)
+        done += len(asked)
+    best = study.best_params
+    return nucleus(round(best["temperature"], 4), round(best["top_p"], 4)), study.best_value
+
+
+def write_rows(run, programs: dict[str, str], examples, seed: int, scorer: TextScorer):
+    """Each program's continuations of the examples' prompts (one batched decode, the same
+    draws), read by the judge."""
+    tok = run.tokenizer
+    exprs = [engine_dsl.read_expr(p, Type.DECODER) if isinstance(p, str) else p
+             for p in programs.values()]
+    decoded = engine_dsl.decode(run.model, exprs, [tok.encode(e.input, bos=True)
+                                                   for e in examples],
+                                seed=seed, max_new_tokens=run.answer_cap(),
+                                stop_token=tok.eos_id, pad_token=tok.pad_id,
+                                breakers=run.breakers)
+    return {name: scorer.read([tok.decode(a.tokens) for a in ans], [a.stopped for a in ans])
+            for name, ans in zip(programs, decoded, strict=True)}
+
+
+class Measured:
+    """The table's measures of one row's continuations, on any resample of the prompts."""
+
+    def __init__(self, written, human, self_bleu_texts: int):
+        self.w, self.h = written, human
+        # Self-BLEU-4 of each of the first texts against the others of them, once (a
+        # resample averages these)
+        k = min(len(written.texts), self_bleu_texts)
+        self.bleu = self_bleu_per_text(written.texts[:k]) + [math.nan] * (len(written.texts) - k)
+
+    def values(self, idx) -> dict[str, float]:
+        w, h = self.w, self.h
+        texts = [w.texts[i] for i in idx]
+        ppl, ppl_h = perplexity(w.judge.subset(idx)), perplexity(h.judge.subset(idx))
+        bleu = [self.bleu[i] for i in idx if not math.isnan(self.bleu[i])]
+        return {"judge PPL": ppl, "PPL / human": ppl / ppl_h, "rep-4": rep_n(texts, 4),
+                "diversity": diversity(texts), "Zipf": zipf_coefficient(texts),
+                "Self-BLEU-4": sum(bleu) / len(bleu) if bleu else math.nan,
+                "MAUVE": mauve_score(w.judge.features[idx], h.judge.features[idx]),
+                "loops %": loop_share(texts)}
+
+
+def bootstrap(measured: dict[int, dict[str, Measured]], n: int, resamples: int, seed: int):
+    """{row: {column: (value, lo, hi)}} means over run seeds, and the paired MAUVE difference
+    champion - tuned nucleus (value, lo, hi)."""
+    rng = random.Random(seed)
+    full = list(range(n))
+    draws = [[rng.randrange(n) for _ in range(n)] for _ in range(resamples)]
+    rows = list(next(iter(measured.values())))
+    table, samples = {}, {r: {c: [] for c in COLUMNS} for r in rows}
+    point = {r: {c: _mean([measured[s][r].values(full)[c] for s in measured]) for c in COLUMNS}
+             for r in rows}
+    for idx in draws:
+        for r in rows:
+            per_seed = [measured[s][r].values(idx) for s in measured]
+            for c in COLUMNS:
+                samples[r][c].append(_mean([v[c] for v in per_seed]))
+    for r in rows:
+        table[r] = {c: (point[r][c], *_percentiles(samples[r][c])) for c in COLUMNS}
+    diff = [a - b for a, b in zip(samples[CHAMPION]["MAUVE"], samples[TUNED]["MAUVE"],
+                                  strict=True)]
+    return table, (point[CHAMPION]["MAUVE"] - point[TUNED]["MAUVE"], *_percentiles(diff))
+
+
+def _mean(xs):
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _percentiles(xs, level=0.95):
+    xs = sorted(x for x in xs if not math.isnan(x))
+    if not xs:
+        return math.nan, math.nan
+    lo = int(math.floor((1 - level) / 2 * (len(xs) - 1)))
+    hi = int(math.ceil((1 + level) / 2 * (len(xs) - 1)))
+    return xs[lo], xs[hi]
+
+
+def scoring_cost(run, scorer_examples, programs: int, prompts: int, seed: int):
+    """Seconds to generate `programs` x `prompts` continuations (one batched decode) and to
+    score them (judge read + objective of each program)."""
+    examples = scorer_examples[:prompts]
+    scorer = TextScorer(run.judge, [e.input for e in examples], [e.output for e in examples],
+                        run.cfg.text.objective)
+    grid = [nucleus(t, p) for t in (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+            for p in (0.8, 0.9, 0.95, 0.99)][:programs]
+    exprs = [engine_dsl.read_expr(g, Type.DECODER) for g in grid]
+    tok = run.tokenizer
+    t0 = time.perf_counter()
+    decoded = engine_dsl.decode(run.model, exprs, [tok.encode(e.input, bos=True)
+                                                   for e in examples],
+                                seed=seed, max_new_tokens=run.answer_cap(),
+                                stop_token=tok.eos_id, pad_token=tok.pad_id,
+                                breakers=run.breakers)
+    t1 = time.perf_counter()
+    for ans in decoded:
+        scorer.score(scorer.read([tok.decode(a.tokens) for a in ans],
+                                 [a.stopped for a in ans]))
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, len(grid)
+
+
+def fmt(v, lo=None, hi=None, spec=".3f"):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if lo is None or math.isnan(lo):
+        return format(v, spec)
+    return f"{v:{spec}} [{lo:{spec}}, {hi:{spec}}]"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 seed, fewer steps and prompts")
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--pretrain-steps", type=int)
+    ap.add_argument("--judge-steps", type=int)
+    ap.add_argument("--train-steps", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, help="training rows per step")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another setting of the runs (repeatable), e.g. model.n_layer=2")
+    ap.add_argument("--generations", type=int)
+    ap.add_argument("--population", type=int)
+    ap.add_argument("--valid-prompts", type=int)
+    ap.add_argument("--test-prompts", type=int)
+    ap.add_argument("--bootstrap", type=int)
+    ap.add_argument("--self-bleu-texts", type=int, default=64,
+                    help="Self-BLEU-4 of each of the first N continuations against the others")
+    ap.add_argument("--cost-programs", type=int, default=32)
+    ap.add_argument("--cost-prompts", type=int)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", help="run directories (default: a temporary folder)")
+    ap.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--quick"]
+    quick = args.quick
+    defaults = dict(seeds=[0] if quick else [0, 1, 2], pretrain_steps=200 if quick else 1500,
+                    judge_steps=200 if quick else 1500, generations=1 if quick else 2,
+                    population=6 if quick else 10, valid_prompts=16 if quick else 48,
+                    test_prompts=32 if quick else 128, bootstrap=50 if quick else 200,
+                    cost_prompts=32 if quick else 128, batch_size=8 if quick else 16)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if quick:  # a smaller model: 2 blocks x 2 heads x 64 (the task's default: 4 x 4 x 128)
+        args.set = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", *args.set]
+    torch.set_num_threads(args.threads)
+    out = Path(args.out or tempfile.mkdtemp(prefix="echo-forge-text-"))
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - started:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+    measured, programs_by_seed = {}, {}
+    cost = None
+    for seed in args.seeds:
+        runs = evolve(args, seed, out, log)
+        plain, co = runs["plain"], runs["cotrained"]
+        tuned, tuned_valid = tune_nucleus(plain, plain.evaluations, args.population, seed)
+        log(f"seed {seed}: tuned nucleus {tuned} (valid objective {tuned_valid:.3f})")
+        examples = plain.task.test[:args.test_prompts]
+        scorer = TextScorer(plain.judge, [e.input for e in examples],
+                            [e.output for e in examples], plain.cfg.text.objective)
+        draw = seed * 1000 + 999  # fresh draws: no selection saw them
+        programs = {**BASELINES, TUNED: tuned, CHAMPION: to_expr(plain.population.champion())}
+        written = write_rows(plain, programs, examples, draw, scorer)
+        written[COTRAINED] = write_rows(co, {COTRAINED: to_expr(co.population.champion())},
+                                        examples, draw, scorer)[COTRAINED]
+        written[HUMAN] = scorer.human
+        programs_by_seed[seed] = {TUNED: tuned, CHAMPION: _source(programs[CHAMPION]),
+                                  COTRAINED: _source(to_expr(co.population.champion()))}
+        measured[seed] = {r: Measured(w, scorer.human, args.self_bleu_texts)
+                          for r, w in written.items()}
+        log(f"seed {seed}: {len(written)} rows written and read on {len(examples)} test prompts")
+        if cost is None:
+            gen_s, score_s, p = scoring_cost(plain, plain.task.test, args.cost_programs,
+                                             args.cost_prompts, draw)
+            cost = (gen_s, score_s, p, min(args.cost_prompts, len(plain.task.test)),
+                    plain.answer_cap(), os.getloadavg()[0])
+            log(f"scoring cost: generate {gen_s:.1f} s, score {score_s:.1f} s")
+    n = len(measured[args.seeds[0]][HUMAN].w.texts)
+    table, diff = bootstrap(measured, n, args.bootstrap, seed=0)
+    text = report(args, table, diff, programs_by_seed, cost, time.perf_counter() - started)
+    print(text)
+    if args.write:
+        from primitives import write_section
+
+        write_section(text + "\n\n" + last_line(table, diff) + "\n")
+    print(last_line(table, diff))
+    return 0
+
+
+def _source(expr) -> str:
+    from engine_dsl.printer import expr_to_scheme
+
+    return expr_to_scheme(expr)
+
+
+def last_line(table, diff) -> str:
+    return (f"text: champion MAUVE {table[CHAMPION]['MAUVE'][0]:.3f} vs tuned nucleus "
+            f"{table[TUNED]['MAUVE'][0]:.3f}, paired difference {diff[0]:+.3f} "
+            f"[{diff[1]:+.3f}, {diff[2]:+.3f}]")
+
+
+def report(args, table, diff, programs_by_seed, cost, elapsed) -> str:
+    cmd = "OMP_NUM_THREADS=2 .venv/bin/python bench/text.py" + (" --quick" if args.quick else "") \
+        + "".join(f" {a}" for a in args.argv)
+    lines = ["## Open-ended text (`bench/text.py`)", "",
+             f"`{cmd}` — {platform.machine()}, torch {torch.__version__}, {args.threads} "
+             f"threads, a shared machine (load average {os.getloadavg()[0]:.1f} at the end); "
+             f"{elapsed / 60:.1f} minutes. Task `shakespeare`; run seeds "
+             f"{', '.join(map(str, args.seeds))}; settings "
+             f"{' '.join(args.set) or 'the task defaults'}, "
+             f"training batch {args.batch_size}; pre-training {args.pretrain_steps} steps, "
+             f"judge {args.judge_steps} steps, {args.generations} generations x population "
+             f"{args.population} on {args.valid_prompts} valid prompts; the table on "
+             f"{args.test_prompts} test prompts (held-out works), the mean over run seeds with "
+             f"a 95% bootstrap interval over prompts ({args.bootstrap} resamples).", "",
+             "| decoder | " + " | ".join(COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    for row, cols in table.items():
+        lines.append(f"| {row} | " + " | ".join(
+            fmt(*cols[c], spec=".1f" if c in ("rep-4", "loops %", "Self-BLEU-4") else ".3f")
+            for c in COLUMNS) + " |")
+    lines += ["", "Programs (per run seed):"]
+    for seed, progs in programs_by_seed.items():
+        for name, src in progs.items():
+            lines.append(f"- seed {seed}, {name}: `{src}`")
+    h, ch, nu = table[HUMAN], table[CHAMPION], table["nucleus 0.95"]
+    closer_ppl = abs(ch["judge PPL"][0] - h["judge PPL"][0]) < \
+        abs(nu["judge PPL"][0] - h["judge PPL"][0])
+    closer_rep = abs(ch["rep-4"][0] - h["rep-4"][0]) < abs(nu["rep-4"][0] - h["rep-4"][0])
+    g, pure = table["greedy"], table["pure sampling"]
+    lines += ["", "Goals:",
+              f"- champion MAUVE above the tuned nucleus (interval of the paired difference "
+              f"above 0): {'met' if diff[1] > 0 else 'MISSED'} ({diff[0]:+.3f} "
+              f"[{diff[1]:+.3f}, {diff[2]:+.3f}])",
+              f"- champion closer to human than nucleus 0.95 on judge perplexity: "
+              f"{'met' if closer_ppl else 'MISSED'} ({ch['judge PPL'][0]:.3f} vs "
+              f"{nu['judge PPL'][0]:.3f}, human {h['judge PPL'][0]:.3f}); on rep-4: "
+              f"{'met' if closer_rep else 'MISSED'} ({ch['rep-4'][0]:.1f} vs "
+              f"{nu['rep-4'][0]:.1f}, human {h['rep-4'][0]:.1f})",
+              f"- Holtzman's ordering: greedy loops ({g['loops %'][0]:.0f}% of continuations "
+              f"end in a loop, human {h['loops %'][0]:.0f}%: "
+              f"{'reproduced' if g['loops %'][0] > h['loops %'][0] else 'NOT reproduced'}); "
+              f"pure sampling's perplexity above human ({pure['judge PPL'][0]:.3f} vs "
+              f"{h['judge PPL'][0]:.3f}: "
+              f"{'reproduced' if pure['judge PPL'][0] > h['judge PPL'][0] else 'NOT reproduced'}"
+              f"); nucleus 0.95 close to human (PPL ratio {nu['PPL / human'][0]:.3f}, "
+              f"pure sampling {pure['PPL / human'][0]:.3f})"]
+    gen_s, score_s, p, n, m, load = cost
+    ratio = score_s / gen_s
+    lines += [f"- scoring {p} programs x {n} continuations of {m} bytes: {score_s:.1f} s "
+              f"against {gen_s:.1f} s to generate them, ratio {ratio:.2f} (goal <= 0.5: "
+              f"{'met' if ratio <= 0.5 else 'MISSED'}; load average {load:.1f})"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
