@@ -325,8 +325,8 @@ def config_listing() -> str:
     defaults = RunConfig()
     for f in dataclasses.fields(defaults):
         section(f.name, getattr(defaults, f.name))
-    text = ", ".join(f"{section}.{k} = {_toml_value(v)}"
-                     for section, values in TEXT_DEFAULTS.items() for k, v in values.items())
+    text = ", ".join(f"{part}.{k} = {_toml_value(v)}"
+                     for part, values in TEXT_DEFAULTS.items() for k, v in values.items())
     lines.extend(["", f"# text tasks (shakespeare, text:PATH) start from other defaults: {text}"])
     return "\n".join(lines)
 
