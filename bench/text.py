@@ -1,8 +1,15 @@
 """Benchmark: open-ended text on held-out works, a Holtzman-style table (issue 12).
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/text.py            # 3 run seeds, within 45 min
-    OMP_NUM_THREADS=2 .venv/bin/python bench/text.py --quick    # 1 seed, small: minutes
+    OMP_NUM_THREADS=2 .venv/bin/python bench/text.py            # 3 run seeds, the task's model
+    OMP_NUM_THREADS=2 .venv/bin/python bench/text.py --quick    # 1 seed, a 2 x 2 x 64 model
     ... --write                                                 # section of docs/BENCHMARKS.md
+
+Settings (flags; full / --quick): run seeds 0 1 2 / 0; the shakespeare task's model and
+training (4 x 4 x 128, batch 4, 1200 pre-training steps, the judge as many) / 2 x 2 x 64,
+batch 8, 200 steps each; 2 / 1 generations of population 10 / 6 on 48 / 16 valid prompts,
+50 training steps per generation; the table on 128 / 32 test prompts, 200 / 50 bootstrap
+resamples; scoring cost at 32 programs x 128 / 32 prompts. `--set KEY=VALUE` passes any
+other setting to the runs.
 
 Per run seed: an evolution run on the `shakespeare` task without co-training
 (`loop.program_lambda = 0`) and one with it (the same pre-trained model, copied after
@@ -99,14 +106,16 @@ class CountingRun(CoEvolution):
 
 
 def run_config(args, seed: int, sets=()):
+    """The runs' settings: the shakespeare task's defaults, less what the flags change."""
+    given = {"loop.pretrain_steps": args.pretrain_steps, "text.judge_steps": args.judge_steps,
+             "train.batch_size": args.batch_size}
     return resolve(None, ["task.name=shakespeare", f"run.seed={seed}",
                           f"run.generations={args.generations}",
                           f"evolution.population_size={args.population}",
-                          f"loop.pretrain_steps={args.pretrain_steps}",
                           f"loop.train_steps={args.train_steps}",
                           f"loop.valid_prompts={args.valid_prompts}",
-                          f"text.judge_steps={args.judge_steps}",
-                          f"train.batch_size={args.batch_size}", *args.set, *sets])
+                          *(f"{k}={v}" for k, v in given.items() if v is not None),
+                          *args.set, *sets])
 
 
 def evolve(args, seed: int, out: Path, log):
@@ -295,11 +304,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--quick"]
     quick = args.quick
-    defaults = dict(seeds=[0] if quick else [0, 1, 2], pretrain_steps=200 if quick else 1500,
-                    judge_steps=200 if quick else 1500, generations=1 if quick else 2,
+    # full: the task's model and training (None: its default); quick: a smaller model
+    defaults = dict(seeds=[0] if quick else [0, 1, 2], pretrain_steps=200 if quick else None,
+                    judge_steps=200 if quick else None, generations=1 if quick else 2,
                     population=6 if quick else 10, valid_prompts=16 if quick else 48,
                     test_prompts=32 if quick else 128, bootstrap=50 if quick else 200,
-                    cost_prompts=32 if quick else 128, batch_size=8 if quick else 16)
+                    cost_prompts=32 if quick else 128, batch_size=8 if quick else None)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -313,6 +323,9 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.perf_counter() - started:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
+    resolved = run_config(args, args.seeds[0])
+    args.pretrain_steps, args.batch_size = resolved.loop.pretrain_steps, resolved.train.batch_size
+    args.judge_steps = resolved.text.judge_steps or resolved.loop.pretrain_steps
     measured, programs_by_seed = {}, {}
     cost = None
     for seed in args.seeds:
