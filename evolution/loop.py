@@ -52,7 +52,7 @@ from .population import (
 from .reinforce import ReinforceLoss, relaxed_policy, token_log_probs
 from .rundir import RunDir, RunError, RunState
 from .settings import ConfigError, RunConfig, check_resume, resolve, to_dict
-from .text_scoring import TextEvaluator, TextScorer
+from .text_scoring import TextEvaluator, TextScorer, text_reward
 from .tuner import LikelihoodTuner
 
 GREEDY = baseline()  # the fixed decoding a user would pick: (greedy logits)
@@ -386,9 +386,7 @@ class CoEvolution:
         """Reinforce's reward of each written answer: exact match for answer tasks; for text
         tasks the text objective's reward of each continuation (`TextScorer.rewards`)."""
         if self.task.kind == "text":
-            scorer = TextScorer(self.judge, [e.input for e in examples],
-                                [e.output for e in examples], self.cfg.text.objective)
-            return scorer.rewards(scorer.read(texts, stopped)).tolist()
+            return text_reward(self.judge, self.cfg.text.objective)(examples, texts, stopped)
         return [float(t == e.output) for e, t in zip(examples, texts, strict=True)]
 
     def _train(self, steps: int, label: str, program_lambda: float) -> dict | None:
