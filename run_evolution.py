@@ -280,6 +280,10 @@ def _print_report(report: dict) -> None:
             r = splits[split]
             cells.append(f"{r['score']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
         print(f"  {name:<32} {cells[0]:>22} {cells[1]:>22}")
+    from evolution.views import report_lines
+
+    for line in report_lines(report):
+        print(line)
 
 
 def _positive(text: str) -> int:

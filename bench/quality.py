@@ -1,18 +1,37 @@
-"""Quality of the default run: champion vs greedy vs the best seed on the test split, over
-several run seeds, and program_lambda > 0 (the loss passes through the champion) vs = 0.
+"""Quality of the default run, over several run seeds: what programs and co-training add.
 
     python bench/quality.py                          # 3 seeds x {lambda default, 0}
     python bench/quality.py --seeds 0 1 --set run.generations=2 --write
 
-Each run is a real `run_evolution.py evolve` run (in a temporary directory unless --keep);
-the table gives test-split exact match with 95% bootstrap intervals. `--write` replaces the
-"## Quality" section of docs/BENCHMARKS.md.
+Per run seed, two real `run_evolution.py evolve` runs (in a temporary directory unless
+--keep): co-training (the run's program_lambda) and plain training (lambda 0), the same
+compute (training steps, population, generations). Then, on each co-training run's model:
+
+1. **The runs**: test exact match of champion, greedy and the best seed (by valid), 95%
+   bootstrap intervals, and the run's own `champion vs greedy on test` paired interval.
+2. **Co-training vs plain training** (the safeguard): greedy test exact match of the
+   co-trained model minus that of the plain one, paired over the same test prompts.
+3. **The seeds' claim**: champion + co-training vs greedy + plain training: relative gain in
+   test exact match, sum over seeds and prompts, 95% bootstrap interval (stratified by seed).
+4. **Self-consistency curve**: `(vote n (sample (temperature logits t)))` for n = 1, 2, 4, 8,
+   16 at the evolved temperature t (the champion's, else the hall of fame's first program
+   with one), each minus greedy on test, paired.
+5. **Champion vs an Optuna-tuned sampler chain** `(vote n (sample (top-p (top-k
+   (temperature logits t) k) p)))`: t, k, p, n tuned by Optuna's TPE on the run's valid
+   prompts and draws with as many evaluations as evolution scored programs (population x (1
+   + 2 x generations)), then champion minus the tuned chain on test, paired.
+
+`--write` replaces the "## Quality" section of docs/BENCHMARKS.md. Needs `optuna` (the
+`bench` extra) for part 5.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import random
 import shlex
 import subprocess
 import sys
@@ -21,6 +40,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+VOTES = (1, 2, 4, 8, 16)
 
 
 def run_one(out: Path, seed: int, lam: float | None, config: str | None, sets: list[str]):
@@ -33,9 +54,10 @@ def run_one(out: Path, seed: int, lam: float | None, config: str | None, sets: l
     if lam is not None:
         cmd += ["--set", f"loop.program_lambda={lam}"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+    if not (out / "report.json").exists():
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
     report = json.loads((out / "report.json").read_text())
     return report, time.perf_counter() - t0
 
@@ -46,11 +68,164 @@ def summarize(report: dict) -> dict:
     best_seed = max(seeds, key=lambda k: seeds[k]["valid"]["score"])  # chosen on valid
     return {"champion": progs["champion"]["test"], "greedy": progs["greedy"]["test"],
             "best_seed": progs[best_seed]["test"], "best_seed_name": best_seed[5:],
-            "champion_source": report["champion_source"]}
+            "champion_source": report["champion_source"],
+            "vs_greedy": report["champion_vs_greedy"], "selection": report["selection"]}
 
 
 def cell(r: dict) -> str:
     return f"{r['score']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+
+
+def interval(d: dict) -> str:
+    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def paired(a: list[float], b: list[float], resamples: int = 2000, seed: int = 0) -> dict:
+    """Mean of a - b over the same items with a 95% percentile bootstrap interval."""
+    from evolution.report import bootstrap_ci
+
+    m, lo, hi = bootstrap_ci([x - y for x, y in zip(a, b, strict=True)], resamples, seed=seed)
+    return {"diff": m, "low": lo, "high": hi}
+
+
+def relative_gain(pairs: list[tuple[list[float], list[float]]], resamples: int = 2000,
+                  seed: int = 0) -> dict:
+    """sum(a) / sum(b) - 1 over every seed's items, with a 95% bootstrap interval that
+    resamples the items within each seed (pairs: per seed, (a items, b items))."""
+    rng = random.Random(seed)
+
+    def gain(groups):
+        num = sum(sum(a) for a, _ in groups)
+        den = sum(sum(b) for _, b in groups)
+        return num / den - 1 if den else float("nan")
+
+    stats = []
+    for _ in range(resamples):
+        groups = []
+        for a, b in pairs:
+            idx = [rng.randrange(len(a)) for _ in a]
+            groups.append(([a[i] for i in idx], [b[i] for i in idx]))
+        stats.append(gain(groups))
+    stats = sorted(x for x in stats if x == x)  # a resample without a correct answer: none
+    if not stats:
+        return {"diff": gain(pairs), "low": float("nan"), "high": float("nan")}
+    n = len(stats) - 1
+    return {"diff": gain(pairs), "low": stats[math.floor(0.025 * n)],
+            "high": stats[math.ceil(0.975 * n)]}
+
+
+def evolved_temperature(run) -> float:
+    """The temperature of the champion, else of the first hall-of-fame program with one
+    (1.0 where none has)."""
+    from engine_dsl import Apply, RealConst, Type, read_expr, walk
+    from engine_dsl.files import read_file
+
+    bodies = [read_expr(json.loads(run.dir.report.read_text())["champion_source"],
+                        Type.DECODER)]
+    bodies += [d.body for d in read_file(run.dir.hall_of_fame)]
+    for body in bodies:
+        for node in walk(body):
+            if isinstance(node, Apply) and node.op == "temperature" \
+                    and isinstance(node.args[1], RealConst):
+                return node.args[1].value
+    return 1.0
+
+
+def self_consistency(run, t: float) -> dict:
+    """Test exact match of vote n at temperature t minus greedy's, paired, per n."""
+    from engine_dsl import Type, read_expr
+    from evolution.loop import GREEDY
+
+    exprs = [GREEDY] + [read_expr(f"(vote {n} (sample (temperature logits {t!r})))",
+                                  Type.DECODER) for n in VOTES]
+    scores, _, _ = run.per_item("test", exprs)
+    greedy = scores[0]
+    return {n: {**paired(s, greedy), "score": sum(s) / len(s)}
+            for n, s in zip(VOTES, scores[1:], strict=True)}
+
+
+def optuna_chain(run, trials: int, seed: int):
+    """The sampler chain tuned by Optuna's TPE on the run's valid prompts and draws: (best
+    expression, its valid score)."""
+    import optuna
+
+    from engine_dsl import Type, read_expr
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cap = run.cfg.evolution.limits.max_votes
+
+    def chain(p) -> str:
+        return (f"(vote {p['n']} (sample (top-p (top-k (temperature logits {p['t']!r}) "
+                f"{p['k']}) {p['p']!r})))")
+
+    def objective(trial):
+        p = {"t": trial.suggest_float("t", 0.05, 2.0, log=True),
+             "k": trial.suggest_int("k", 1, 64, log=True),
+             "p": trial.suggest_float("p", 0.05, 0.99),
+             "n": trial.suggest_int("n", 1, cap)}
+        scores, _, _ = run.per_item("valid", [read_expr(chain(p), Type.DECODER)])
+        return sum(scores[0]) / len(scores[0])
+
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(objective, n_trials=trials)
+    return read_expr(chain(study.best_params), Type.DECODER), study.best_value
+
+
+def analyse(co_dir: Path, plain_dir: Path, seed: int, trials: int | None) -> dict:
+    """Parts 2, 4 and 5 on one seed's pair of runs."""
+    from engine_dsl import Type, read_expr
+    from evolution.loop import GREEDY
+    from evolution.views import open_run
+
+    co, plain = open_run(str(co_dir)), open_run(str(plain_dir))
+    rep_co = json.loads((co_dir / "report.json").read_text())
+    rep_plain = json.loads((plain_dir / "report.json").read_text())
+    champion = read_expr(rep_co["champion_source"], Type.DECODER)
+    out = {"seed": seed,
+           "claim_items": (rep_co["test_per_prompt"]["champion"],
+                           rep_plain["test_per_prompt"]["greedy"]),
+           "greedy_co_minus_plain": paired(rep_co["test_per_prompt"]["greedy"],
+                                           rep_plain["test_per_prompt"]["greedy"]),
+           "greedy_co": rep_co["programs"]["greedy"]["test"]["score"],
+           "greedy_plain": rep_plain["programs"]["greedy"]["test"]["score"]}
+    out["heldout_loss"] = {name: held_out_loss(r) for name, r in (("co", co), ("plain", plain))}
+    t = evolved_temperature(co)
+    out["temperature"] = t
+    out["curve"] = self_consistency(co, t)
+    if trials:
+        cfg = co.cfg
+        trials = trials if trials > 0 else cfg.evolution.population_size * (
+            1 + 2 * cfg.run.generations)
+        t0 = time.perf_counter()
+        chain, valid = optuna_chain(co, trials, seed)
+        scores, _, _ = co.per_item("test", [champion, chain, GREEDY])
+        out["optuna"] = {"trials": trials, "chain": _source(chain), "valid": valid,
+                         "test": sum(scores[1]) / len(scores[1]),
+                         "champion_test": sum(scores[0]) / len(scores[0]),
+                         "champion_minus_chain": paired(scores[0], scores[1]),
+                         "seconds": time.perf_counter() - t0}
+    return out
+
+
+def held_out_loss(run) -> float:
+    """Plain per-token answer loss (nats) of the run's model on its test prompts."""
+    import torch
+
+    from neural.tasks import make_batch
+
+    examples = run._examples("test")
+    batch = make_batch(run.tokenizer, examples, run.model.config.block_size)
+    with torch.no_grad():
+        _, loss = run.model(batch.inputs, batch.targets(answer_only=True))
+    return float(loss)
+
+
+def _source(expr) -> str:
+    """A program on one line, its constants rounded as a run writes them."""
+    from evolution.report import one_line, readable
+
+    return one_line(readable(expr), 200)
 
 
 def main(argv=None) -> int:
@@ -58,7 +233,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--config")
     ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--keep", metavar="DIR", help="keep the runs under DIR")
+    ap.add_argument("--keep", metavar="DIR", help="keep the runs under DIR (finished runs "
+                                                   "there are reused)")
+    ap.add_argument("--trials", type=int, default=-1,
+                    help="Optuna trials (-1: as many as evolution scored programs; 0: skip)")
     ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md section")
     args = ap.parse_args(argv)
 
@@ -66,45 +244,92 @@ def main(argv=None) -> int:
     from evolution.settings import resolve
 
     default_lambda = resolve(args.config, args.set).loop.program_lambda
-    rows = []
+    rows, analyses = [], []
     for seed in args.seeds:
+        dirs = {}
         for lam in (default_lambda, 0.0):
             out = base / f"seed{seed}-lambda{lam}"
             report, secs = run_one(out, seed, lam, args.config, args.set)
             s = summarize(report)
             rows.append((seed, lam, s, secs))
+            dirs[lam] = out
             print(f"seed {seed} lambda {lam}: champion {cell(s['champion'])}  greedy "
-                  f"{cell(s['greedy'])}  best seed ({s['best_seed_name']}) "
-                  f"{cell(s['best_seed'])}  [{secs:.0f} s]  {s['champion_source']}",
-                  flush=True)
+                  f"{cell(s['greedy'])}  vs greedy {interval(s['vs_greedy'])}  [{secs:.0f} s]"
+                  f"  {s['champion_source']}", flush=True)
+        a = analyse(dirs[default_lambda], dirs[0.0], seed, args.trials or None)
+        analyses.append(a)
+        print(json.dumps({k: v for k, v in a.items() if k != "claim_items"}), flush=True)
 
-    lines = ["| run seed | lambda | champion | greedy | best seed (by valid) | wall s | champion |",
-             "|---:|---:|---|---|---|---:|---|"]
-    for seed, lam, s, secs in rows:
-        lines.append(f"| {seed} | {lam} | {cell(s['champion'])} | {cell(s['greedy'])} | "
-                     f"{s['best_seed_name']}: {cell(s['best_seed'])} | {secs:.0f} | "
-                     f"`{s['champion_source']}` |")
-    wins = sum(s["champion"]["score"] > s["greedy"]["score"] for _, _, s, _ in rows)
-    ties = sum(s["champion"]["score"] == s["greedy"]["score"] for _, _, s, _ in rows)
-    table = "\n".join(lines)
-    print(table)
-    print(f"champion above greedy in {wins}/{len(rows)} runs, equal in {ties}")
+    text = report_text(rows, analyses, default_lambda)
+    print(text)
     if args.write:
         command = "python bench/quality.py " + " ".join(shlex.quote(a) for a in
                                                         (argv or sys.argv[1:]))
-        section = (f"## Quality\n\nCommand: `{command.strip()}`\n\nTest-split exact match "
-                   f"(mean and 95% bootstrap interval over the test prompts) of the final "
-                   f"champion, the greedy baseline and the best seed program (chosen on "
-                   f"valid), for each run seed, with the run's program_lambda and with 0.\n\n"
-                   f"{table}\n\nChampion above greedy in {wins}/{len(rows)} runs, equal in "
-                   f"{ties}.\n")
+        load = os.getloadavg()
+        section = (f"## Quality\n\nCommand: `{command.strip()}` (load average at the end "
+                   f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores: a shared "
+                   f"machine)\n\n{text}\n")
         write_section(ROOT / "docs" / "BENCHMARKS.md", "## Quality", section)
     return 0
 
 
+def report_text(rows, analyses, default_lambda) -> str:
+    lines = ["Test-split exact match (95% bootstrap interval over the test prompts) of the "
+             "final champion, greedy and the best seed program (chosen on valid), and the "
+             "run's paired `champion vs greedy on test`.", "",
+             "| run seed | lambda | champion | greedy | best seed (by valid) | champion vs "
+             "greedy | valid-to-test gap | wall s | champion |",
+             "|---:|---:|---|---|---|---|---:|---:|---|"]
+    for seed, lam, s, secs in rows:
+        gap = s["selection"].get("gap")
+        lines.append(f"| {seed} | {lam} | {cell(s['champion'])} | {cell(s['greedy'])} | "
+                     f"{s['best_seed_name']}: {cell(s['best_seed'])} | "
+                     f"{interval(s['vs_greedy'])} | "
+                     f"{'-' if gap is None else f'{gap:+.3f}'} | {secs:.0f} | "
+                     f"`{s['champion_source']}` |")
+    above = [s["vs_greedy"]["low"] > 0 for seed, lam, s, _ in rows if lam == default_lambda]
+    lines += ["", f"Default runs (lambda {default_lambda}) whose champion-vs-greedy interval "
+                  f"lies above zero: {sum(above)}/{len(above)}."]
+    lines += ["", "Co-training (lambda "
+              f"{default_lambda}) vs plain training (lambda 0), same compute: the model's own "
+              "greedy test exact match (paired over the same prompts) and its plain held-out "
+              "answer loss (nats per token, test prompts):", "",
+              "| run seed | greedy co | greedy plain | co - plain | held-out loss co | "
+              "held-out loss plain |", "|---:|---:|---:|---|---:|---:|"]
+    for a in analyses:
+        lines.append(f"| {a['seed']} | {a['greedy_co']:.3f} | {a['greedy_plain']:.3f} | "
+                     f"{interval(a['greedy_co_minus_plain'])} | "
+                     f"{a['heldout_loss']['co']:.4f} | {a['heldout_loss']['plain']:.4f} |")
+    claim = relative_gain([a["claim_items"] for a in analyses])
+    figure = (f"**{interval(claim)}**" if claim["diff"] == claim["diff"] else
+              "undefined (greedy + plain training answers no test prompt)")
+    lines += ["", f"The seeds' claim (>= +10% relative): champion + co-training over greedy + "
+                  f"plain training, relative gain in test exact match over "
+                  f"{len(analyses)} seeds: {figure}.", "",
+              "Self-consistency at the evolved temperature, test exact match of "
+              "`(vote n (sample (temperature logits t)))` minus greedy (paired):", "",
+              "| run seed | t | " + " | ".join(f"n = {n}" for n in VOTES) + " |",
+              "|---:|---:|" + "---|" * len(VOTES)]
+    for a in analyses:
+        lines.append(f"| {a['seed']} | {a['temperature']:.3g} | " + " | ".join(
+            f"{a['curve'][n]['score']:.3f} ({interval(a['curve'][n])})" for n in VOTES) + " |")
+    opt = [a for a in analyses if "optuna" in a]
+    if opt:
+        lines += ["", "Champion vs a sampler chain tuned by Optuna (TPE) on valid with the "
+                      "same number of program evaluations:", "",
+                  "| run seed | trials | tuned chain | chain valid | chain test | champion test "
+                  "| champion - chain |", "|---:|---:|---|---:|---:|---:|---|"]
+        for a in opt:
+            o = a["optuna"]
+            lines.append(f"| {a['seed']} | {o['trials']} | `{o['chain']}` | {o['valid']:.3f} |"
+                         f" {o['test']:.3f} | {o['champion_test']:.3f} | "
+                         f"{interval(o['champion_minus_chain'])} |")
+    return "\n".join(lines)
+
+
 def write_section(path: Path, heading: str, section: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(heading)
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip() + "\n\n" + section
     else:

@@ -46,6 +46,12 @@ is never fed back; summed over streams and samples), and the answer's log-likeli
 the plain model (sum of log-softmax of the final logits at each chosen token, stop included).
 vote picks the most frequent answer (ties: highest log-likelihood, then first sample);
 best-of the highest log-likelihood; their cost is the sum over their samples.
+
+Answers with steps. `answer_key(tokens) -> hashable` (default: the tokens themselves) is the
+final answer a task extracts from a whole answer (e.g. the text after a marker `#`): `vote`
+counts answers by their key, so chains of steps that reach the same result vote together, and
+returns the most likely whole answer among those with the most frequent key. The caller
+supplies the rule (the task's), so decoding stays independent of tokenizers and tasks.
 """
 
 from __future__ import annotations
@@ -574,9 +580,11 @@ def _advance(t: int, chosen, live_t, all_live: bool, st: _Rows, lay: _Layout, mo
     return True
 
 
-def _aggregate(lay: _Layout, st: _Rows, N: int, prompt_len: list[int]) -> list[list[Decoding]]:
+def _aggregate(lay: _Layout, st: _Rows, N: int, prompt_len: list[int],
+               answer_key=None) -> list[list[Decoding]]:
     """Per distinct program and prompt: its samples' answers, reduced by the aggregator
-    layers, innermost first."""
+    layers, innermost first; aggregators compare answers by `answer_key(tokens)`."""
+    key = answer_key or tuple
     gen_l, len_l = st.gen.tolist(), st.gen_len.tolist()
     stop_l, ll_l = st.stopped.tolist(), st.ll.tolist()
     answers: list[list[Decoding]] = []
@@ -596,7 +604,7 @@ def _aggregate(lay: _Layout, st: _Rows, N: int, prompt_len: list[int]) -> list[l
                 nxt = []
                 for g0 in range(0, len(cands), n):
                     group = cands[g0:g0 + n]
-                    best = group[agg.exact(None, n, [(tuple(c.tokens), c.log_likelihood)
+                    best = group[agg.exact(None, n, [(key(c.tokens), c.log_likelihood)
                                                      for c in group])]
                     nxt.append(dataclasses.replace(best, cost=sum(c.cost for c in group)))
                 cands = nxt
@@ -609,7 +617,7 @@ def _aggregate(lay: _Layout, st: _Rows, N: int, prompt_len: list[int]) -> list[l
 @torch.no_grad()
 def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 32,
            stop_token: int | None = None, seed: int = 0, pad_token: int = 0,
-           share: bool = True, observe=None, breakers=None):
+           share: bool = True, observe=None, breakers=None, answer_key=None):
     """Decode every program on every prompt in one batch per step (see the module doc).
 
     Returns answers[p][i] (a `Decoding`) for a list of programs, answers[i] for one program.
@@ -617,6 +625,7 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     (a plainer reference path). `observe`: see `decode_step` (q indexes the distinct
     programs, in the order given when no two are identical). `breakers`: DRY's sequence
     breakers for the model's tokenizer (`primitives.penalties.Breakers`; None: none).
+    `answer_key(tokens) -> hashable`: the final answer `vote` counts (None: the tokens).
     """
     progs, single = _as_list(programs)
     plans = [p if isinstance(p, DecoderPlan) else plan(p) for p in progs]
@@ -652,7 +661,7 @@ def decode(model, programs, prompts: Sequence[Sequence[int]], *, max_new_tokens:
                         needs_residuals=needs_residuals):
             break
 
-    answers = _aggregate(lay, st, N, prompt_mask.sum(1).tolist())
+    answers = _aggregate(lay, st, N, prompt_mask.sum(1).tolist(), answer_key)
     results, used = [], set()
     for q in slot_of:
         if q in used:  # a duplicate program: its own copies of the same answers

@@ -69,6 +69,8 @@ JUDGE_SEED = 1  # the judge's training draws: one judge per corpus and settings,
 # run's seed (so runs of different seeds are measured by the same judge)
 PROGRAMS_DIR = Path(__file__).resolve().parent.parent / "programs"
 TUNE_EXAMPLES = 256  # train examples whose answer tokens tune constants each generation
+SAMPLES = 5  # test answers of champion and greedy kept in report.json
+SELECTION_DRAWS = 1 << 32  # offset of the final selection's draws from the evaluation seed
 
 
 def default_seed_files(mode: str) -> list[Path]:
@@ -220,7 +222,8 @@ class CoEvolution:
     def _task(self, difficulty: int | None):
         t = self.cfg.task
         return get_task(t.name, difficulty=difficulty, size=t.size, seed=self.cfg.run.seed,
-                        prompt_bytes=t.prompt_bytes, continuation_bytes=t.continuation_bytes)
+                        prompt_bytes=t.prompt_bytes, continuation_bytes=t.continuation_bytes,
+                        answer_regex=t.answer_regex or None)
 
     def _schedule(self):
         """The trainer's settings: the cosine schedule spans the whole run's steps."""
@@ -383,11 +386,13 @@ class CoEvolution:
 
     def _reward(self, examples: list[Example], texts: list[str], stopped: list[bool]
                 ) -> list[float]:
-        """Reinforce's reward of each written answer: exact match for answer tasks; for text
+        """Reinforce's reward of each written answer: exact match of the final answers for
+        answer tasks (`Task.is_correct`); for text
         tasks the text objective's reward of each continuation (`TextScorer.rewards`)."""
         if self.task.kind == "text":
             return text_reward(self.judge, self.cfg.text.objective)(examples, texts, stopped)
-        return [float(t == e.output) for e, t in zip(examples, texts, strict=True)]
+        return [float(self.task.is_correct(t, e.output))
+                for e, t in zip(examples, texts, strict=True)]
 
     def _train(self, steps: int, label: str, program_lambda: float) -> dict | None:
         if steps <= 0:
@@ -437,16 +442,22 @@ class CoEvolution:
 
     def _answer_evaluator(self, examples: list[Example], seed: int) -> DecodeEvaluator:
         refs = [e.output for e in examples]
-        tok = self.tokenizer
+        tok, task = self.tokenizer, self.task
 
         def score(answers, references):
-            return sum(tok.decode(a.tokens) == r for a, r in zip(answers, references,
-                                                                   strict=True)) / len(answers)
+            return sum(task.is_correct(tok.decode(a.tokens), r)
+                       for a, r in zip(answers, references, strict=True)) / len(answers)
 
         return DecodeEvaluator(self.model, self._prompts(examples), refs, score_fn=score,
                                seed=seed, max_new_tokens=self.answer_cap(),
                                stop_token=tok.eos_id, pad_token=tok.pad_id,
-                               breakers=self.breakers)
+                               breakers=self.breakers, answer_key=self.answer_key)
+
+    def answer_key(self, tokens: list[int]):
+        """What `vote` counts: the final answer the task extracts from an answer's text, or,
+        where it finds none, the whole answer (so answers without one never pool)."""
+        final = self.task.extract(self.tokenizer.decode(tokens))
+        return ("", tuple(tokens)) if final is None else final
 
     def _text_evaluator(self, examples: list[Example], seed: int) -> TextEvaluator:
         """Scores from each program's continuations of the examples' prompts, measured
@@ -601,7 +612,7 @@ class CoEvolution:
         entry["difficulty"] = new
         if new != self.difficulty:
             self.difficulty = new
-            self.task = cur.task()
+            self.task = self._task(new)
             self._check_task()
             self.trainer.set_examples(self.task.training_data())
 
@@ -702,23 +713,86 @@ class CoEvolution:
     # --- the final report ---------------------------------------------------------------
 
     def final_report(self) -> dict:
-        """Test-split scores of the champion, greedy and every seed (95% bootstrap CIs)."""
+        """Valid- and test-split scores of the champion, greedy and every seed (95% bootstrap
+        CIs), how the champion was chosen and its valid-to-test gap (`selection`), and, for
+        answer tasks, the champion's paired difference with greedy on test
+        (`champion_vs_greedy`, per prompt in `test_per_prompt`) and the first test answers
+        of champion and greedy, whole and as extracted (`samples`)."""
         self.model.eval()
-        champion = self.population.champion()
-        programs = {"champion": to_expr(champion), "greedy": GREEDY}
+        chosen, selection = self.select_champion()
+        programs = {"champion": chosen, "greedy": GREEDY}
         for d in self.seeds:
             programs[f"seed:{d.name}"] = d.body
         out = {"task": self.task.name, "generation": self.next_generation - 1,
-               "champion_source": expr_to_scheme(report.readable(programs["champion"],
-                                                                  self._space())),
+               "champion_source": expr_to_scheme(report.readable(chosen, self._space())),
                "programs": {name: {} for name in programs}}
         with self._progress(f"final report: {len(programs)} programs", 2) as advance:
             for split in ("valid", "test"):
-                for name, result in self.score(programs, split).items():
-                    out["programs"][name][split] = result
+                if self.task.kind == "text":  # the text objective's own interval
+                    for name, result in self.score(programs, split).items():
+                        out["programs"][name][split] = result
+                    advance()
+                    continue
+                scores, costs, answers = self.per_item(split, list(programs.values()))
+                for name, per, cost in zip(programs, scores, costs, strict=True):
+                    mean, lo, hi = report.bootstrap_ci(per, self.cfg.loop.bootstrap,
+                                                       seed=self.cfg.run.seed)
+                    out["programs"][name][split] = {"score": mean, "ci95": [lo, hi],
+                                                    "cost": cost, "n": len(per)}
                 advance()
+        selection["test"] = out["programs"]["champion"]["test"]["score"]
+        if selection.get("valid") is not None:
+            selection["gap"] = selection["valid"] - selection["test"]
+        out["selection"] = selection
+        if self.task.kind == "answer":  # scores, answers: the test split's
+            champion, greedy = scores[0], scores[1]
+            diff = [c - g for c, g in zip(champion, greedy, strict=True)]
+            mean, lo, hi = report.bootstrap_ci(diff, self.cfg.loop.bootstrap,
+                                               seed=self.cfg.run.seed)
+            out["champion_vs_greedy"] = {"diff": mean, "low": lo, "high": hi, "n": len(diff)}
+            out["test_per_prompt"] = {"champion": champion, "greedy": greedy}
+            extract = self.task.extract
+            out["samples"] = [
+                {"prompt": e.input, "reference": e.output, "reference_answer": extract(e.output),
+                 "champion": c, "champion_answer": extract(c),
+                 "greedy": g, "greedy_answer": extract(g)}
+                for e, c, g in list(zip(self._examples("test"), answers[0], answers[1],
+                                        strict=True))[:SAMPLES]]
         self.dir.write_json(self.dir.report, out)
         return out
+
+    def select_champion(self) -> tuple[Expr, dict]:
+        """The final champion and how it was chosen. With `loop.select_prompts` > 0 (answer
+        tasks), the last generation's Pareto front and greedy are scored again on that many
+        valid prompts that evolution never saw, with fresh draws, and the one-standard-error
+        rule (`selection.one_standard_error_choice`, complexity = size) picks the smallest
+        program whose mean is within one standard error of the paired per-prompt
+        differences from the best: a program beats greedy only by more than the noise of its
+        selection. Otherwise the generation's champion (highest valid score) is kept."""
+        from .selection import one_standard_error_choice
+
+        evolved = to_expr(self.population.champion())
+        fresh = self.task.split("valid")[self.cfg.loop.valid_prompts:][
+            :self.cfg.loop.select_prompts]
+        if self.task.kind != "answer" or not fresh:
+            return evolved, {"rule": "highest valid score", "prompts": 0, "valid": None}
+        candidates: dict[str, Expr] = {expr_to_scheme(GREEDY): GREEDY}
+        for ind in [self.population.champion(), *_front(self.population)]:
+            candidates.setdefault(expr_to_scheme(to_expr(ind)), to_expr(ind))
+        exprs = list(candidates.values())
+        ev = self._answer_evaluator(fresh, seed=self.evaluation_seed() + SELECTION_DRAWS)
+        with self._progress(f"final selection: {len(exprs)} programs on {len(fresh)} fresh "
+                            "valid prompts"):
+            decoded = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
+                                        **ev.decode_options)
+        rows = [[float(self.task.is_correct(self.tokenizer.decode(a.tokens), e.output))
+                 for a, e in zip(ans, fresh, strict=True)] for ans in decoded]
+        k = one_standard_error_choice(rows, [engine_dsl.size(e) for e in exprs])
+        means = [sum(r) / len(r) for r in rows]
+        return exprs[k], {"rule": "one-standard-error (size)",
+                          "prompts": len(fresh), "candidates": len(exprs),
+                          "valid": means[k], "valid_greedy": means[0],
+                          "evolved_champion": expr_to_scheme(evolved)}
 
     def score(self, programs: dict[str, Expr], split: str) -> dict[str, dict]:
         """{name: {score, ci95, cost, n}} of Decoder programs on a split, with a 95% bootstrap
@@ -755,8 +829,8 @@ class CoEvolution:
         decoded = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
                                     **ev.decode_options)
         answers = [[self.tokenizer.decode(a.tokens) for a in ans] for ans in decoded]
-        scores = [[float(a == e.output) for a, e in zip(ans, examples, strict=True)]
-                  for ans in answers]
+        scores = [[float(self.task.is_correct(a, e.output))
+                   for a, e in zip(ans, examples, strict=True)] for ans in answers]
         return scores, [_mean([a.cost for a in ans]) for ans in decoded], answers
 
 

@@ -242,11 +242,17 @@ def _samples(run, champion) -> list[str]:
     prompts = [tok.encode(e.input, bos=True) for e in examples]
     decoded = engine_dsl.decode(run.model, [champion.body, GREEDY], prompts,
                                 seed=run.evaluation_seed(), max_new_tokens=run.answer_cap(),
-                                stop_token=tok.eos_id, pad_token=tok.pad_id)
-    rows = [[f"<code>{_e(repr(e.input))}</code>", f"<code>{_e(repr(e.output))}</code>",
-             f"<code>{_e(repr(tok.decode(a.tokens)))}</code>",
-             f"<code>{_e(repr(tok.decode(g.tokens)))}</code>"]
-            for e, a, g in zip(examples, *decoded, strict=True)]
+                                stop_token=tok.eos_id, pad_token=tok.pad_id,
+                                breakers=run.breakers, answer_key=run.answer_key)
+
+    def cell(text: str) -> str:
+        """The whole text and, where the task extracts a final answer from it, that answer."""
+        final = run.task.extract(text) if run.task.kind == "answer" else text
+        shown = f"<code>{_e(repr(text))}</code>"
+        return shown if final == text else f"{shown} &rarr; <code>{_e(repr(final))}</code>"
+
+    rows = [[f"<code>{_e(repr(e.input))}</code>", cell(e.output), cell(tok.decode(a.tokens)),
+             cell(tok.decode(g.tokens))] for e, a, g in zip(examples, *decoded, strict=True)]
     what = "continuations" if run.task.kind == "text" else "answers"
     return [f"<h2>Sample {what}</h2><p class=meta>the champion <code>{_e(champion.name)}</code> "
             f"and greedy on the first {len(rows)} valid prompts, side by side"

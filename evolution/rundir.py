@@ -173,6 +173,20 @@ class RunDir:
                 for value, spec in ((r["score"], ".3f"), (r["ci95"][0], ".3f"),
                                     (r["ci95"][1], ".3f"), (r["n"], "d")):
                     format(value, spec)  # as show and the page print them
+            cg = rep.get("champion_vs_greedy", {"diff": 0, "low": 0, "high": 0})
+            for key in ("diff", "low", "high"):
+                format(cg[key], "+.3f")
+            sel = rep.get("selection") or {}
+            if sel.get("valid") is not None:
+                for key in ("valid", "test", "gap"):
+                    format(sel[key], "+.3f")
+                format(sel["prompts"], "d")
+                format(sel["candidates"], "d")
+                str(sel["rule"])
+            for x in rep.get("samples") or []:
+                for key in ("prompt", "reference", "reference_answer", "champion",
+                            "champion_answer", "greedy", "greedy_answer"):
+                    x[key]  # noqa: B018 - each key show prints
         except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             raise RunError(f"{self.report}: not a final report (damaged); `evolve --resume "
                            f"{self.path}` writes it again") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -51,10 +52,13 @@ class RunSection:
 
 @dataclass
 class TaskSection:
-    name: str = "addition"  # addition|reverse|sort|copy|shakespeare|jsonl:PATH|text:PATH
+    # addition|running-sum|reverse|sort|copy|shakespeare|jsonl:PATH|text:PATH
+    name: str = "addition"
     difficulty: int | None = None  # None: the task's default
     size: int | None = None  # examples to generate for built-in tasks; None: the task's default
     curriculum: bool = False  # edge-of-chaos: move difficulty to keep valid success in 55-75%
+    # final answer = last match of this regex (its group 1 if any); "": the task's own rule
+    answer_regex: str = ""
     # DRY's sequence breakers, strings (llama.cpp's default: newline, ':', '"', '*')
     dry_breakers: list[str] = field(default_factory=lambda: list(DEFAULT_BREAKERS))
     prompt_bytes: int = DEFAULT_PROMPT_BYTES  # text tasks: prompt length, ending at a word end
@@ -72,6 +76,8 @@ class LoopSection:
     reinforce_samples: int = 16  # reinforce: prompts the champion writes for per step
     valid_prompts: int = 64  # prompts of the valid split scoring every program
     test_prompts: int = 200  # prompts of the test split in the final report
+    # fresh valid prompts re-scoring the final front and greedy to choose the champion; 0: off
+    select_prompts: int = 256
     max_new_tokens: int = 0  # answer length cap; 0: the task's longest answer + 1 (the stop)
     bootstrap: int = 1000  # resamples for the 95% intervals of the final report
     workers: int = 0  # tune new programs in this many worker processes (0: in-process)
@@ -127,6 +133,12 @@ class RunConfig:
                 and self.loop.pretrain_steps == 0:
             raise ConfigError("text.judge_steps = 0 means as many as loop.pretrain_steps, which "
                               "is 0: give the judge its own steps")
+        if self.task.answer_regex:
+            try:
+                re.compile(self.task.answer_regex)
+            except re.error as e:
+                raise ConfigError(f"task.answer_regex: not a regular expression ({e}), found "
+                                  f"{self.task.answer_regex!r}") from None
         for b in self.task.dry_breakers:
             if not b or len(b.encode("utf-8")) > BREAKER_MAX_CHARS:
                 raise ConfigError(f"task.dry_breakers: each breaker must be 1 to "
@@ -152,11 +164,12 @@ class RunConfig:
             raise ConfigError(f"loop.max_new_tokens = {self.loop.max_new_tokens} exceeds the "
                               f"cap model.block_size - 1 = {m.block_size - 1}")
         need = decode_memory_mb(self)
+        prompts = max(self.loop.valid_prompts, self.loop.test_prompts, self.loop.select_prompts)
         if need > self.loop.decode_memory_mb:
             raise ConfigError(
                 f"loop.decode_memory_mb = {self.loop.decode_memory_mb}: decoding up to "
                 f"evolution.limits.max_votes = {self.evolution.limits.max_votes} answers for "
-                f"each of {max(self.loop.valid_prompts, self.loop.test_prompts)} prompts takes "
+                f"each of {prompts} prompts takes "
                 f"about {need:.0f} MB; raise it, or lower the cap or the prompts")
         if self.train.min_lr > self.train.learning_rate:
             raise ConfigError(f"train.min_lr = {self.train.min_lr} exceeds train.learning_rate "
@@ -179,6 +192,7 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "loop.reinforce_samples": (2, 2**16, False),
     "loop.valid_prompts": (1, BIG, False),
     "loop.test_prompts": (1, BIG, False),
+    "loop.select_prompts": (0, BIG, False),
     "loop.max_new_tokens": (0, BIG, False),
     "loop.bootstrap": (1, 10**7, False),
     "loop.workers": (0, 1024, False),
@@ -214,7 +228,8 @@ def decode_memory_mb(cfg: RunConfig) -> float:
     times the decodes per answer, at most `max_votes` by the product cap) holds a KV cache of
     the whole block in every layer and a few rows of logits."""
     m = cfg.model
-    rows = cfg.evolution.limits.max_votes * max(cfg.loop.valid_prompts, cfg.loop.test_prompts)
+    rows = cfg.evolution.limits.max_votes * max(cfg.loop.valid_prompts, cfg.loop.test_prompts,
+                                                cfg.loop.select_prompts)
     return rows * (2 * m.n_layer * m.block_size * m.n_embd + 4 * m.vocab_size) * 4 / 2**20
 
 

@@ -105,7 +105,34 @@ def show(path: str, top: int = 5) -> str:
             cells = [f"{splits[s]['score']:.3f} [{splits[s]['ci95'][0]:.3f}, "
                      f"{splits[s]['ci95'][1]:.3f}]" for s in ("valid", "test")]
             lines.append(f"  {name:<30} {cells[0]:>22} {cells[1]:>22}")
+        lines += report_lines(rep)
+        samples = rep.get("samples") or []
+        if samples:
+            lines += ["", f"first {len(samples)} test answers (whole text -> final answer; "
+                          "* = the reference's final answer):"]
+            for x in samples:
+                lines.append(f"  {x['prompt']!r} reference {x['reference']!r}")
+                for who in ("champion", "greedy"):
+                    answer = x[f"{who}_answer"]
+                    mark = "*" if answer is not None and answer == x["reference_answer"] else " "
+                    lines.append(f"    {who:<9} {x[who]!r} -> {answer!r} {mark}")
     return "\n".join(lines)
+
+
+def report_lines(rep: dict) -> list[str]:
+    """The final report's paired comparison with greedy and the champion's selection."""
+    lines = []
+    cg = rep.get("champion_vs_greedy")
+    if cg is not None:
+        lines.append(f"champion vs greedy on test: {cg['diff']:+.3f} [{cg['low']:+.3f}, "
+                     f"{cg['high']:+.3f}]")
+    sel = rep.get("selection")
+    if sel is not None and sel.get("valid") is not None:
+        lines.append(f"champion chosen by the {sel['rule']} rule among {sel['candidates']} "
+                     f"programs (final front and greedy) on {sel['prompts']} fresh valid "
+                     f"prompts: valid {sel['valid']:.3f}, test {sel['test']:.3f}, valid-to-test "
+                     f"gap {sel['gap']:+.3f}")
+    return lines
 
 
 SHOW_WIDTH = 30  # characters per column of `side_by_side`
@@ -273,11 +300,11 @@ def compare(a: str, b: str, run_path: str, split: str = "valid", rows: int = 10)
         lines.append(f"  {'prompt':<20} {'reference':<12} {'A':<14} {'B':<14}")
     for i in differ[:rows]:
         e = examples[i]
-        marks = ["*" if ans[i] == e.output else " " for ans in answers]
+        marks = ["*" if run.task.is_correct(ans[i], e.output) else " " for ans in answers]
         lines.append(f"  {e.input!r:<20} {e.output!r:<12} {answers[0][i]!r:<13}{marks[0]} "
                      f"{answers[1][i]!r:<13}{marks[1]}")
     if differ:
-        lines.append("  (* = the reference answer)")
+        lines.append("  (* = the reference's final answer)")
     return "\n".join(lines)
 
 
@@ -378,15 +405,16 @@ def trace(program_path: str, run_path: str, prompt: str, top: int = 5,
     d = one_definition(program_path, run, name)
     return trace_decoding(run.model, run.tokenizer, d, prompt, seed=run.cfg.run.seed,
                           max_new_tokens=max_new_tokens or run.answer_cap(), top=top,
-                          breakers=run.breakers)
+                          breakers=run.breakers, extract=run.task.extract)
 
 
 def trace_decoding(model, tok, d: Definition, prompt: str, *, seed: int, max_new_tokens: int,
-                   top: int = 5, breakers=None) -> str:
+                   top: int = 5, breakers=None, extract=None) -> str:
     """Step by step: every Logits node's top tokens, every measure's value, the branch each
     `if` takes, and the token chosen (first sample). The steps are `engine_dsl.decode`'s own
     (its observer sees the sources each step gave the program and the token its chooser
-    picked), so what is shown is what decoding did."""
+    picked), so what is shown is what decoding did. `extract(text)`: the task's final-answer
+    rule; the last line gives the whole answer and, where it differs, the final answer."""
     import torch
 
     from engine_dsl.decoders import decode
@@ -433,7 +461,9 @@ def trace_decoding(model, tok, d: Definition, prompt: str, *, seed: int, max_new
 
     decode(model, p, [ids], max_new_tokens=max_new_tokens, stop_token=tok.eos_id, seed=seed,
            observe=observe, breakers=breakers)
-    lines.append(f"answer: {tok.decode(answer)!r}")
+    text = tok.decode(answer)
+    final = text if extract is None else extract(text)
+    lines.append(f"answer: {text!r}" + ("" if final == text else f"  final answer: {final!r}"))
     return "\n".join(lines)
 
 

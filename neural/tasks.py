@@ -5,6 +5,7 @@ Every example is a prompt (`input`) and a reference answer (`output`). Formats:
 | name | prompt | answer | difficulty knob (default) |
 |---|---|---|---|
 | `addition` | `"012+345="` (operands zero-padded to `digits`) | `"357"` (plain sum) | digits (3) |
+| `running-sum` | `"47+18+92="` | `"92+47=139+18=157#157"` (steps, `#`, result) | operands (3) |
 | `reverse` | `"abcd="` | `"dcba"` | max string length (6) |
 | `sort` | `"dbca="` | `"abcd"` | max string length (6) |
 | `copy` | `"abcd="` | `"abcd"` | max string length (6) |
@@ -12,8 +13,14 @@ Every example is a prompt (`input`) and a reference answer (`output`). Formats:
 | `shakespeare` | a passage of a play or poem (`prompt_bytes`) | the next bytes | none |
 | `text:PATH` | the same, from sections of a user's UTF-8 text file | the same | none |
 
-Strings of the letter tasks are drawn from `a`-`z` with lengths uniform in 1..difficulty.
-Answer tasks (kind "answer") are scored by exact match of the decoded answer. The split is by
+`running-sum` operands are two-digit numbers (0-99); its answer adds them one at a time in a
+random order (each step names the operand it adds and the partial sum), then gives the result
+after the marker `#`: many chains reach the same result, as in self-consistency's reasoning
+paths. Strings of the letter tasks are drawn from `a`-`z` with lengths uniform in
+1..difficulty. Answer tasks (kind "answer") are scored by exact match of the final answer,
+extracted from the decoded text by the task's rule (`Task.extract`): the text after the last
+marker (`running-sum`: `#`), the last match of a regular expression (its first group, if it
+has one; the `task.answer_regex` setting), or else the whole text. The split is by
 content hash (sha256 of input and output), so it is the same on every machine and for every
 seed, and an example never moves between splits when the data set grows.
 
@@ -86,6 +93,18 @@ class Task:
     test: list[Example]
     difficulty: int | None = None  # None for file tasks
     works: dict[str, list[str]] = field(default_factory=dict)  # text tasks: split -> texts
+    answer_marker: str | None = None  # the final answer follows the last marker
+    answer_regex: str | None = None  # ... or is the last match (group 1 if any) of this
+
+    def extract(self, text: str) -> str | None:
+        """The final answer in an answer text by the task's rule (None: the text has none);
+        without a rule, the whole text."""
+        return extractor(self.answer_marker, self.answer_regex)(text)
+
+    def is_correct(self, text: str, reference: str) -> bool:
+        """Exact match of the extracted final answers (an answer without one is wrong)."""
+        answer = self.extract(text)
+        return answer is not None and answer == self.extract(reference)
 
     def split(self, name: str) -> list[Example]:
         """The examples of split `name` ("train", "valid" or "test")."""
@@ -97,6 +116,24 @@ class Task:
         """What the model trains on: the train examples, or for text tasks the whole text
         of the train works."""
         return TextCorpus(self.works["train"]) if self.kind == "text" else self.train
+
+
+def extractor(marker: str | None = None, regex: str | None = None
+              ) -> Callable[[str], str | None]:
+    """text -> its final answer: the last match of `regex` (group 1 if it has groups), else
+    the text after the last `marker`, else the whole text; None where the rule finds none.
+    A bad regex raises `re.error`."""
+    if regex:
+        pattern = re.compile(regex)
+
+        def by_regex(text: str) -> str | None:
+            matches = list(pattern.finditer(text))
+            return matches[-1].group(1 if pattern.groups else 0) if matches else None
+
+        return by_regex
+    if marker:
+        return lambda text: text.rpartition(marker)[2] if marker in text else None
+    return lambda text: text
 
 
 def split_of(example: Example, fractions: Sequence[float] = SPLIT_FRACTIONS) -> str:
@@ -138,11 +175,24 @@ class BuiltinTask:
     min_difficulty: int = 1
     max_difficulty: int = 32
     doc: str = ""
+    answer_marker: str | None = None  # the final answer follows this (None: the whole answer)
 
 
 def _addition(rng: random.Random, digits: int) -> Example:
     a, b = rng.randrange(10**digits), rng.randrange(10**digits)
     return Example(f"{a:0{digits}d}+{b:0{digits}d}=", str(a + b))
+
+
+def _running_sum(rng: random.Random, operands: int) -> Example:
+    """Multi-operand addition with a scratchpad: the operands added one at a time in a random
+    order, each step `+x=partial` (the first operand alone first), then `#` and the result."""
+    xs = [rng.randrange(100) for _ in range(operands)]
+    order = rng.sample(xs, len(xs))
+    steps, total = str(order[0]), order[0]
+    for x in order[1:]:
+        total += x
+        steps += f"+{x}={total}"
+    return Example("+".join(map(str, xs)) + "=", f"{steps}#{total}")
 
 
 def _letters(rng: random.Random, max_len: int) -> str:
@@ -174,6 +224,9 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
     for t in [
         BuiltinTask("addition", _addition, lambda d: 100**d, 3, 1, 12,
                     "sum of two zero-padded d-digit numbers"),
+        BuiltinTask("running-sum", _running_sum, lambda d: 100**d, 3, 2, 8,
+                    "two-digit operands added one at a time in a random order, then the sum",
+                    answer_marker="#"),
         BuiltinTask("reverse", _reverse, _strings_space, 6, 1, 32, "string reversed"),
         BuiltinTask("sort", _sort, _strings_space, 6, 1, 32, "letters in sorted order"),
         BuiltinTask("copy", _copy, _strings_space, 6, 1, 32, "string repeated"),
@@ -240,11 +293,13 @@ def json_lines(text: str) -> list[str]:
     return [ln.removesuffix("\r") for ln in text.split("\n")]
 
 
-def read_jsonl(path: str) -> list[Example]:
+def read_jsonl(path: str, extract: Callable[[str], str | None] | None = None
+               ) -> list[Example]:
     """Examples from a JSON Lines file, one object with string `input` and `output` per line.
 
     Blank lines are skipped; anything else that is not such an object raises DataError
-    naming `path:line` (never a silent drop)."""
+    naming `path:line` (never a silent drop), as does an `output` in which `extract` (the
+    task's answer rule) finds no final answer."""
     examples = []
     for lineno, line in enumerate(json_lines(_read_text(path)), start=1):
         if not line.strip():
@@ -259,6 +314,9 @@ def read_jsonl(path: str) -> list[Example]:
             if not isinstance(obj[key], str):
                 raise DataError(f"field '{key}' must be a string, found "
                                 f"{type(obj[key]).__name__}", path, lineno)
+        if extract is not None and extract(obj["output"]) is None:
+            raise DataError("field 'output' holds no final answer for task.answer_regex",
+                            path, lineno)
         examples.append(Example(obj["input"], obj["output"]))
     if not examples:
         raise DataError("no examples", path)
@@ -335,13 +393,25 @@ def split_works(name: str, works: Sequence[str], prompt_bytes: int,
 
 def get_task(name: str, *, difficulty: int | None = None, size: int | None = None,
              seed: int = 0, prompt_bytes: int = DEFAULT_PROMPT_BYTES,
-             continuation_bytes: int = DEFAULT_CONTINUATION_BYTES) -> Task:
-    """The task called `name`: "addition", "reverse", "sort", "copy", "shakespeare",
-    "jsonl:PATH" or "text:PATH". `difficulty`, `size` (examples before the split) and `seed`
-    apply to built-in answer tasks; `prompt_bytes` and `continuation_bytes` to text tasks.
-    Raises DataError for an unknown name, a bad file or a corpus that cannot be fetched."""
+             continuation_bytes: int = DEFAULT_CONTINUATION_BYTES,
+             answer_regex: str | None = None) -> Task:
+    """The task called `name`: "addition", "running-sum", "reverse", "sort", "copy",
+    "shakespeare", "jsonl:PATH" or "text:PATH". `difficulty`, `size` (examples before the
+    split) and `seed` apply to built-in answer tasks; `prompt_bytes` and `continuation_bytes`
+    to text tasks; `answer_regex` (the final answer's extraction rule, see `extractor`) to
+    answer tasks, in place of a built-in marker. Raises DataError for an unknown name, a bad
+    regex, a bad file (a reference answer the regex finds nothing in is named by its line) or
+    a corpus that cannot be fetched."""
+    if answer_regex:
+        try:
+            re.compile(answer_regex)
+        except re.error as e:
+            raise DataError(f"answer regex {answer_regex!r}: {e}") from None
     if name.startswith("jsonl:"):
-        return split_examples(name, "answer", read_jsonl(name[len("jsonl:"):]))
+        path = name[len("jsonl:"):]
+        task = split_examples(name, "answer", read_jsonl(path, extractor(regex=answer_regex)))
+        task.answer_regex = answer_regex or None
+        return task
     if name.startswith("text:"):
         path = name[len("text:"):]
         works = text_sections(_read_text(path))
@@ -359,7 +429,14 @@ def get_task(name: str, *, difficulty: int | None = None, size: int | None = Non
     spec = BUILTIN_TASKS[name]
     d = spec.default_difficulty if difficulty is None else int(difficulty)
     examples = generate(name, d, DEFAULT_SIZE if size is None else size, seed)
-    return split_examples(name, "answer", examples, difficulty=d)
+    task = split_examples(name, "answer", examples, difficulty=d)
+    task.answer_marker, task.answer_regex = spec.answer_marker, answer_regex or None
+    if answer_regex:
+        missing = next((e for e in examples if task.extract(e.output) is None), None)
+        if missing is not None:
+            raise DataError(f"task {name!r}: the answer regex {answer_regex!r} finds no final "
+                            f"answer in the reference {missing.output!r}")
+    return task
 
 
 # ----------------------------------------------------------------------------------------

@@ -9,7 +9,11 @@ window of `block_size` bytes, every byte an answer token.
 The co-evolution loop passes `extra_loss(model, batch) -> scalar tensor` (the answer-token
 loss under the champion program's relaxed distribution); the step loss is
 `lm_loss + extra_lambda * extra_loss`. With extra_lambda = 0 the callable is never called and
-training is plain language modelling. This module never imports engine_dsl.
+training is plain language modelling. The safeguard (`extra_projection`, on by default): where
+the extra loss's gradient points against the LM loss's (a negative inner product), its
+component along the LM gradient is removed (PCGrad, Yu et al. 2020), so a step never slows
+the model's own loss to first order: <g_step, g_lm> >= |g_lm|^2. This module never imports
+engine_dsl.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class TrainConfig:
     grokfast_alpha: float = 0.98  # EMA decay of the slow-gradient filter, in [0, 1)
     grokfast_lambda: float = 0.0  # slow gradient added back x this factor; 0 = off
     extra_lambda: float = 0.0  # weight of the extra loss; 0 = plain training
+    # remove the extra loss's gradient component that opposes the LM loss's (PCGrad)
+    extra_projection: bool = True
     seed: int = 0  # batch sampling
 
     def to_dict(self) -> dict:
@@ -115,6 +121,27 @@ class Trainer:
         extra = self.extra_loss(self.model, batch)
         return lm_loss + self.config.extra_lambda * extra, lm_loss, extra
 
+    def backward(self, batch: Batch):
+        """The step's gradients into `.grad` (see the module doc for the projection);
+        returns `loss(batch)`."""
+        loss, lm_loss, extra = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if extra is None or not self.config.extra_projection:
+            loss.backward()
+            return loss, lm_loss, extra
+        params = [p for p in self.params if p.requires_grad]
+        g_lm = torch.autograd.grad(lm_loss, params, retain_graph=True, allow_unused=True)
+        g_ex = torch.autograd.grad(extra, params, allow_unused=True)
+        g_lm = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_lm, strict=True)]
+        g_ex = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_ex, strict=True)]
+        dot = sum((a * b).sum() for a, b in zip(g_lm, g_ex, strict=True))
+        norm2 = sum(a.square().sum() for a in g_lm)
+        coef = torch.clamp(dot / norm2.clamp(min=1e-30), max=0.0)  # only an opposing part
+        lam = self.config.extra_lambda
+        for p, a, b in zip(params, g_lm, g_ex, strict=True):
+            p.grad = a + lam * (b - coef * a)
+        return loss, lm_loss, extra
+
     def _grokfast(self):
         alpha, lamb = self.config.grokfast_alpha, self.config.grokfast_lambda
         grads = [p.grad for p in self.params if p.grad is not None]
@@ -132,9 +159,7 @@ class Trainer:
             group["lr"] = lr
         batch = self.sample_batch()
         self.model.train()
-        loss, lm_loss, extra = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, lm_loss, extra = self.backward(batch)
         if cfg.grokfast_lambda != 0:
             self._grokfast()
         grad_norm = None

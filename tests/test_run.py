@@ -2,6 +2,7 @@
 Ctrl-C, inspection commands and bad input. Runs `run_evolution.py` as a user would."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,16 @@ def test_final_report_has_test_scores_with_intervals(tiny_run):
         lo, hi = r["test"]["ci95"]
         assert lo <= r["test"]["score"] <= hi and r["test"]["n"] == 6
     assert "final report" in proc.stdout
+    cg = report["champion_vs_greedy"]
+    assert cg["low"] <= cg["diff"] <= cg["high"] and cg["n"] == 6
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("champion vs greedy"))
+    assert re.fullmatch(r"champion vs greedy on test: [+-]\d\.\d{3} \[[+-]\d\.\d{3}, "
+                        r"[+-]\d\.\d{3}\]", line), line
+    sel = report["selection"]
+    assert sel["prompts"] > 0 and sel["gap"] == pytest.approx(sel["valid"] - sel["test"])
+    assert "valid-to-test gap" in proc.stdout
+    assert len(report["samples"]) == 5 and all(
+        x["champion_answer"] == x["champion"] for x in report["samples"])  # no rule: as is
 
 
 def test_no_pickle_anywhere_in_the_run(tiny_run):
@@ -184,6 +195,7 @@ def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path):
     (["--set", "evolution.popsize=3"], "unknown config key 'evolution.popsize'"),
     (["--set", "loop.train_steps=lots"], "loop.train_steps must be an integer"),
     (["--config", "missing.toml"], "missing.toml: cannot read config file"),
+    (["--set", "task.answer_regex='(unclosed'"], "task.answer_regex: not a regular expression"),
 ])
 def test_bad_input_is_one_line_exit_1(tmp_path, args, fragment):
     proc = cli("evolve", "--out", tmp_path / "r", *args, check=1)

@@ -248,3 +248,30 @@ def test_the_log_says_how_many_tunings_were_kept_and_undone(tiny_run):
         assert set(e["tuning"]) == {"kept", "undone"}
     shown = cli("show", out, check=0).stdout
     assert "tuned: kept/undone" in shown
+
+
+def test_trace_shows_the_whole_answer_and_the_final_answer():
+    """With a task rule, trace's last line gives both the whole answer and the final answer
+    extracted from it (None where the rule finds none); without one, only the answer."""
+    import ast
+
+    import torch
+
+    from engine_dsl.nodes import Definition
+    from evolution.views import trace_decoding
+    from neural import GPT, ByteTokenizer, GPTConfig
+    from neural.tasks import extractor
+
+    torch.manual_seed(0)
+    model, tok = GPT(GPTConfig(block_size=16, n_layer=1, n_head=1, n_embd=8)), ByteTokenizer()
+    d = Definition("g", _decoder("(greedy logits)"))
+    plain = trace_decoding(model, tok, d, "1+2=", seed=0, max_new_tokens=3)
+    answer = plain.splitlines()[-1]
+    assert answer.startswith("answer: ") and "final answer" not in answer
+    text = ast.literal_eval(answer[len("answer: "):])
+    marked = trace_decoding(model, tok, d, "1+2=", seed=0, max_new_tokens=3,
+                            extract=lambda t: "#" + t)
+    assert marked.splitlines()[-1] == f"{answer}  final answer: {'#' + text!r}"
+    none = trace_decoding(model, tok, d, "1+2=", seed=0, max_new_tokens=3,
+                          extract=extractor("#"))
+    assert none.splitlines()[-1] == f"{answer}  final answer: None"

@@ -147,3 +147,68 @@ def test_jsonl_lines_end_at_lf_only(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"input": "a\u2028b", "output": "c\u0085"}\r\n{"input": "d", "output": "e"}')
     assert read_jsonl(str(path)) == [Example("a\u2028b", "c\u0085"), Example("d", "e")]
+
+
+def test_running_sum_adds_in_a_random_order_then_gives_the_result():
+    """Worked by hand: operands 47, 18, 92, 35 taken in the order 92, 47, 18, 35: 92+47 =
+    139, +18 = 157, +35 = 192. Every chain adds each operand once and ends in the sum."""
+    import random as _random
+
+    from neural.tasks import BUILTIN_TASKS
+
+    class Fixed(_random.Random):
+        def randrange(self, n):
+            return next(self.values)
+
+        def sample(self, xs, k):
+            return [92, 47, 18, 35]
+
+    rng = Fixed(0)
+    rng.values = iter([47, 18, 92, 35])
+    ex = BUILTIN_TASKS["running-sum"].make(rng, 4)
+    assert ex == Example("47+18+92+35=", "92+47=139+18=157+35=192#192")
+    task = get_task("running-sum", size=200)
+    assert task.extract(ex.output) == "192" and task.difficulty == 3
+    for e in task.train:
+        operands = sorted(map(int, e.input[:-1].split("+")))
+        steps, total = e.output.split("#")
+        added = [int(steps.split("+")[0])] + [int(s.split("=")[0])
+                                             for s in steps.split("+")[1:]]
+        assert sorted(added) == operands and int(total) == sum(operands)
+    firsts = [e.output.split("+")[0] == e.input.split("+")[0] for e in task.train]
+    assert 0.2 < sum(firsts) / len(firsts) < 0.5  # a random order: about 1 in 3 starts there
+
+
+def test_extraction_rules():
+    """Marker: the text after the last marker; regex: the last match, its first group if it
+    has one; no rule: the whole text; None where the rule finds nothing."""
+    from neural.tasks import extractor
+
+    assert extractor("#")("1,2#3#45") == "45"
+    assert extractor("#")("123") is None
+    assert extractor(None, r"answer: (\d+)")("answer: 1 ... answer: 22.") == "22"
+    assert extractor(None, r"\d+")("a1b22c") == "22"
+    assert extractor(None, r"\d+")("none") is None
+    assert extractor()("as is") == "as is"
+    task = get_task("running-sum", size=50)
+    assert task.is_correct("1,9#10", "5,9#10") and not task.is_correct("10", "9#10")
+
+
+def test_jsonl_answer_regex(tmp_path):
+    """A jsonl task scores by the regex; a reference it finds nothing in, or a bad regex,
+    is a DataError naming the file's line."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"input": "q", "output": "so = 4"}\n{"input": "r", "output": "so = 5"}\n')
+    task = get_task(f"jsonl:{path}", answer_regex=r"= (\d+)")
+    assert task.answer_regex == r"= (\d+)" and task.is_correct("thus = 4", "so = 4")
+    path.write_text('{"input": "q", "output": "so = 4"}\n{"input": "r", "output": "five"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:2: .*no final answer"):
+        get_task(f"jsonl:{path}", answer_regex=r"= (\d+)")
+    with pytest.raises(DataError, match="answer regex"):
+        get_task(f"jsonl:{path}", answer_regex="(")
+
+
+def test_a_regex_that_misses_a_builtin_reference_is_an_error():
+    with pytest.raises(DataError, match="finds no final answer in the reference"):
+        get_task("addition", size=20, answer_regex="x")
+    assert get_task("running-sum", size=20, answer_regex=r"#(\d+)").extract("1+2=3#3") == "3"

@@ -181,3 +181,23 @@ def test_set_examples_switches_the_data(examples):
     batch = trainer.sample_batch()
     prompts = {tok.decode(row[: row.tolist().index(ord("=")) + 1]) for row in batch.ids}
     assert prompts <= {e.input for e in harder}
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_projection_never_lets_the_extra_loss_oppose_the_lm_loss(examples, sign):
+    """The safeguard: the step gradient is g_lm + lambda * g_extra where the two agree, and
+    where they oppose, g_extra loses its component along g_lm, so the step's inner product
+    with g_lm is at least |g_lm|^2 (co-training never slows the LM loss to first order)."""
+    lam = 2.0
+    trainer = Trainer(tiny_model(), tok, examples, TrainConfig(batch_size=8, extra_lambda=lam),
+                      extra_loss=lambda m, b: sign * m(b.inputs, b.targets())[1])
+    batch = trainer.sample_batch()
+    trainer.backward(batch)
+    step = torch.cat([p.grad.flatten() for p in trainer.params])
+    trainer.model.zero_grad()
+    trainer.loss(batch)[1].backward()
+    g_lm = torch.cat([p.grad.flatten() for p in trainer.params])
+    # extra = sign * lm: agreeing (sign 1) adds lam * g_lm; opposing (sign -1) is removed
+    expected = g_lm * (1 + lam) if sign > 0 else g_lm
+    assert torch.allclose(step, expected, atol=1e-6)
+    assert float(step @ g_lm) >= float(g_lm @ g_lm) * (1 - 1e-5)

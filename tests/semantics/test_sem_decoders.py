@@ -367,3 +367,25 @@ def test_sample_draws_only_tokens_that_can_be_drawn(seed, dtype, u):
     for r in range(4):
         below = cum[r, : tok[r]]
         assert bool((below <= target[r]).all())
+
+
+def test_vote_counts_final_answers_by_the_callers_key():
+    """`answer_key` is the final answer vote counts: with one key for every answer, all
+    samples agree, so vote returns the most likely whole answer, as best-of does; with the
+    tokens as key, answers are what they were."""
+    m, prompts = StandIn(), [[1, 2], [3], [4, 5, 6]]
+    kw = dict(max_new_tokens=4, stop_token=0, seed=2)
+    pooled = decode(m, "(vote 6 (sample (temperature logits 3.0)))", prompts,
+                    answer_key=lambda tokens: "same", **kw)
+    best = decode(m, "(best-of 6 (sample (temperature logits 3.0)))", prompts, **kw)
+    assert [d.tokens for d in pooled] == [d.tokens for d in best]
+    plain = decode(m, "(vote 6 (sample (temperature logits 3.0)))", prompts, **kw)
+    keyed = decode(m, "(vote 6 (sample (temperature logits 3.0)))", prompts,
+                   answer_key=tuple, **kw)
+    assert [d.tokens for d in plain] == [d.tokens for d in keyed]
+
+
+def test_vote_picks_the_most_likely_answer_of_the_most_frequent_key():
+    vote = PRIMITIVES["vote"].exact
+    # keys: final answers "7" (twice) and "9" (once, most likely): "7" wins, its better chain
+    assert vote(None, 3, [("7", -3.0), ("9", -0.5), ("7", -2.0)]) == 2
