@@ -90,8 +90,8 @@ def test_nested_defaults_survive_partial_sections():
     ("model.n_embd=16384", "model.n_layer = 4, model.n_embd = 16384: a model of 1.29e+10 "
                            "parameters exceeds the cap of 1e+09"),
     ("loop.decode_memory_mb=100", "loop.decode_memory_mb = 100: decoding up to "
-                                  "evolution.limits.max_votes = 16 answers for each of 200 "
-                                  "prompts takes about 1613 MB"),
+                                  "evolution.limits.max_votes = 16 answers for each of 256 "
+                                  "prompts takes about 2064 MB"),  # loop.select_prompts
 ])
 def test_settings_out_of_range_name_section_and_key(setting, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
