@@ -53,7 +53,7 @@ class RunSection:
 @dataclass
 class TaskSection:
     # addition|running-sum|reverse|sort|copy|shakespeare|jsonl:PATH|text:PATH
-    name: str = "addition"
+    name: str = "running-sum"
     difficulty: int | None = None  # None: the task's default
     size: int | None = None  # examples to generate for built-in tasks; None: the task's default
     curriculum: bool = False  # edge-of-chaos: move difficulty to keep valid success in 55-75%
@@ -67,7 +67,7 @@ class TaskSection:
 
 @dataclass
 class LoopSection:
-    pretrain_steps: int = 2500  # model-alone training before generation 1 (generation 0)
+    pretrain_steps: int = 1500  # model-alone training before generation 1 (generation 0)
     train_steps: int = 100  # model training per generation (layer 1)
     program_lambda: float = 0.1  # weight of the champion's loss in training (vs the LM loss 1)
     # the champion's loss: likelihood (its relaxed answer NLL) | reinforce (what it writes,
