@@ -103,8 +103,10 @@ def _user_errors():
     from evolution.rundir import RunError
     from evolution.settings import ConfigError
     from neural import CheckpointError, DataError
+    from neural.device import DeviceError
+    from neural.hf import HFError
 
-    return (DslError, RunError, ConfigError, DataError, CheckpointError)
+    return (DslError, RunError, ConfigError, DataError, CheckpointError, DeviceError, HFError)
 
 
 def cmd_evolve(args) -> int:
@@ -121,7 +123,8 @@ def cmd_evolve(args) -> int:
     flags = {("run", "generations"): args.generations, ("run", "seed"): args.seed,
              ("run", "mode"): args.mode, ("task", "name"): args.task,
              ("evolution", "population_size"): args.population,
-             ("loop", "train_steps"): args.train_steps}
+             ("loop", "train_steps"): args.train_steps, ("run", "device"): args.device,
+             ("hf", "path"): args.model}
     for (section, key), value in flags.items():
         if value is not None:
             overrides.setdefault(section, {})[key] = value
@@ -182,14 +185,15 @@ def cmd_eval(args) -> int:
 
     from evolution.views import evaluate
 
-    print(json.dumps(evaluate(args.program, args.run, args.split, args.name), indent=2))
+    print(json.dumps(evaluate(args.program, args.run, args.split, args.name, args.device),
+                     indent=2))
     return EXIT_OK
 
 
 def cmd_compare(args) -> int:
     from evolution.views import compare
 
-    print(compare(args.a, args.b, args.run, args.split))
+    print(compare(args.a, args.b, args.run, args.split, device=args.device))
     return EXIT_OK
 
 
@@ -215,7 +219,7 @@ def cmd_trace(args) -> int:
         return EXIT_ERROR
 
     print(trace(args.program, args.run, args.prompt, top=args.top,
-                max_new_tokens=args.max_new_tokens, name=args.name))
+                max_new_tokens=args.max_new_tokens, name=args.name, device=args.device))
     return EXIT_OK
 
 
@@ -251,7 +255,7 @@ def cmd_export(args) -> int:
 def cmd_report(args) -> int:
     from evolution.page import write_page
 
-    print(write_page(args.dir))
+    print(write_page(args.dir, args.device))
     return EXIT_OK
 
 
@@ -297,6 +301,23 @@ def _positive(text: str) -> int:
     return value
 
 
+def _model_spec(text: str) -> str:
+    """argparse type of --model: `gpt` (the built-in model: "") or `hf:DIR` (DIR, absolute,
+    so the run finds it from anywhere)."""
+    if text == "gpt":
+        return ""
+    if text.startswith("hf:") and len(text) > 3:
+        return os.path.abspath(text[3:])
+    raise argparse.ArgumentTypeError(f"expected gpt or hf:DIR (a local Hugging Face model "
+                                     f"directory), found '{text}'")
+
+
+def _device_flag(p) -> None:
+    p.add_argument("--device", metavar="DEVICE",
+                   help="cpu | cuda | cuda:N | auto (cuda when there is one); default: the "
+                        "run's own (evolve: cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_evolution.py",
@@ -319,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config value, e.g. --set evolution.cxpb=0.6")
     p.add_argument("--seeds", nargs="+", metavar="FILE", help="seed program files")
     p.add_argument("--model-from", metavar="DIR", help="start from the model of run DIR")
+    p.add_argument("--model", type=_model_spec, metavar="SPEC",
+                   help="gpt (the built-in model, default) or hf:DIR, a local Hugging Face "
+                        "causal LM (frozen by default: --set hf.train_mode=full|lora)")
+    _device_flag(p)
     p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser("show", help="summary and hall of fame of a run")
@@ -336,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("--split", choices=("valid", "test"), default="valid")
     p.add_argument("--def", dest="name", metavar="NAME", help="only this definition")
+    _device_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="two programs on the same prompts and draws: the "
@@ -344,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", metavar="B", help="program file, or FILE:NAME")
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("--split", choices=("valid", "test"), default="valid")
+    _device_flag(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("simplify", help="print a program file simplified (same exact-mode "
@@ -359,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive, metavar="N")
     p.add_argument("--def", dest="name", metavar="NAME",
                    help="the definition to trace (needed when the file holds several)")
+    _device_flag(p)
     p.set_defaults(func=cmd_trace)
 
     from engine_dsl.export import ENGINES
@@ -380,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write DIR/report.html: one self-contained page of "
                                       "the run")
     p.add_argument("dir", metavar="DIR")
+    _device_flag(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="every setting: its default and what it means")

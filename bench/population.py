@@ -25,6 +25,7 @@ machine runs; on a quiet machine the two agree).
 
     .venv/bin/python bench/population.py            # P=64, N=256, one thread
     .venv/bin/python bench/population.py --programs 8 --prompts 32 --repeats 1   # quick
+    .venv/bin/python bench/population.py --device cuda    # on a GPU (--device auto: if any)
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import engine_dsl  # noqa: E402
-from engine_dsl.decoders import _select, chunk_rows, decode_each, plan  # noqa: E402
+from engine_dsl.decoders import _row_bytes, _select, chunk_rows, decode_each, plan  # noqa: E402
 from engine_dsl.primitives.decoders import rewrap  # noqa: E402
 from evolution.bridge import SearchSpace, to_expr  # noqa: E402
 from evolution.random_trees import ConstantSampler, random_individual  # noqa: E402
 from neural import GPT, ByteTokenizer, GPTConfig, get_task  # noqa: E402
+from neural.device import DeviceError, device_name, resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,16 +85,16 @@ def _left_padded(prompts: list[list[int]], pad: int):
 
 @torch.no_grad()
 def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad: int,
-                 streams: int = 0):
+                 streams: int = 0, device=torch.device("cpu")):
     """Bare KV-cached greedy decoding of (copies + streams) x len(prompts) rows on `decode`'s
     schedule: the prompts prefilled once plain and once per stream, each cache copied to its
     rows, rows in chunks."""
     N = len(prompts)
-    ids, mask = _left_padded(prompts, pad)
-    units = torch.arange(N).repeat(1 + streams)
+    ids, mask = (t.to(device) for t in _left_padded(prompts, pad))
+    units = torch.arange(N, device=device).repeat(1 + streams)
     out = model.forward_step(ids[units], attention_mask=mask[units])
-    rows = torch.cat([torch.arange(N).repeat(copies), N + torch.arange(N * streams)])
-    chunk = chunk_rows(torch.device("cpu")) or rows.numel()
+    rows = torch.cat([torch.arange(N).repeat(copies), N + torch.arange(N * streams)]).to(device)
+    chunk = chunk_rows(device, _row_bytes(model, ids.size(1) + tokens)) or rows.numel()
     chunks = []  # [cache, mask, next ids] per chunk of rows; steps outer, chunks inner
     for c0 in range(0, rows.numel(), chunk):
         r = rows[c0:c0 + chunk]
@@ -110,6 +112,8 @@ def timed(fn) -> tuple[float, float]:
     time is the work done, whatever else the machine runs; on a quiet machine the two agree."""
     w, c = time.perf_counter(), time.process_time()
     fn()
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # GPU work is asynchronous: count it where it ends
     return time.perf_counter() - w, time.process_time() - c
 
 
@@ -126,11 +130,17 @@ def main(argv=None) -> int:
                     help="which time the ratios use (cpu: this process's CPU time, robust to "
                          "other jobs on a shared machine when --threads is 1)")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     args = ap.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = GPT(GPTConfig()).eval()
+    model = GPT(GPTConfig()).to(device).eval()
     tok = ByteTokenizer()
     examples = get_task("addition", difficulty=3, size=4 * args.prompts).train[: args.prompts]
     prompts = [tok.encode(e.input, bos=True) for e in examples]
@@ -140,9 +150,9 @@ def main(argv=None) -> int:
     engine_dsl.decode(model, progs[:2], prompts[:4], **kw)  # warm-up
     streams = sum(plan(p).module.n_gated for p in progs)
     runs = {"floor": lambda: floor_decode(model, prompts, len(progs), args.tokens,
-                                          tok.pad_id, streams),
+                                          tok.pad_id, streams, device),
             "bare_floor": lambda: floor_decode(model, prompts, len(progs), args.tokens,
-                                               tok.pad_id),
+                                               tok.pad_id, device=device),
             "batched": lambda: engine_dsl.decode(model, progs, prompts, **kw)}
     if not args.skip_naive:
         runs["naive"] = lambda: decode_each(model, progs, prompts, **kw)
@@ -153,7 +163,8 @@ def main(argv=None) -> int:
             times[k].append(timed(fn))
     clock = 1 if args.clock == "cpu" else 0
     res = {"programs": len(progs), "prompts": len(prompts), "tokens": args.tokens,
-           "threads": args.threads, "rows": len(progs) * len(prompts),
+           "threads": args.threads, "device": device_name(device),
+           "rows": len(progs) * len(prompts),
            "gated_stream_rows": streams * len(prompts), "load_before": load_before,
            "clock": args.clock}
     for k, ts in times.items():

@@ -129,7 +129,8 @@ class CachedRows:
         fixed per row (`uniforms(0, row, 0, 0, stream)`), so scores are repeatable."""
         from engine_dsl.decoders import uniforms
 
-        rows = torch.arange(len(self)) if self.row_ids is None else self.row_ids
+        rows = (torch.arange(len(self), device=self.logits.device) if self.row_ids is None
+                else self.row_ids)
         zeros = torch.zeros_like(rows)
         return dict(logits=self.logits, residuals=list(self.residuals), history=self.history,
                     generated=self.generated, lens=self.lens, gated_forward=self.gated,
@@ -139,7 +140,9 @@ class CachedRows:
     def subset(self, index: torch.Tensor) -> CachedRows:
         """The rows at `index` (a gated pass then runs only over the sequences they are in)."""
         gated = None if self.gated is None else self.gated.subset(index)
-        rows = torch.arange(len(self)) if self.row_ids is None else self.row_ids
+        rows = (torch.arange(len(self), device=self.logits.device) if self.row_ids is None
+                else self.row_ids)
+        index = index.to(self.logits.device)
         return CachedRows(self.logits[index], tuple(r[index] for r in self.residuals),
                           self.history[index], self.targets[index], gated, self.lens,
                           self.n_layer, self.n_head,
@@ -159,12 +162,14 @@ def cache_rows(model, ids: torch.Tensor, score_mask: torch.Tensor,
     grad=False (tuning, scoring): no graph, and the lens and gated passes give no gradient to
     the model. grad=True (the model's training loss through a program): everything stays
     differentiable in the model's parameters. breakers: DRY's sequence breakers (`Breakers`)."""
+    device = next((p.device for p in model.parameters()), ids.device)
+    ids, score_mask = ids.to(device), score_mask.to(device)
     inputs = ids[:, :-1]  # the last token is only ever a target
-    mask = None if attention_mask is None else attention_mask[:, :-1]
+    mask = None if attention_mask is None else attention_mask[:, :-1].to(device)
     with torch.set_grad_enabled(grad):
         out = model.forward_step(inputs, attention_mask=mask)
     si, ti = score_mask[:, 1:].nonzero(as_tuple=True)  # (sequence, position) of each row
-    upto = torch.arange(inputs.size(1))[None, :] <= ti[:, None]
+    upto = torch.arange(inputs.size(1), device=device)[None, :] <= ti[:, None]
     hist = torch.where(upto, inputs[si], -1)
     answer = torch.where(upto & score_mask[si, :-1].bool(), inputs[si], -1)  # scored = answer
     if grad:

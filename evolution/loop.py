@@ -35,6 +35,7 @@ from engine_dsl.printer import expr_to_scheme, to_scheme
 from engine_dsl.registry import baseline
 from neural import GPT, ByteTokenizer, Curriculum, DataError, Trainer, get_task
 from neural.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from neural.device import device_name, resolve_device
 from neural.tasks import Example, make_batch
 from neural.text_measures import Judge, JudgeConfig
 
@@ -51,7 +52,7 @@ from .population import (
 )
 from .reinforce import ReinforceLoss, relaxed_policy, token_log_probs
 from .rundir import RunDir, RunError, RunState
-from .settings import ConfigError, RunConfig, check_resume, resolve, to_dict
+from .settings import ConfigError, RunConfig, check_resume, decode_memory_mb, resolve, to_dict
 from .text_scoring import TextEvaluator, TextScorer, text_reward
 from .tuner import LikelihoodTuner
 
@@ -156,10 +157,16 @@ class CoEvolution:
         self.cfg = config
         self.dir = rundir
         self.console = console
+        self.device = resolve_device(config.run.device)
         self.tokenizer = ByteTokenizer()
+        if config.hf.path:  # your own model: its own tokenizer
+            from neural.hf import HFTokenizer
+
+            self.tokenizer = HFTokenizer.from_pretrained(config.hf.path)
         self.breakers = Breakers.from_strings(config.task.dry_breakers,
                                               self.tokenizer.vocab_size,
-                                              self.tokenizer.token_bytes, list)
+                                              self.tokenizer.token_bytes,
+                                              self.tokenizer.encode_bytes)
         self.trainer: Trainer | None = None
         self._model: GPT | None = None
         torch.manual_seed(config.run.seed)
@@ -189,6 +196,7 @@ class CoEvolution:
             check_resume(recorded, cfg)
             run = cls(cfg, rundir, console)
             run._restore()
+            run._note_device()
             done = run.next_generation - 1
             if cfg.run.generations < done:
                 raise ConfigError(f"run.generations = {cfg.run.generations}, but {done} "
@@ -201,11 +209,15 @@ class CoEvolution:
         return run
 
     @classmethod
-    def open(cls, rundir: RunDir) -> CoEvolution:
+    def open(cls, rundir: RunDir, device: str | None = None) -> CoEvolution:
         """A read-only view of a run for eval and trace: its config, task and trained model
-        (as in model/, the last generation written); takes no lock and writes nothing."""
+        (as in model/, the last generation written), on `device` (default: the run's own);
+        takes no lock and writes nothing."""
         rundir.require_run()
-        run = cls(resolve(str(rundir.config)), rundir)
+        cfg = resolve(str(rundir.config))
+        if device is not None:
+            cfg.run.device = device
+        run = cls(cfg, rundir)
         entries = rundir.log_entries()
         run.difficulty = (entries[-1].get("difficulty", run.cfg.task.difficulty) if entries
                           else run.cfg.task.difficulty)
@@ -213,9 +225,20 @@ class CoEvolution:
         run.task = run._task(run.difficulty)
         if not rundir.model.exists():
             raise RunError(f"{rundir.path}: no trained model yet (model/ is missing)")
-        run._model = load_model(str(rundir.model), tokenizer=run.tokenizer)
+        run._model = load_model(str(rundir.model), tokenizer=run.tokenizer, device=run.device)
         run._model.eval()
         return run
+
+    def _note_device(self) -> None:
+        """On resume: say so when the run continues on another device than it ran on."""
+        entries = self.dir.log_entries()
+        before, now = (entries[-1].get("device") if entries else None), device_name(self.device)
+        if before and before != now and self.console is not None:
+            self.console.print(
+                f"note: generations up to {entries[-1]['generation']} ran on {before}; they "
+                f"continue on {now}. Same settings and draws, but the two devices round floats "
+                "differently, so later generations need not equal an uninterrupted run on "
+                f"{before}", soft_wrap=True)
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -232,19 +255,31 @@ class CoEvolution:
         return replace(self.cfg.train, steps=max(total, 1), extra_lambda=0.0,
                        seed=self.cfg.run.seed)
 
-    def _check_task(self):
+    def _check_task(self, model):
         for name in ("train", "valid", "test"):
             if not self.task.split(name):
                 raise DataError(f"task {self.task.name!r} has an empty {name} split; "
                                 "give it more examples")
         examples = self.task.train + self.task.valid + self.task.test
         prompt = max(len(self.tokenizer.encode(e.input, bos=True)) for e in examples)
-        block = self.cfg.model.block_size
+        block = model.config.block_size
+        size = "the model's positions" if self.cfg.hf.path else "model.block_size"
         if prompt + self.answer_cap() - 1 > block:  # the answer's last token is never read
-            key = "loop.max_new_tokens" if self.cfg.loop.max_new_tokens else "model.block_size"
+            key = "loop.max_new_tokens" if self.cfg.loop.max_new_tokens else (
+                "hf.path" if self.cfg.hf.path else "model.block_size")
             raise ConfigError(f"{key}: the task's longest prompt ({prompt} tokens) and answer "
-                              f"cap ({self.answer_cap()} tokens) exceed model.block_size = "
-                              f"{block}")
+                              f"cap ({self.answer_cap()} tokens) exceed {size} = {block}")
+        if self.cfg.hf.path:  # the settings' estimate knew only the GPT's sizes
+            c = model.config
+            sized = replace(self.cfg, model=replace(self.cfg.model, n_layer=c.n_layer,
+                                                    n_embd=c.n_embd, vocab_size=c.vocab_size,
+                                                    block_size=prompt + self.answer_cap()))
+            need = decode_memory_mb(sized)
+            if need > self.cfg.loop.decode_memory_mb:
+                raise ConfigError(
+                    f"loop.decode_memory_mb = {self.cfg.loop.decode_memory_mb}: decoding up to "
+                    f"evolution.limits.max_votes answers for each prompt on this model takes "
+                    f"about {need:.0f} MB; raise it, or lower the cap or the prompts")
 
     def _begin(self, seed_files: list[str] | None, model_from: str | None,
                restart: bool) -> None:
@@ -261,7 +296,18 @@ class CoEvolution:
         seeds = read_seeds(files, cfg.evolution.limits)
         self.task = self._task(cfg.task.difficulty)
         self.difficulty = self.task.difficulty
-        if model_from:
+        if cfg.hf.path:
+            from neural.hf import HFModel, LoraSettings
+
+            if model_from:
+                raise RunError("--model-from starts from another run's GPT; an hf: model "
+                               "starts from its own directory (give one or the other)")
+            h = cfg.hf
+            model = HFModel.from_pretrained(
+                h.path, device=self.device, train_mode=h.train_mode,
+                lora=LoraSettings(h.lora_rank, h.lora_alpha, h.lora_dropout,
+                                  tuple(h.lora_targets)))
+        elif model_from:
             source = RunDir(model_from)
             if source.is_run() and not restart:
                 trained_on = resolve(str(source.config)).task.name
@@ -269,11 +315,11 @@ class CoEvolution:
                     raise RunError(f"--model-from {model_from}: its model was trained on task "
                                    f"{trained_on!r}, not {cfg.task.name!r}; give --task "
                                    f"{trained_on} or a model trained on this task")
-            model = load_model(str(source.model), tokenizer=self.tokenizer)
+            model = load_model(str(source.model), tokenizer=self.tokenizer, device=self.device)
             self.cfg.model = model.config
         else:
-            model = GPT(cfg.model)
-        self._check_task()
+            model = GPT(cfg.model).to(self.device)
+        self._check_task(model)
         seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
         if not restart:
             cfg.run.seeds = [str(f) for f in files]
@@ -306,7 +352,8 @@ class CoEvolution:
             raise RunError(f"{ckpt / 'state.json'}: damaged champion ({e.message})") from None
         self.champion_loss = self._program_loss(champion)
         self.trainer = load_checkpoint(str(ckpt / "trainer"), self.task.training_data(),
-                                       extra_loss=self.champion_loss, tokenizer=self.tokenizer)
+                                       extra_loss=self.champion_loss, tokenizer=self.tokenizer,
+                                       device=self.device)
         model = self.trainer.model
         self.seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
         self.rng = random.Random()
@@ -395,7 +442,7 @@ class CoEvolution:
                 for e, t in zip(examples, texts, strict=True)]
 
     def _train(self, steps: int, label: str, program_lambda: float) -> dict | None:
-        if steps <= 0:
+        if steps <= 0 or (self.cfg.hf.path and self.cfg.hf.train_mode == "frozen"):
             return None
         self.trainer.config.extra_lambda = program_lambda
         history, rewards = [], []
@@ -613,7 +660,7 @@ class CoEvolution:
         if new != self.difficulty:
             self.difficulty = new
             self.task = self._task(new)
-            self._check_task()
+            self._check_task(self.model)
             self.trainer.set_examples(self.task.training_data())
 
     def _log_entry(self, g, champion, greedy_score, greedy_cost, model_info, timings) -> dict:
@@ -644,6 +691,7 @@ class CoEvolution:
                            "sizes": sizes},
             "front": front,
             "timings": {k: round(v, 3) for k, v in timings.items()},
+            "device": device_name(self.device),
         }
 
     def _commit(self, g: int, entry: dict, champion) -> None:

@@ -22,7 +22,16 @@ from engine_dsl.files import read_file
 from .genealogy import Lineage
 from .loop import GREEDY
 from .report import SCORE_MEANING, one_line, read_log, write_plots
-from .views import ancestry, node_program, number, open_run, provenance, trace, tuned
+from .views import (
+    ancestry,
+    model_summary,
+    node_program,
+    number,
+    open_run,
+    provenance,
+    trace_decoding,
+    tuned,
+)
 
 SAMPLES = 8  # valid prompts shown with the champion's and greedy's outputs
 LINEAGE_NODES = 60  # the lineage graph draws at most this many of the latest ancestors
@@ -39,9 +48,10 @@ del { background: #fdd; text-decoration: line-through; } ins { background: #dfd;
 """
 
 
-def write_page(path: str) -> str:
-    """Write `DIR/report.html`; returns its path."""
-    run = open_run(path)
+def write_page(path: str, device: str | None = None) -> str:
+    """Write `DIR/report.html` (the run's model on `device`, default its own); returns its
+    path."""
+    run = open_run(path, device)
     rundir = run.dir
     log = read_log(rundir.path)
     hof = read_file(rundir.hall_of_fame) if rundir.hall_of_fame.exists() else ()
@@ -53,8 +63,8 @@ def write_page(path: str) -> str:
     parts = [f"<h1>Echo Forge run <code>{_e(rundir.path.name)}</code></h1>",
              f"<p class=meta>task {_e(cfg.task.name)}, mode {_e(cfg.run.mode)}, seed "
              f"{cfg.run.seed}; {len(log)} of {cfg.run.generations + 1} generations done "
-             f"(0 = pre-training); model {cfg.model.n_layer} layers x {cfg.model.n_head} heads, "
-             f"width {cfg.model.n_embd}; population {cfg.evolution.population_size}.<br>"
+             f"(0 = pre-training); model {_e(model_summary(cfg))}; population "
+             f"{cfg.evolution.population_size}.<br>"
              f"score: {_e(SCORE_MEANING[run.task.kind])}</p>"]
     parts += _generations(log, images, cfg.loop.valid_prompts)
     parts += _final_report(rundir)
@@ -66,7 +76,8 @@ def write_page(path: str) -> str:
     if hof:
         parts += _samples(run, hof[0])
         prompt = run._examples("valid")[0].input
-        traced = trace(str(rundir.hall_of_fame), str(rundir.path), prompt, name=hof[0].name)
+        traced = trace_decoding(run.model, run.tokenizer, hof[0], prompt, seed=cfg.run.seed,
+                                max_new_tokens=run.answer_cap(), breakers=run.breakers)
         parts += [f"<h2>A trace: the champion on {_e(repr(prompt))}</h2>",
                   f"<pre>{_e(traced)}</pre>"]
     page = ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"

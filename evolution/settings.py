@@ -26,6 +26,8 @@ from typing import Any
 
 from engine_dsl.primitives.penalties import BREAKER_MAX_CHARS, DEFAULT_BREAKERS
 from engine_dsl.registry import Limits
+from neural.device import DeviceError, check_device_name
+from neural.hf import TRAIN_MODES
 from neural.model import GPTConfig
 from neural.tasks import DEFAULT_CONTINUATION_BYTES, DEFAULT_PROMPT_BYTES, task_kind
 from neural.tokenizer import ByteTokenizer
@@ -48,6 +50,7 @@ class RunSection:
     mode: str = "hybrid"  # hybrid | phase1 (structure frozen) | phased (see LoopSection)
     seeds: list[str] = field(default_factory=list)  # seed program files; empty: programs/ shipped
     model_from: str = ""  # run directory whose trained model this run started from
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when there is one); --device
 
 
 @dataclass
@@ -97,11 +100,22 @@ class TextSection:
 
 
 @dataclass
+class HFSection:
+    path: str = ""  # a local Hugging Face causal LM directory (--model hf:DIR); empty: the GPT
+    train_mode: str = "frozen"  # frozen (programs only) | full (every weight) | lora (peft)
+    lora_rank: int = 8  # rank of the LoRA adapters (train_mode = lora)
+    lora_alpha: float = 16.0  # LoRA scaling numerator (the update is scaled by alpha / rank)
+    lora_dropout: float = 0.0  # dropout on the adapters' input, in [0, 1)
+    lora_targets: list[str] = field(default_factory=list)  # module names; empty: peft's default
+
+
+@dataclass
 class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     task: TaskSection = field(default_factory=TaskSection)
     loop: LoopSection = field(default_factory=LoopSection)
     model: GPTConfig = field(default_factory=GPTConfig)
+    hf: HFSection = field(default_factory=HFSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     evolution: EvolutionConfig = field(
         default_factory=lambda: EvolutionConfig(population_size=16))
@@ -139,6 +153,13 @@ class RunConfig:
             except re.error as e:
                 raise ConfigError(f"task.answer_regex: not a regular expression ({e}), found "
                                   f"{self.task.answer_regex!r}") from None
+        if self.hf.train_mode not in TRAIN_MODES:
+            raise ConfigError(f"hf.train_mode must be one of {', '.join(TRAIN_MODES)}, found "
+                              f"'{self.hf.train_mode}'")
+        try:  # its form only: a run made on a GPU may resume on a machine without one
+            check_device_name(self.run.device)
+        except DeviceError as e:
+            raise ConfigError(f"run.device: {e}") from None
         for b in self.task.dry_breakers:
             if not b or len(b.encode("utf-8")) > BREAKER_MAX_CHARS:
                 raise ConfigError(f"task.dry_breakers: each breaker must be 1 to "
@@ -199,6 +220,9 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "loop.phased_model_generations": (0, BIG, False),
     "loop.phased_program_generations": (0, BIG, False),
     "loop.decode_memory_mb": (1, 2**30, False),
+    "hf.lora_rank": (1, 2**16, False),
+    "hf.lora_alpha": (0.0, 1e6, False),
+    "hf.lora_dropout": (0.0, 1.0, True),
     "model.vocab_size": (1, 2**20, False),
     "model.block_size": (2, 2**16, False),
     "model.n_layer": (1, 256, False),
@@ -412,7 +436,7 @@ def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dic
 
 # What a run is: a resume may extend it or change how it searches, never these.
 FIXED_ON_RESUME = ("run.seed", "run.mode", "run.seeds", "run.model_from", "task", "model",
-                   "train", "text.judge_steps")
+                   "hf", "train", "text.judge_steps")
 
 
 def check_resume(recorded: RunConfig, new: RunConfig) -> None:

@@ -17,11 +17,20 @@ from .rundir import RunDir, RunError
 from .settings import resolve
 
 
-def open_run(path: str):
-    """A CoEvolution opened read-only on run `path` (model, task, config)."""
+def open_run(path: str, device: str | None = None):
+    """A CoEvolution opened read-only on run `path` (model, task, config), its model on
+    `device` (default: the run's own)."""
     from .loop import CoEvolution
 
-    return CoEvolution.open(RunDir(path))
+    return CoEvolution.open(RunDir(path), device)
+
+
+def model_summary(cfg) -> str:
+    """The model of a run in a few words."""
+    if cfg.hf.path:
+        return f"hf:{cfg.hf.path} ({cfg.hf.train_mode})"
+    m = cfg.model
+    return f"{m.n_layer} layers x {m.n_head} heads, width {m.n_embd}"
 
 
 def program_defs(path: str, run, name: str | None = None) -> list[Definition]:
@@ -71,8 +80,8 @@ def show(path: str, top: int = 5) -> str:
     lines = [f"run {rundir.path}: task {cfg.task.name}, mode {cfg.run.mode}, seed "
              f"{cfg.run.seed}, {len(log)} of {cfg.run.generations + 1} generations done "
              f"(0 = pre-training)",
-             f"model: {cfg.model.n_layer} layers x {cfg.model.n_head} heads, width "
-             f"{cfg.model.n_embd}; population {cfg.evolution.population_size}",
+             f"model: {model_summary(cfg)}; device {cfg.run.device}; population "
+             f"{cfg.evolution.population_size}",
              f"score: {SCORE_MEANING[kind]}"]
     if log:
         lines += ["", f"per generation (valid split, {cfg.loop.valid_prompts} prompts, each "
@@ -257,10 +266,10 @@ def node_program(attrs: dict):
 
 
 def evaluate(program_path: str, run_path: str, split: str = "valid",
-             name: str | None = None) -> dict:
+             name: str | None = None, device: str | None = None) -> dict:
     """JSON-ready scores of the definitions of a program file (or `name`) on a run's split,
     beside the greedy baseline on the same prompts, with the same draws as the hall of fame."""
-    run = open_run(run_path)
+    run = open_run(run_path, device)
     defs = program_defs(program_path, run, name)
     programs = {d.name: d.body for d in defs}
     programs.setdefault("greedy", baseline())
@@ -270,10 +279,11 @@ def evaluate(program_path: str, run_path: str, split: str = "valid",
             "programs": results}
 
 
-def compare(a: str, b: str, run_path: str, split: str = "valid", rows: int = 10) -> str:
+def compare(a: str, b: str, run_path: str, split: str = "valid", rows: int = 10,
+            device: str | None = None) -> str:
     """Two programs (`FILE` or `FILE:NAME`) on the same prompts with the same draws: each
     score, the paired difference with a 95% interval, and the prompts where they differ."""
-    run = open_run(run_path)
+    run = open_run(run_path, device)
     (da, db) = (_program_spec(s, run) for s in (a, b))
     scores, costs, answers = run.per_item(split, [da.body, db.body])
     seed, resamples = run.cfg.run.seed, run.cfg.loop.bootstrap
@@ -399,9 +409,10 @@ def field_comments(cls) -> dict[str, str]:
 
 
 def trace(program_path: str, run_path: str, prompt: str, top: int = 5,
-          max_new_tokens: int | None = None, name: str | None = None) -> str:
+          max_new_tokens: int | None = None, name: str | None = None,
+          device: str | None = None) -> str:
     """`trace_decoding` of definition `name` (or the file's only one) on a run's model."""
-    run = open_run(run_path)
+    run = open_run(run_path, device)
     d = one_definition(program_path, run, name)
     return trace_decoding(run.model, run.tokenizer, d, prompt, seed=run.cfg.run.seed,
                           max_new_tokens=max_new_tokens or run.answer_cap(), top=top,

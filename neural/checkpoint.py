@@ -1,7 +1,11 @@
 """Checkpoints without pickle: safetensors for tensors, JSON for everything else.
 
 A model directory holds `model.safetensors` and `config.json` (the GPTConfig fields plus the
-tokenizer). A trainer checkpoint adds `trainer.safetensors` (optimizer moments, Grokfast EMA,
+tokenizer). For a Hugging Face model (`neural.hf`) config.json names the model directory, its
+weights' fingerprint and the training mode, and the weights file holds what the run trained:
+nothing (frozen), every weight (full) or, as `adapter_model.safetensors` beside peft's
+`adapter_config.json`, the LoRA adapters; loading refuses a model directory whose weights
+changed since. A trainer checkpoint adds `trainer.safetensors` (optimizer moments, Grokfast EMA,
 torch RNG states as uint8 tensors) and `trainer.json` (step, TrainConfig, python and numpy
 RNG states). Every file is written atomically (temp file in the same directory, then
 os.replace); trainer.json is written last and every file records the step, so a checkpoint
@@ -29,6 +33,8 @@ from .train import ExtraLoss, TrainConfig, Trainer
 FORMAT_VERSION = 1
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's name: PeftModel.from_pretrained reads it
+ADAPTER_CONFIG = "adapter_config.json"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_STATE = "trainer.json"
 
@@ -111,11 +117,28 @@ def _unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 # model
 
 
+def _weights_file(hf: dict | None) -> str:
+    return ADAPTER_WEIGHTS if hf is not None and hf.get("train_mode") == "lora" else MODEL_WEIGHTS
+
+
 def save_model(model: GPT, directory: str, *, tokenizer: ByteTokenizer | None = None,
                step: int | None = None) -> None:
-    """Write `model.safetensors` and `config.json` into `directory`."""
+    """Write `model.safetensors` (adapters: `adapter_model.safetensors`) and `config.json`
+    into `directory`."""
     tokenizer = tokenizer or ByteTokenizer()
     meta = {"format": str(FORMAT_VERSION), "step": str(step)}
+    if getattr(model, "is_hf", False):
+        hf = model.source | {"model_type": model.config.model_type,
+                             "train_mode": model.train_mode, "lora": model.lora_dict()}
+        adapter = model.adapter_config()
+        if adapter is not None:
+            atomic_write_json(os.path.join(directory, ADAPTER_CONFIG), adapter)
+        atomic_write_bytes(os.path.join(directory, _weights_file(hf)),
+                           st_save(model.trainable_state(), metadata=meta))
+        atomic_write_json(os.path.join(directory, MODEL_CONFIG),
+                          {"hf": hf, "tokenizer": tokenizer.to_dict(),
+                           "format": FORMAT_VERSION, "step": step})
+        return
     atomic_write_bytes(os.path.join(directory, MODEL_WEIGHTS),
                        st_save(_unique_state(model), metadata=meta))
     config = model.config.to_dict() | {"tokenizer": tokenizer.to_dict(),
@@ -123,19 +146,23 @@ def save_model(model: GPT, directory: str, *, tokenizer: ByteTokenizer | None = 
     atomic_write_json(os.path.join(directory, MODEL_CONFIG), config)
 
 
-def load_model(directory: str, *, tokenizer: ByteTokenizer | None = None) -> GPT:
-    """The GPT saved in `directory` (checks that its tokenizer matches `tokenizer`)."""
-    model, _ = _load_model(directory, tokenizer)
+def load_model(directory: str, *, tokenizer: ByteTokenizer | None = None,
+               device: str | torch.device = "cpu") -> GPT:
+    """The model saved in `directory`, on `device` (checks that its tokenizer matches
+    `tokenizer`)."""
+    model, _ = _load_model(directory, tokenizer, device)
     return model
 
 
-def _load_model(directory, tokenizer):
+def _load_model(directory, tokenizer, device="cpu"):
     tokenizer = tokenizer or ByteTokenizer()
     config_d = _read_json(os.path.join(directory, MODEL_CONFIG))
     saved_tok = config_d.get("tokenizer")
     if saved_tok is not None and saved_tok != tokenizer.to_dict():
         raise CheckpointError(f"{directory}: saved with tokenizer {saved_tok}, "
                               f"not {tokenizer.to_dict()}")
+    if "hf" in config_d:
+        return _load_hf(directory, config_d["hf"], device)
     config_path = os.path.join(directory, MODEL_CONFIG)
     try:
         config = GPTConfig.from_dict(config_d)
@@ -156,6 +183,34 @@ def _load_model(directory, tokenizer):
     if unexpected or absent:
         raise CheckpointError(f"{directory}: weights do not match config.json "
                               f"(missing {sorted(absent)}, unexpected {sorted(unexpected)})")
+    return model.to(device), meta.get("step")
+
+
+def _load_hf(directory: str, hf: dict, device):
+    """The Hugging Face model a run's config.json names, with what the run trained of it."""
+    from .hf import HFError, HFModel, LoraSettings, check_directory, fingerprint
+
+    where = os.path.join(directory, MODEL_CONFIG)
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{where}: 'hf' is not a JSON object; the file is damaged")
+    path, recorded = _field(hf, "path", where), _field(hf, "fingerprint", where)
+    try:
+        check_directory(path)
+        now = fingerprint(path)
+        if now != recorded:
+            raise CheckpointError(
+                f"hf:{path}: the model's weights changed since this run was made (fingerprint "
+                f"{recorded[:12]}..., now {now[:12]}...); put the original weights back, or "
+                "start a new run")
+        lora = LoraSettings(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in (hf.get("lora") or {}).items()})
+        model = HFModel.from_pretrained(path, device=device, train_mode=hf.get("train_mode",
+                                                                               "frozen"),
+                                        lora=lora)
+        tensors, meta = _read_tensors(os.path.join(directory, _weights_file(hf)))
+        model.load_trainable_state(tensors)
+    except (HFError, TypeError) as e:
+        raise CheckpointError(f"{directory}: {e}") from None
     return model, meta.get("step")
 
 
@@ -178,6 +233,9 @@ def save_checkpoint(trainer: Trainer, directory: str) -> None:
     for i, ema in enumerate(trainer.grokfast_ema or []):
         tensors[f"grokfast.{i}"] = ema.contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
+    device = next((p.device for p in trainer.model.parameters()), torch.device("cpu"))
+    if device.type == "cuda":  # dropout draws on the GPU
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     tensors["rng.sampler"] = trainer.generator.get_state()
     meta = {"format": str(FORMAT_VERSION), "step": str(step)}
     atomic_write_bytes(os.path.join(directory, TRAINER_TENSORS), st_save(tensors, metadata=meta))
@@ -199,14 +257,16 @@ def save_checkpoint(trainer: Trainer, directory: str) -> None:
 
 def load_checkpoint(directory: str, train_examples: Sequence[Example], *,
                     extra_loss: ExtraLoss | None = None,
-                    tokenizer: ByteTokenizer | None = None) -> Trainer:
-    """A Trainer that continues exactly where the one saved in `directory` stopped.
-    Also restores the global python, numpy and torch RNG states. `train_examples` must be
-    the same list the saved trainer used (examples are data, not state)."""
+                    tokenizer: ByteTokenizer | None = None,
+                    device: str | torch.device = "cpu") -> Trainer:
+    """A Trainer that continues exactly where the one saved in `directory` stopped, its model
+    on `device` (the optimizer's moments follow it there). Also restores the global python,
+    numpy and torch RNG states. `train_examples` must be the same list the saved trainer used
+    (examples are data, not state)."""
     where = os.path.join(directory, TRAINER_STATE)
     state = _read_json(where)
     step = _field(state, "step", where)
-    model, model_step = _load_model(directory, tokenizer)
+    model, model_step = _load_model(directory, tokenizer, device)
     tensors, meta = _read_tensors(os.path.join(directory, TRAINER_TENSORS))
     if model_step != str(step) or meta.get("step") != str(step):
         raise CheckpointError(f"{directory}: torn checkpoint (trainer.json at step {step}, "
@@ -227,6 +287,8 @@ def load_checkpoint(directory: str, train_examples: Sequence[Example], *,
         trainer.generator.set_state(tensors["rng.sampler"])
         trainer.step_num = step
         torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.device(device).type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], torch.device(device))
         py_version, py_state, py_gauss = state["rng"]["python"]
         random.setstate((py_version, tuple(py_state), py_gauss))
         np_kind, np_keys, np_pos, np_has_gauss, np_gauss = state["rng"]["numpy"]

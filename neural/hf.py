@@ -1,34 +1,96 @@
-"""Optional adapter: a Hugging Face causal LM in a local directory, behind the same small
-model protocol as `neural.GPT` (`forward_step`, `lens`, `n_layer`, `n_head`, `vocab_size`).
+"""Your own model: a Hugging Face causal LM in a local directory, behind the same small model
+protocol as `neural.GPT` (`forward_step`, `lens`, `select_cache`, `n_layer`, `n_head`,
+`vocab_size`), with its own tokenizer behind the `ByteTokenizer` interface.
 
-Needs the `hf` extra (`pip install echo-forge[hf]`); transformers is imported only when an
-adapter is built. Supported layouts (others raise a clear error):
+    model = HFModel.from_pretrained("path/to/model", device="cpu", train_mode="frozen")
+    tok = HFTokenizer.from_pretrained("path/to/model")
 
-* GPT-2 style: `transformer.h[i]` blocks, `transformer.ln_f`, heads concatenated at the input
-  of `attn.c_proj`.
-* Llama style: `model.layers[i]`, `model.norm`, heads concatenated at the input of
-  `self_attn.o_proj`.
+Needs the `hf` extra (transformers; `lora` adds peft). A directory holds config.json,
+safetensors weights and tokenizer files; it is read with `local_files_only` (never a hub
+download) and only safetensors weights are loaded (no pickle). `fingerprint(dir)` is the
+sha256 of the weight files: a run records it and refuses a model whose weights changed.
 
-Residual streams are read by forward hooks on the blocks (HF's own `hidden_states` holds the
-final stream after the final norm, which would break `lens(residuals[-1]) == logits`); head
-gates scale each head's slice of the output-projection input by a forward pre-hook.
+Families (`FAMILIES`; any other is an `HFError` naming it): GPT-2, Llama / Mistral / Qwen2 and
+GPT-NeoX. For each the adapter knows the blocks, the final norm and each attention block's
+output projection:
+
+* residual streams are read by forward hooks on the blocks. HF's own `hidden_states[k]` is
+  the stream after block k for k < L, but the last one is taken after the final norm, which
+  would break `lens(residuals[-1]) == logits`; the hooks give the stream itself.
+* `lens` is the model's own final norm and LM head.
+* head gates scale each head's slice of the output projection's input (heads side by side
+  there in every family) by a forward pre-hook, before the projection mixes them.
+* the KV cache is transformers' own (`DynamicCache`), passed under the name the installed
+  version takes (`cache`, formerly `past_key_values`), so no deprecation warning.
+
+Training modes: `frozen` (programs only; no parameter takes a gradient), `full` (every
+weight), `lora` (peft adapters on the family's default target modules, or the ones given;
+the base weights stay frozen). `trainable_state()` is what a run saves: nothing, every
+weight, or the adapters.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from .model import StepOutput, step_gates, step_mask
+from .model import IGNORE_INDEX, StepOutput, step_gates, step_mask
 
-_LAYOUTS = [
-    # (blocks, final norm, output projection inside a block)
-    ("transformer.h", "transformer.ln_f", "attn.c_proj"),
-    ("model.layers", "model.norm", "self_attn.o_proj"),
-]
+
+class HFError(Exception):
+    """A model directory or setting that cannot be used; `str()` is one line."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    blocks: str  # the list of transformer blocks
+    norm: str  # the final norm
+    proj: str  # inside a block: the attention output projection (heads side by side at its input)
+    head_width: str = ""  # config key of a head's width when not n_embd / n_head
+
+
+_LLAMA = Layout("model.layers", "model.norm", "self_attn.o_proj", "head_dim")
+FAMILIES: dict[str, Layout] = {
+    "gpt2": Layout("transformer.h", "transformer.ln_f", "attn.c_proj"),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "gpt_neox": Layout("gpt_neox.layers", "gpt_neox.final_layer_norm", "attention.dense"),
+}
+TRAIN_MODES = ("frozen", "full", "lora")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    """The sizes the rest of Echo Forge reads (`model.config`)."""
+
+    model_type: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int
+    block_size: int  # longest sequence the model's positions allow
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ()  # module names; empty: peft's default for the family
 
 
 def _get(obj, dotted: str):
@@ -37,6 +99,150 @@ def _get(obj, dotted: str):
         if obj is None:
             return None
     return obj
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise HFError("hf: models need the 'hf' extra: pip install 'echo-forge[hf]' "
+                      "(transformers)") from None
+    return transformers
+
+
+# --- the directory -------------------------------------------------------------------------
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    """The safetensors weight files of a model directory, sorted by name."""
+    return sorted(Path(directory).glob("*.safetensors"))
+
+
+def check_directory(directory: str | Path) -> Path:
+    """`directory` if it looks like a local HF model (config.json and safetensors weights);
+    HFError naming what is missing otherwise."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise HFError(f"hf:{directory}: no such directory (a local model directory with "
+                      "config.json, safetensors weights and tokenizer files)")
+    if not (d / "config.json").is_file():
+        raise HFError(f"hf:{directory}: no config.json; not a Hugging Face model directory")
+    if not weight_files(d):
+        pickled = sorted(p.name for p in d.glob("*.bin"))
+        hint = (f" (found {', '.join(pickled)}: pickle files are not loaded; convert them to "
+                "safetensors)" if pickled else "")
+        raise HFError(f"hf:{directory}: no *.safetensors weights{hint}")
+    return d
+
+
+def fingerprint(directory: str | Path) -> str:
+    """sha256 over the weight files (their names and contents), hex."""
+    h = hashlib.sha256()
+    for path in weight_files(directory):
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _hf_config(directory: Path):
+    transformers = _transformers()
+    try:
+        return transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    except Exception as e:  # transformers' errors have no common public type
+        raise HFError(f"hf:{directory}: cannot read config.json ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+# --- the tokenizer -------------------------------------------------------------------------
+
+
+class HFTokenizer:
+    """A model's own tokenizer behind the `ByteTokenizer` interface (`encode`, `decode`,
+    `token_bytes`, `bos_id`, `eos_id`, `pad_id`, `vocab_size`, `to_dict`).
+
+    Prompts start with the tokenizer's BOS token, or its EOS token where it has none (as
+    GPT-2's `<|endoftext|>` serves both); answers end with EOS; padding is the PAD token or,
+    where there is none, EOS (padding is masked out, never attended to nor a target)."""
+
+    def __init__(self, tokenizer, vocab_size: int, path: str):
+        self.tok = tokenizer
+        self.path = path
+        if tokenizer.eos_token_id is None:
+            raise HFError(f"hf:{path}: the tokenizer has no end-of-sequence token (answers "
+                          "need one to stop)")
+        self.eos_id = int(tokenizer.eos_token_id)
+        bos = tokenizer.bos_token_id
+        self.bos_id = int(bos) if bos is not None else self.eos_id
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else self.eos_id
+        self.vocab_size = int(vocab_size)
+        self._special = set(tokenizer.all_special_ids)
+        self._bytes: list[bytes] | None = None
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> HFTokenizer:
+        d = check_directory(directory)
+        if not any((d / f).is_file() for f in TOKENIZER_FILES):
+            raise HFError(f"hf:{directory}: cannot load the tokenizer (no tokenizer files: "
+                          f"expected one of {', '.join(TOKENIZER_FILES)})")
+        transformers = _transformers()
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+        except Exception as e:  # missing or damaged tokenizer files
+            raise HFError(f"hf:{directory}: cannot load the tokenizer ({_first_line(e)})") \
+                from None
+        if len(tok) <= len(tok.all_special_ids):
+            raise HFError(f"hf:{directory}: cannot load the tokenizer (its vocabulary is "
+                          "empty; the tokenizer files are damaged)")
+        vocab = max(len(tok), int(getattr(_hf_config(d), "vocab_size", 0) or 0))
+        return cls(tok, vocab, str(directory))
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = list(self.tok.encode(text, add_special_tokens=False))
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def decode(self, ids, *, stop_at_eos: bool = False) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id and stop_at_eos:
+                break
+            if i not in self._special:
+                out.append(i)
+        return self.tok.decode(out, skip_special_tokens=True,
+                               clean_up_tokenization_spaces=False)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The UTF-8 text token `i` stands for (none for special tokens)."""
+        if self._bytes is None:  # once, for the whole vocabulary (DRY's breakers ask each)
+            self._bytes = [b"" if t in self._special else
+                           self.tok.decode([t], clean_up_tokenization_spaces=False)
+                           .encode("utf-8") for t in range(len(self.tok))]
+        return self._bytes[i] if 0 <= i < len(self._bytes) else b""
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Token ids of UTF-8 text given as bytes (a DRY breaker's tail)."""
+        return self.encode(data.decode("utf-8", errors="ignore"))
+
+    def to_dict(self) -> dict:
+        return {"kind": "hf", "vocab_size": self.vocab_size, "bos_id": self.bos_id,
+                "eos_id": self.eos_id, "pad_id": self.pad_id}
+
+    def __eq__(self, other):
+        return isinstance(other, HFTokenizer) and other.to_dict() == self.to_dict()
+
+    def __hash__(self):
+        return hash(tuple(self.to_dict().items()))
+
+
+# --- the model -----------------------------------------------------------------------------
 
 
 class HFCache:
@@ -53,59 +259,93 @@ class HFCache:
 
 def _copy_past(past):
     """A copy of an HF cache that the next call may update without touching `past`, so one
-    cache can be continued in several ways (HF caches are updated in place)."""
+    cache can be continued in several ways (HF caches are updated in place; their layers
+    re-bind their tensors rather than write into them)."""
     layers = getattr(past, "layers", None)
     if layers is None:
         return copy.deepcopy(past)
     new = copy.copy(past)
-    new.layers = [copy.copy(layer) for layer in layers]  # DynamicLayer.update re-binds tensors
+    new.layers = [copy.copy(layer) for layer in layers]
     return new
 
 
 class HFModel(nn.Module):
     """A `transformers` causal LM wrapped as an Echo Forge language model."""
 
-    def __init__(self, hf_model: nn.Module):
+    is_hf = True
+
+    def __init__(self, hf_model: nn.Module, *, train_mode: str = "frozen",
+                 lora: LoraSettings | None = None, source: dict | None = None):
         super().__init__()
-        self.hf = hf_model
         config = hf_model.config
-        for layout in _LAYOUTS:
-            blocks, norm = _get(hf_model, layout[0]), _get(hf_model, layout[1])
-            if blocks is not None and norm is not None:
-                proj_path = layout[2]
-                break
-        else:
-            raise TypeError(f"unsupported Hugging Face model {type(hf_model).__name__}: "
-                            f"expected GPT-2 style (transformer.h, transformer.ln_f) or Llama "
-                            f"style (model.layers, model.norm) modules")
+        family = getattr(config, "model_type", None)
+        if family not in FAMILIES:
+            raise HFError(f"model family '{family}' ({type(hf_model).__name__}) is not "
+                          f"supported; supported: {', '.join(FAMILIES)}")
+        if train_mode not in TRAIN_MODES:
+            raise HFError(f"train mode '{train_mode}': expected one of {', '.join(TRAIN_MODES)}")
+        layout = FAMILIES[family]
+        self.train_mode = train_mode
+        self.lora = lora or LoraSettings()
+        self.source = dict(source or {})
+        object.__setattr__(self, "peft", None)
+        hf_model.requires_grad_(train_mode == "full")
+        if train_mode == "lora":
+            object.__setattr__(self, "peft", _with_lora(hf_model, self.lora))
+        self.hf = hf_model  # peft injects its adapters into these very modules
+        blocks, norm = _get(hf_model, layout.blocks), _get(hf_model, layout.norm)
+        head = hf_model.get_output_embeddings()
+        if blocks is None or norm is None or head is None:
+            raise HFError(f"model family '{family}' ({type(hf_model).__name__}): expected "
+                          f"{layout.blocks}, {layout.norm} and an output embedding")
         # plain references, not submodules: their parameters already live under self.hf
         object.__setattr__(self, "blocks", list(blocks))
         object.__setattr__(self, "final_norm", norm)
-        object.__setattr__(self, "head", hf_model.get_output_embeddings())
+        object.__setattr__(self, "head", head)
         self.n_layer = len(self.blocks)
         self.n_head = int(getattr(config, "num_attention_heads", None) or config.n_head)
         self.vocab_size = int(config.vocab_size)
-        self.n_embd = int(getattr(config, "hidden_size", None) or config.n_embd)
+        n_embd = int(getattr(config, "hidden_size", None) or config.n_embd)
+        positions = (getattr(config, "max_position_embeddings", None)
+                     or getattr(config, "n_positions", None) or 2**16)
+        self.config = HFConfig(family, self.n_layer, self.n_head, n_embd, self.vocab_size,
+                               int(positions))
         self._streams: list[torch.Tensor] | None = None
         self._gates: torch.Tensor | None = None  # (B|1, L, H) during a gated call
-        projections = [_get(b, proj_path) for b in self.blocks]
+        projections = [_get(b, layout.proj) for b in self.blocks]
         self.supports_head_gates = all(p is not None for p in projections)
         for block in self.blocks:
             block.register_forward_hook(self._record_stream)
         if self.supports_head_gates:
             for i, proj in enumerate(projections):
                 proj.register_forward_pre_hook(self._gate_hook(i))
+        params = inspect.signature(hf_model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
-    def from_pretrained(cls, directory: str, **kwargs) -> HFModel:
-        """Load a causal LM from a local directory (never downloads)."""
+    def from_pretrained(cls, directory: str, *, device: str | torch.device = "cpu",
+                        train_mode: str = "frozen", lora: LoraSettings | None = None
+                        ) -> HFModel:
+        """Load a causal LM from a local directory (never downloads; safetensors only), in
+        float32 on `device`."""
+        d = check_directory(directory)
+        transformers = _transformers()
+        family = getattr(_hf_config(d), "model_type", None)
+        if family not in FAMILIES:
+            raise HFError(f"hf:{directory}: model family '{family}' is not supported; "
+                          f"supported: {', '.join(FAMILIES)}")
+        transformers.utils.logging.disable_progress_bar()  # one line per load is noise
         try:
-            from transformers import AutoModelForCausalLM
-        except ImportError:
-            raise ImportError("neural.hf needs the 'hf' extra: pip install "
-                              "'echo-forge[hf]' (transformers)") from None
-        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **kwargs)
-        return cls(model.eval())
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                str(d), local_files_only=True, use_safetensors=True, dtype=torch.float32)
+        except Exception as e:  # damaged weights, shapes that do not match the config, ...
+            raise HFError(f"hf:{directory}: cannot load the model ({_first_line(e)})") \
+                from None
+        model.to(device).eval()
+        return cls(model, train_mode=train_mode, lora=lora,
+                   source={"path": str(directory), "fingerprint": fingerprint(d)})
+
+    # --- hooks -----------------------------------------------------------------------------
 
     def _record_stream(self, module, args, output):
         if self._streams is not None:
@@ -123,34 +363,152 @@ class HFModel(nn.Module):
 
         return hook
 
+    # --- the protocol ----------------------------------------------------------------------
+
     def lens(self, residual: torch.Tensor) -> torch.Tensor:
-        """Final norm + LM head on any residual stream, (..., C) -> (..., V)."""
+        """The model's own final norm + LM head on any residual stream, (..., C) -> (..., V)."""
         return self.head(self.final_norm(residual))
+
+    def _call(self, ids, mask, past, *, use_cache: bool):
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, mask.size(1) - ids.size(1):]
+        kwargs = {self._cache_kw: past} if past is not None else {}
+        return self.hf(input_ids=ids, attention_mask=mask.long(), position_ids=positions,
+                       use_cache=use_cache, **kwargs)
 
     def forward_step(self, ids, *, attention_mask=None, cache=None, head_gates=None
                      ) -> StepOutput:
         """Same contract as `neural.GPT.forward_step`."""
-        mask, past_len = step_mask(ids, attention_mask, cache)
+        mask, _ = step_mask(ids, attention_mask, cache)
         gates = None
         if head_gates is not None:
             if not self.supports_head_gates:
-                raise NotImplementedError(
-                    f"head_gates are not supported for {type(self.hf).__name__}: no per-head "
-                    f"attention output projection found")
+                raise HFError(f"(gated ...): the model family '{self.config.model_type}' has no "
+                              "per-head attention output projection to scale")
             gates = step_gates(head_gates, self.n_layer, self.n_head)
-        position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past_len:]  # (B, T)
         past = None if cache is None else _copy_past(cache.past)
         self._streams, self._gates = [], gates
         try:
-            out = self.hf(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids,
-                          past_key_values=past, use_cache=True)
+            out = self._call(ids, mask, past, use_cache=True)
             streams = tuple(self._streams)
         finally:
             self._streams, self._gates = None, None
-        return StepOutput(logits=out.logits, residuals=streams,
-                          cache=HFCache(out.past_key_values, mask))
+        new_past = getattr(out, self._cache_kw, None)
+        return StepOutput(logits=out.logits, residuals=streams, cache=HFCache(new_past, mask))
+
+    def select_cache(self, cache: HFCache, index: torch.Tensor) -> HFCache:
+        """The cache of rows `index` (a copy; `cache` is left as it was)."""
+        past = _copy_past(cache.past)
+        past.batch_select_indices(index.to(cache.mask.device))
+        return HFCache(past, cache.mask.index_select(0, index.to(cache.mask.device)))
+
+    # --- training ----------------------------------------------------------------------------
+
+    def forward(self, ids, targets=None, attention_mask=None):
+        """Training forward, as `neural.GPT.forward`: (logits (B, T, V), loss or None)."""
+        mask = (torch.ones_like(ids, dtype=torch.bool) if attention_mask is None
+                else attention_mask.to(device=ids.device, dtype=torch.bool))
+        logits = self._call(ids, mask, None, use_cache=False).logits
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
+                                   targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas):
+        """AdamW over the trainable parameters (none when frozen), weight decay on matrices."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2],
+                   "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What a run saves of this model: nothing (frozen), the LoRA adapters (peft's names,
+        as in its adapter_model.safetensors) or every weight (full)."""
+        if self.train_mode == "frozen":
+            return {}
+        if self.train_mode == "lora":
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.peft)
+        else:
+            state = self.hf.state_dict()
+        seen, out = set(), {}
+        for name, t in state.items():  # tied weights once (safetensors refuses aliases)
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            if key not in seen:
+                seen.add(key)
+                out[name] = t.detach().contiguous()
+        return out
+
+    def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Put back what `trainable_state` gave (HFError where it does not fit)."""
+        if self.train_mode == "frozen":
+            if tensors:
+                raise HFError("frozen model, but the run saved weights for it")
+            return
+        try:
+            if self.train_mode == "lora":
+                from peft import set_peft_model_state_dict
+
+                result = set_peft_model_state_dict(self.peft, tensors)
+                unexpected = list(getattr(result, "unexpected_keys", []) or [])
+                missing = [k for k in getattr(result, "missing_keys", []) or []
+                           if "lora_" in k]
+            else:
+                missing, unexpected = self.hf.load_state_dict(tensors, strict=False)
+                full = self.hf.state_dict()
+                loaded = {(full[n].untyped_storage().data_ptr(), full[n].storage_offset())
+                          for n in tensors if n in full}
+                missing = [n for n in missing if (full[n].untyped_storage().data_ptr(),
+                                                  full[n].storage_offset()) not in loaded]
+        except RuntimeError:
+            raise HFError("the saved weights do not have the model's shapes") from None
+        if missing or unexpected:
+            raise HFError(f"the saved weights do not match the model (missing "
+                          f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+    def lora_dict(self) -> dict | None:
+        """The LoRA settings (None unless train_mode is lora), for config.json."""
+        return asdict(self.lora) if self.train_mode == "lora" else None
+
+    def adapter_config(self) -> dict | None:
+        """peft's adapter_config.json of a LoRA model (None otherwise), so the saved adapters
+        load with `PeftModel.from_pretrained(base, run/model)`."""
+        if self.peft is None:
+            return None
+        cfg = self.peft.peft_config["default"].to_dict()
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()
+                if isinstance(v, (str, int, float, bool, list, tuple, set, dict, type(None)))}
+
+
+def _with_lora(hf_model: nn.Module, settings: LoraSettings):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise HFError("hf.train_mode = lora needs the 'lora' extra: pip install "
+                      "'echo-forge[lora]' (peft)") from None
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
+                        lora_dropout=settings.dropout, task_type="CAUSAL_LM",
+                        target_modules=list(settings.targets) or None)
+    try:
+        with warnings.catch_warnings():  # peft asks transformers a renamed question
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing",
+                                    category=FutureWarning)
+            return get_peft_model(hf_model, config)
+    except ValueError as e:  # e.g. target modules not found in the model
+        raise HFError(f"hf.lora_targets: {_first_line(e)}") from None
 
 
 def load_hf(directory: str, **kwargs) -> HFModel:
-    """`HFModel.from_pretrained(directory)`."""
+    """`HFModel.from_pretrained(directory, ...)`."""
     return HFModel.from_pretrained(directory, **kwargs)
+
+
+def device_of(model) -> torch.device:
+    """The device of a model's parameters (cpu when it has none)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+__all__ = ["FAMILIES", "HFConfig", "HFError", "HFModel", "HFTokenizer", "LoraSettings",
+           "TRAIN_MODES", "check_directory", "device_of", "fingerprint", "load_hf"]

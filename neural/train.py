@@ -114,7 +114,12 @@ class Trainer:
         return self.data.select(index)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(total, lm_loss, extra_loss or None) of one batch, with gradients."""
+        """(total, lm_loss, extra_loss or None) of one batch, with gradients (the batch moved
+        to the model's device first)."""
+        device = next(self.model.parameters()).device
+        if batch.ids.device != device:
+            batch = Batch(batch.ids.to(device), batch.attention_mask.to(device),
+                          batch.answer_mask.to(device))
         _, lm_loss = self.model(batch.inputs, batch.targets(self.config.answer_only))
         if self.config.extra_lambda == 0:
             return lm_loss, lm_loss, None

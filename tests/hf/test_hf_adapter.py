@@ -1,0 +1,152 @@
+"""Your own model, the adapter: tiny random GPT-2, Llama and GPT-NeoX models saved to a
+temporary directory (nothing downloaded) speak the decoders' protocol. Program sources are
+checked against the model's own `output_hidden_states`, the cache against a full forward."""
+
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import hf_models as tiny  # noqa: E402
+
+import engine_dsl  # noqa: E402
+from engine_dsl.decoders import decode, decode_each  # noqa: E402
+from neural.hf import HFError, HFModel, HFTokenizer, fingerprint  # noqa: E402
+
+FAMILIES = ["gpt2", "llama", "gpt_neox"]
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tmp_path_factory):
+    path = tiny.save(request.param, tmp_path_factory.mktemp(request.param))
+    return HFModel.from_pretrained(str(path))
+
+
+def ids_of(batch, length, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, len(tiny.SPECIALS) + len(tiny.CHARS), (batch, length), generator=g)
+
+
+def test_streams_and_lens_are_the_models_own(model):
+    """Block k's stream is HF's hidden_states[k] (k < L; HF takes the last after the final
+    norm); the lens of the last stream is the model's logits; `(layer k)` and `layer-mix`
+    are the model's final norm and head on those hidden states."""
+    ids = ids_of(2, 6)
+    out = model.forward_step(ids)
+    ref = model.hf(input_ids=ids, output_hidden_states=True)
+    hidden = ref.hidden_states  # embeddings, then after each block (last: normed)
+    assert len(out.residuals) == model.n_layer == len(hidden) - 1
+    for k in range(model.n_layer - 1):
+        assert torch.equal(out.residuals[k], hidden[k + 1])
+    assert torch.allclose(model.lens(out.residuals[-1]), ref.logits, atol=ATOL)
+    assert torch.allclose(out.logits, ref.logits, atol=ATOL)
+    head, norm = model.hf.get_output_embeddings(), model.final_norm
+    src = dict(logits=out.logits[:, -1], residuals=[r[:, -1] for r in out.residuals],
+               lens=model.lens, n_layer=model.n_layer, n_head=model.n_head)
+    lens1 = engine_dsl.logits_fn("(layer 1)")(**src)
+    assert torch.allclose(lens1, head(norm(hidden[1][:, -1])), atol=ATOL)
+    w = torch.tensor([0.3, -0.2])
+    mixed = engine_dsl.logits_fn("(layer-mix #(0.3 -0.2))")(**src)
+    weights = torch.softmax(w, 0)
+    stream = weights[0] * hidden[1][:, -1] + weights[1] * out.residuals[1][:, -1]
+    assert torch.allclose(mixed, head(norm(stream)), atol=ATOL)
+
+
+def test_cache_is_transformers_own_and_warns_nothing(model):
+    """KV-cached steps equal a full forward, through transformers' DynamicCache, with no
+    deprecation (or any other) warning."""
+    ids = ids_of(3, 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = model.forward_step(ids).logits
+        out = model.forward_step(ids[:, :4])
+        assert isinstance(out.cache.past, transformers.DynamicCache)
+        pieces = [out.logits]
+        for t in range(4, 7):
+            out = model.forward_step(ids[:, t:t + 1], cache=out.cache)
+            pieces.append(out.logits)
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=ATOL)
+
+
+def test_select_cache_copies_rows(model):
+    """`select_cache` gives the rows asked for (repeats allowed) and leaves the cache as it
+    was, so one prompt's prefix serves many rows."""
+    ids = ids_of(2, 5)
+    out = model.forward_step(ids[:, :4])
+    picked = model.select_cache(out.cache, torch.tensor([1, 1, 0]))
+    step = model.forward_step(ids[[1, 1, 0], 4:5], cache=picked).logits[:, -1]
+    again = model.forward_step(ids[:, 4:5], cache=out.cache).logits[:, -1]
+    full = model.forward_step(ids).logits[:, -1]
+    assert torch.allclose(step, full[[1, 1, 0]], atol=ATOL)
+    assert torch.allclose(again, full, atol=ATOL)
+
+
+def test_head_gates_scale_heads(model):
+    """Gates of one change nothing; a closed head changes the logits; gradients reach the
+    gates."""
+    ids = ids_of(2, 5)
+    plain = model.forward_step(ids).logits
+    ones = torch.ones(model.n_layer, model.n_head)
+    assert torch.allclose(model.forward_step(ids, head_gates=ones).logits, plain, atol=ATOL)
+    closed = ones.clone()
+    closed[0, 1] = 0.0
+    assert not torch.allclose(model.forward_step(ids, head_gates=closed).logits, plain,
+                              atol=1e-4)
+    gates = torch.full((model.n_layer, model.n_head), 0.5, requires_grad=True)
+    model.forward_step(ids, head_gates=gates).logits.square().mean().backward()
+    assert gates.grad.abs().sum() > 0
+
+
+def test_batched_decode_equals_program_by_program(model):
+    """Many programs x prompts in one batch (shared prefill through `select_cache`) give the
+    answers of decoding each program alone."""
+    gates = " ".join(str((-1.0) ** i) for i in range(model.n_layer * model.n_head))
+    progs = ["(greedy logits)", "(sample (top-p (temperature logits 0.7) 0.9))",
+             "(greedy (mix logits (layer 1) 0.6))", f"(sample (gated #({gates})))"]
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 12, 13, 14, 15]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batched = decode(model, progs, prompts, max_new_tokens=5, seed=3)
+    alone = decode_each(model, progs, prompts, max_new_tokens=5, seed=3)
+    assert [[a.tokens for a in p] for p in batched] == [[a.tokens for a in p] for p in alone]
+
+
+def test_tokenizer_is_the_models_own(tmp_path):
+    """Prompts start with BOS, answers end with EOS, decode drops special tokens."""
+    tok = HFTokenizer.from_pretrained(str(tiny.save("gpt2", tmp_path)))
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
+    ids = tok.encode("12+3=", bos=True)
+    assert ids == [1] + [len(tiny.SPECIALS) + tiny.CHARS.index(c) for c in "12+3="]
+    assert tok.decode(tok.encode("abc", eos=True) + [5]) == "abc1"
+    assert tok.decode(tok.encode("abc", eos=True) + [5], stop_at_eos=True) == "abc"
+    assert tok.token_bytes(tok.encode("z")[0]) == b"z" and tok.token_bytes(tok.eos_id) == b""
+    assert tok.encode_bytes(b"a1 ") == tok.encode("a1 ")  # DRY breakers' tails
+
+
+def test_fingerprint_follows_the_weights(tmp_path):
+    a = tiny.save("gpt2", tmp_path / "a")
+    b = tiny.save("gpt2", tmp_path / "b")
+    c = tiny.save("gpt2", tmp_path / "c", seed=1)
+    assert fingerprint(a) == fingerprint(b) != fingerprint(c)
+
+
+def test_unsupported_family_is_named(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.OPTConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                 ffn_dim=32, vocab_size=50, max_position_embeddings=32,
+                                 word_embed_proj_dim=16)
+    transformers.OPTForCausalLM(cfg).save_pretrained(tmp_path)
+    with pytest.raises(HFError, match=r"model family 'opt' is not supported; supported: "
+                                      r"gpt2, llama, mistral, qwen2, gpt_neox"):
+        HFModel.from_pretrained(str(tmp_path))
+
+
+def test_pickle_weights_are_not_loaded(tmp_path):
+    tiny.save("gpt2", tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
+    with pytest.raises(HFError, match="no \\*.safetensors weights .*pickle files are not "
+                                      "loaded"):
+        HFModel.from_pretrained(str(tmp_path))
