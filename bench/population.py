@@ -85,11 +85,12 @@ def _left_padded(prompts: list[list[int]], pad: int):
 
 @torch.no_grad()
 def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad: int,
-                 streams: int = 0, device=torch.device("cpu")):
+                 streams: int = 0, device="cpu"):
     """Bare KV-cached greedy decoding of (copies + streams) x len(prompts) rows on `decode`'s
     schedule: the prompts prefilled once plain and once per stream, each cache copied to its
     rows, rows in chunks."""
     N = len(prompts)
+    device = torch.device(device)
     ids, mask = (t.to(device) for t in _left_padded(prompts, pad))
     units = torch.arange(N, device=device).repeat(1 + streams)
     out = model.forward_step(ids[units], attention_mask=mask[units])

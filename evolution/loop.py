@@ -329,7 +329,7 @@ class CoEvolution:
             self.dir.lock()
         self.seeds = seeds
         self.champion_loss = self._program_loss(GREEDY)
-        self.trainer = Trainer(model, self.tokenizer, self.task.training_data(),
+        self.trainer = Trainer(model, self.tokenizer, self.task.training_data(self.tokenizer),
                                self._schedule(), extra_loss=self.champion_loss)
         self.rng = random.Random(cfg.run.seed)
         self.next_generation = 0
@@ -351,7 +351,8 @@ class CoEvolution:
         except DslError as e:
             raise RunError(f"{ckpt / 'state.json'}: damaged champion ({e.message})") from None
         self.champion_loss = self._program_loss(champion)
-        self.trainer = load_checkpoint(str(ckpt / "trainer"), self.task.training_data(),
+        self.trainer = load_checkpoint(str(ckpt / "trainer"),
+                                       self.task.training_data(self.tokenizer),
                                        extra_loss=self.champion_loss, tokenizer=self.tokenizer,
                                        device=self.device)
         model = self.trainer.model
@@ -661,7 +662,7 @@ class CoEvolution:
             self.difficulty = new
             self.task = self._task(new)
             self._check_task(self.model)
-            self.trainer.set_examples(self.task.training_data())
+            self.trainer.set_examples(self.task.training_data(self.tokenizer))
 
     def _log_entry(self, g, champion, greedy_score, greedy_cost, model_info, timings) -> dict:
         pop = self.population

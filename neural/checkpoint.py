@@ -101,16 +101,20 @@ def _storage_key(t: torch.Tensor):
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
 
 
-def _unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """state_dict without the second name of tied (shared) tensors; safetensors refuses
+def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without the second name of tied (shared) tensors; safetensors refuses
     aliases."""
     seen, out = set(), {}
-    for name, t in model.state_dict().items():
+    for name, t in state.items():
         if _storage_key(t) in seen:
             continue
         seen.add(_storage_key(t))
         out[name] = t.detach().contiguous()
     return out
+
+
+def _unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return unique_tensors(model.state_dict())
 
 
 # ----------------------------------------------------------------------------------------

@@ -433,13 +433,9 @@ class HFModel(nn.Module):
             state = get_peft_model_state_dict(self.peft)
         else:
             state = self.hf.state_dict()
-        seen, out = set(), {}
-        for name, t in state.items():  # tied weights once (safetensors refuses aliases)
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-            if key not in seen:
-                seen.add(key)
-                out[name] = t.detach().contiguous()
-        return out
+        from .checkpoint import unique_tensors
+
+        return unique_tensors(state)  # tied weights once
 
     def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Put back what `trainable_state` gave (HFError where it does not fit)."""

@@ -112,10 +112,10 @@ class Task:
             raise ValueError(f"unknown split {name!r}; expected train, valid or test")
         return getattr(self, name)
 
-    def training_data(self) -> list[Example] | TextCorpus:
+    def training_data(self, tokenizer=None) -> list[Example] | TextCorpus:
         """What the model trains on: the train examples, or for text tasks the whole text
-        of the train works."""
-        return TextCorpus(self.works["train"]) if self.kind == "text" else self.train
+        of the train works (in `tokenizer`'s tokens; default: bytes)."""
+        return TextCorpus(self.works["train"], tokenizer) if self.kind == "text" else self.train
 
 
 def extractor(marker: str | None = None, regex: str | None = None
@@ -547,8 +547,11 @@ class TextCorpus:
 
     def __init__(self, texts: Sequence[str], tokenizer: ByteTokenizer | None = None):
         self.tokenizer = tokenizer or ByteTokenizer()
-        encoded = [torch.frombuffer(bytearray(t.encode("utf-8")), dtype=torch.uint8)
-                   for t in texts]
+        if isinstance(self.tokenizer, ByteTokenizer):
+            encoded = [torch.frombuffer(bytearray(t.encode("utf-8")), dtype=torch.uint8)
+                       for t in texts]
+        else:  # a model's own tokenizer (neural.hf): windows of its tokens
+            encoded = [torch.tensor(self.tokenizer.encode(t), dtype=torch.long) for t in texts]
         self.lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
         self.starts = torch.cumsum(self.lengths, 0) - self.lengths  # offset of each work
         self.data = torch.cat(encoded) if encoded else torch.zeros(0, dtype=torch.uint8)

@@ -101,18 +101,33 @@ def test_eval_trace_show_compare_report_read_the_model_back(hf_run, seeds, capsy
 
 
 def test_text_task_is_tokenized_by_the_model(tmp_path, seeds, capsys):
-    """A `text:` task runs on the model's tokens: scores are mean log-likelihoods of its
-    tokens (at most log V = log 43 nats per token from a near-uniform random model)."""
+    """A text task runs on the model's tokens: it trains (full) on windows of the running
+    text in the model's tokens, and scores are mean log-likelihoods of its 43 tokens."""
     import math
+
+    from neural.hf import HFTokenizer
+    from neural.tasks import get_task
 
     model_dir = tiny.save("gpt2", tmp_path / "model")
     text = tmp_path / "t.txt"
-    text.write_text("\n".join(f"the sum of {a} and {b} is {a + b}" for a in range(9)
-                              for b in range(9)))
-    evolve(capsys, model_dir, tmp_path / "run", seeds, "--task", f"text:{text}")
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    greedy = report["programs"]["greedy"]["test"]["score"]
-    assert -1.2 * math.log(43) < greedy < 0
+    text.write_text("".join(f"on day {i} the {['red', 'old', 'tall'][i % 3]} ship sailed to "
+                            f"the {['north', 'east'][i % 2]} harbour\n" for i in range(1500)))
+    evolve(capsys, model_dir, tmp_path / "run", seeds, "--task", f"text:{text}",
+           "--set", "task.prompt_bytes=12", "--set", "task.continuation_bytes=12",
+           "--set", "hf.train_mode=full", "--set", "loop.pretrain_steps=2")
+    scores = {k: v["test"]["score"] for k, v in json.loads(
+        (tmp_path / "run" / "report.json").read_text())["programs"].items()}
+    assert -2 * math.log(43) < scores["seed:blend"] < 0  # sampling: near-uniform
+    # greedy puts all its mass on one token: the rest get the smoothing floor, 1e-4 / V
+    assert math.log(1e-4 / 43) - 1e-6 <= scores["greedy"] < -0.9 * math.log(1e4 * 43)
+    tok = HFTokenizer.from_pretrained(str(model_dir))
+    corpus = get_task(f"text:{text}").training_data(tok)
+    assert len(corpus) == sum(len(tok.encode(w)) for w in get_task(f"text:{text}").works[
+        "train"])
+    rows = corpus.sample(4, 16, torch.Generator().manual_seed(0))
+    assert rows.ids.shape == (4, 17) and bool((rows.ids[:, 0] == tok.bos_id).all())
+    full, window = tok.encode(text.read_text()), rows.ids[0, 1:].tolist()  # a piece of it
+    assert any(full[i:i + 16] == window for i in range(len(full) - 15))
 
 
 def test_resume_extends_as_an_uninterrupted_run(tmp_path, seeds, capsys):
