@@ -60,7 +60,7 @@ PROGRAMS = [
     "(greedy (repetition-penalty logits 1.05))",
     "(sample (top-k (repetition-penalty logits 1.3) 20))",
     "(sample (typical (temperature logits 0.9) 0.8))",
-    "(sample (top-p (min-p (temperature logits 1.3) 0.02) 0.97))",
+    "(sample (min-p (top-p (temperature logits 1.3) 0.97) 0.02))",
 ]
 
 
