@@ -198,7 +198,13 @@ def _alone(chain: list[Apply], engine: str, text: str | None) -> bool:
 def _each_once(chain: list[Apply], engine: str, text: str | None) -> None:
     seen: dict = {}
     for node in chain:
-        key = PRIMITIVES[node.op].export[engine].sampler or node.op
+        e = PRIMITIVES[node.op].export[engine]
+        for name, op in seen.items():
+            if name in e.not_after:
+                raise DslError.at(node.span, f"'{node.op}' after '{op}': "
+                                             f"{ENGINES[engine].title.split(' (')[0]} "
+                                             f"computes '{node.op}' wrongly after it", text)
+        key = e.sampler or node.op
         if key in seen:
             first = seen[key]
             also = "" if first == node.op else f" (as '{first}' is: both are its {key})"

@@ -100,6 +100,8 @@ class Export:
     alone_after: in that mode the sampler replaces the engine's chain (llama.cpp's mirostat):
       it must be the outermost transform, and only transforms whose keys are all among these
       may come before it; the chain's order key is not set.
+    not_after: samplers (by `sampler` name) after which the engine computes it wrongly, so a
+      chain with one of them anywhere before it is refused.
     """
 
     keys: tuple[str, ...] = ()
@@ -111,6 +113,7 @@ class Export:
     in_greedy: bool = True
     mode: tuple[str, Any, Any] | None = None
     alone_after: frozenset[str] | None = None
+    not_after: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, eq=False)  # an entry is itself: compared and hashed by identity

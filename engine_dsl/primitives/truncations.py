@@ -373,8 +373,12 @@ ENTRIES = [
           "locally typical set of probability mass p", exact=typical_exact,
           relaxed=typical_relaxed, shift="equivariant",
           export={"hf": Export(("typical_p",), 5, (1.0,), in_greedy=False),
-                  "llama.cpp": Export(("--typical",), neutral=(1.0,), sampler="typ_p"),
-                  "llama-server": Export(("typical_p",), neutral=(1.0,), sampler="typ_p")}),
+                  # llama.cpp's typical sums -p log p over every candidate: the -inf scores
+                  # top-n-sigma leaves in the array make its entropy NaN
+                  "llama.cpp": Export(("--typical",), neutral=(1.0,), sampler="typ_p",
+                                      not_after=frozenset({"top_n_sigma"})),
+                  "llama-server": Export(("typical_p",), neutral=(1.0,), sampler="typ_p",
+                                         not_after=frozenset({"top_n_sigma"}))}),
     entry("epsilon", [Arg("L", L), Arg("e", R, PROBABILITY, test_range=(0.001, 0.3))], L,
           "transform", "epsilon sampling: keep tokens whose probability is at least e "
           "(transformers EpsilonLogitsWarper)", exact=epsilon_exact, relaxed=epsilon_relaxed,

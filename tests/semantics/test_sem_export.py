@@ -204,3 +204,12 @@ def test_mirostat_exports_as_llama_cpps_mirostat_mode_temperature_then_mirostat_
     for engine in ("hf", "vllm", "ollama"):
         with pytest.raises(engine_dsl.DslError, match="'mirostat' has no"):
             export(program("(sample (mirostat logits 4.0 0.2))"), engine)
+
+
+def test_llama_cpp_typical_after_top_n_sigma_is_refused():
+    """llama.cpp's typical sums -p log p over the -inf scores top-n-sigma leaves (NaN);
+    the other order, and each alone, export."""
+    with pytest.raises(engine_dsl.DslError, match="'typical' after 'top-n-sigma'"):
+        export(program("(sample (typical (top-k (top-n-sigma logits 1.0) 9) 0.5))"), "llama.cpp")
+    got = export(program("(sample (top-n-sigma (typical logits 0.5) 1.0))"), "llama.cpp")
+    assert got["--samplers"] == "typ_p;top_n_sigma"

@@ -100,7 +100,11 @@ def test_the_llama_cpp_export_keeps_the_programs_tokens_in_llama_cpp(text, seed)
     """Verified, not asserted: llama.cpp's samplers built from the exported flags, in the
     exported `--samplers` order, keep exactly the program's tokens with its probabilities."""
     prog = engine_dsl.read_expr(text, Type.DECODER)
-    flags = export(prog, "llama.cpp")
+    try:
+        flags = export(prog, "llama.cpp")
+    except engine_dsl.DslError as err:  # a chain llama.cpp computes wrongly (NaN)
+        assert "wrongly" in str(err)
+        return
     x = scores(seed)
     ours = engine_dsl.compile_expr(prog.args[0])(x)
     for r in range(x.size(0)):
@@ -109,7 +113,7 @@ def test_the_llama_cpp_export_keeps_the_programs_tokens_in_llama_cpp(text, seed)
         assert_same(ours[r], theirs, f"{text} row {r}: {flags['--samplers']}")
 
 
-@pytest.mark.parametrize("r,last_n", [(1.3, None), (0.7, None), (2.0, 4)])
+@pytest.mark.parametrize("r,last_n", [(1.3, None), (1.7, None), (2.0, 4)])
 def test_repetition_penalty_is_llama_cpps_penalties_over_the_accepted_tokens(r, last_n):
     """`--repeat-penalty` with the window over the whole history (`--repeat-last-n -1` is the
     context size); a window of the last n tokens is a different sampler, and differs."""
