@@ -19,8 +19,8 @@ def test_text_tasks_get_a_context_that_holds_prompt_and_continuation():
         (192, 4, 1200)
     assert resolve(None, ["task.name=text:x.txt"]).model.block_size == 192
     assert resolve(None, []).model.block_size == 128
-    assert resolve(None, ["task.name=shakespeare", "model.block_size=256"]).model.block_size \
-        == 256
+    assert resolve(None, ["task.name=shakespeare", "model.block_size=256",
+                          "loop.decode_memory_mb=8192"]).model.block_size == 256
     with pytest.raises(ConfigError, match=r"task.prompt_bytes \+ task.continuation_bytes = 192 "
                                           r"exceeds model.block_size = 128"):
         resolve(None, ["task.name=shakespeare", "model.block_size=128"])

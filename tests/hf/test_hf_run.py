@@ -38,8 +38,9 @@ def run_cli(capsys, *args, code=0):
 
 def evolve(capsys, model_dir, out, seeds, *extra, generations=1):
     sets = [x for s in SETTINGS for x in ("--set", s)]
+    task = [] if "--task" in extra else ["--task", "addition"]  # not the default's task
     return run_cli(capsys, "evolve", "--model", f"hf:{model_dir}", "--out", out, "--seeds",
-                   seeds, "--generations", generations, *sets, *extra)
+                   seeds, "--generations", generations, *task, *sets, *extra)
 
 
 @pytest.fixture(scope="module")
