@@ -169,6 +169,7 @@ class CoEvolution:
                                               self.tokenizer.encode_bytes)
         self.trainer: Trainer | None = None
         self._model: GPT | None = None
+        self._fresh = False  # a new run's directory before its generation 0 is committed
         torch.manual_seed(config.run.seed)
 
     @classmethod
@@ -178,8 +179,21 @@ class CoEvolution:
         """A new run: its directory (created only once everything was read and checked, then
         held by this process), config, seeds, model and pre-training state (generation 0)."""
         run = cls(config, rundir, console)
-        run._begin(seed_files, model_from, restart=False)
+        run._fresh = True  # until generation 0 is committed: a failure removes the directory
+        try:
+            run._begin(seed_files, model_from, restart=False)
+        except Exception:
+            run._discard_fresh()
+            raise
         return run
+
+    def _discard_fresh(self) -> None:
+        """After an error before this process's new run committed generation 0: remove the
+        run directory it created (no half run is left behind). A kill or Ctrl-C leaves it:
+        `--resume` begins such a run again."""
+        if self._fresh:
+            self._fresh = False
+            self.dir.discard()
 
     @classmethod
     def resume(cls, rundir: RunDir, console=None, sets: list[str] = (),
@@ -589,6 +603,15 @@ class CoEvolution:
 
     def generation(self, g: int) -> dict:
         """Run generation g (0 = pre-training and the first population) and commit it."""
+        try:
+            entry = self._generation(g)
+        except Exception:
+            self._discard_fresh()
+            raise
+        self._fresh = False
+        return entry
+
+    def _generation(self, g: int) -> dict:
         t0 = time.perf_counter()
         timings = {}
         model_info = None

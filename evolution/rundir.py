@@ -79,6 +79,8 @@ class RunState:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.created = False  # by `create`, in this process
+        self._empty_before = False  # `create` was given an existing empty directory
 
     # paths
     @property
@@ -135,6 +137,8 @@ class RunDir:
             raise RunError(f"{self.path} already holds {what}; resume it with --resume "
                            f"{self.path} or choose another --out")
 
+        self._empty_before = self.path.is_dir()
+
         def build(tmp: Path) -> None:
             for name, data in seeds.items():
                 atomic_write(tmp / "seeds" / name, data)
@@ -142,6 +146,20 @@ class RunDir:
             atomic_write(tmp / self.config.name, config)
 
         self.replace_dir(self.path, build)
+        self.created = True
+
+    def discard(self) -> bool:
+        """Undo `create` of this process for a run that failed before its generation 0 was
+        committed: the directory goes (an empty one given to `create` is left empty), so a
+        failed start leaves nothing behind. Keeps (returns False) a directory this object
+        did not create and a run with a committed generation: a whole, resumable run."""
+        if not self.created or (self.checkpoints / "latest.json").exists():
+            return False
+        self.unlock()
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._empty_before:
+            self.path.mkdir(exist_ok=True)
+        return True
 
     def require_run(self) -> None:
         if not self.path.is_dir():

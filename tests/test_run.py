@@ -218,6 +218,58 @@ def test_seed_over_a_cap_is_refused(tmp_path):
     assert "big.scm:1:19: error: 99 exceeds the cap max_votes = 16" in proc.stderr
 
 
+def test_data_refused_after_the_directory_exists_leaves_nothing_behind(tmp_path):
+    """Answers longer than model.block_size (32 in tiny.toml) pass the prompt checks (the
+    answer cap is 4 tokens) and are refused only when the trainer encodes them, after the run
+    directory was created: the failed start removes it (an empty --out given stays empty), so
+    the same command after fixing the data starts, not "already holds a run"."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"input": f"q{i}=", "output": "x" * 40}) + "\n"
+                            for i in range(60)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "r", empty):
+        proc = cli("evolve", "--out", out, "--config", TINY, "--task", f"jsonl:{data}",
+                   check=1)
+        assert proc.stderr.strip().splitlines() == [
+            "error: example 'q1='... has 45 tokens, more than model.block_size 32 + 1"]
+    assert not (tmp_path / "r").exists()
+    assert empty.is_dir() and not any(empty.iterdir())
+
+
+def test_a_failure_in_generation_0_removes_the_new_run_but_keeps_a_committed_one(tmp_path,
+                                                                                monkeypatch):
+    """An error before generation 0 is committed leaves no directory; after it, the run
+    stays whole and resumable."""
+    from evolution.loop import CoEvolution
+    from evolution.rundir import RunDir
+    from evolution.settings import resolve
+    from neural import DataError
+
+    cfg = resolve(TINY, ["run.generations=1"])
+    failing = CoEvolution.start(cfg, RunDir(tmp_path / "a"))
+    assert (tmp_path / "a" / "config.toml").exists()
+
+    def bad_training(*args):
+        raise DataError("bad data")
+
+    monkeypatch.setattr(failing, "_train", bad_training)
+    with pytest.raises(DataError):
+        failing.generation(0)
+    failing.close()
+    assert not (tmp_path / "a").exists()
+
+    run = CoEvolution.start(resolve(TINY, ["run.generations=1"]), RunDir(tmp_path / "b"))
+    run.generation(0)
+    monkeypatch.setattr(run, "_train", bad_training)
+    with pytest.raises(DataError):
+        run.generation(1)
+    run.close()
+    resumed = CoEvolution.resume(RunDir(tmp_path / "b"))
+    assert resumed.next_generation == 1
+    resumed.close()
+
+
 def test_an_existing_run_is_never_overwritten(tiny_run):
     out, _ = tiny_run
     before = (out / "hall-of-fame.scm").read_bytes()
