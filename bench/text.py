@@ -6,18 +6,19 @@
 
 Settings (flags; full / --quick): run seeds 0 1 2 / 0; the shakespeare task's model and
 training (4 x 4 x 128, batch 4, 1200 pre-training steps, the judge as many) / 2 x 2 x 64,
-batch 8, 200 steps each; 2 / 1 generations of population 10 / 6 on 48 / 16 valid prompts,
-50 training steps per generation; the table on 128 / 32 test prompts, 200 / 50 bootstrap
+batch 8, 200 steps each; 2 / 1 generations of population 10 / 6 on 48 / 32 valid prompts,
+50 training steps per generation; selection and the nucleus tuning by `text.objective` =
+`mauve` (`--objective`); the table on 128 / 32 test prompts, 200 / 50 bootstrap
 resamples; scoring cost at 32 programs x 128 / 32 prompts. `--set KEY=VALUE` passes any
 other setting to the runs.
 
 Per run seed: an evolution run on the `shakespeare` task without co-training
 (`loop.program_lambda = 0`) and one with it (the same pre-trained model, copied after
-generation 0: `loop.model_objective = "reinforce"` where that setting exists, else the
-likelihood objective with `loop.program_lambda = 0.1`); a nucleus sampler (temperature, top-p)
-tuned by Optuna (TPE) on the valid split with the run's text objective and as many program
-evaluations as evolution made; then every decoder continues the same test prompts (works no
-model or selection saw) with the same draws, and the frozen judge reads the continuations.
+generation 0: `loop.model_objective = "reinforce"`, `loop.program_lambda = 0.5`); a nucleus
+sampler (temperature, top-p) tuned by Optuna (TPE) on the valid split with the run's text
+objective and as many program evaluations as evolution made; then every decoder continues
+the same test prompts (works no model or selection saw) with the same draws, and the frozen
+judge reads the continuations.
 Rows: greedy, pure sampling, top-k 40, nucleus 0.95, typical 0.95, min-p 0.1, the newer
 samplers (top-n-sigma, eta, mirostat, XTC, DRY), the tuned nucleus, the evolved champion
 without and with co-training, and the human continuations. Columns: judge perplexity
@@ -35,7 +36,6 @@ Also measured: scoring cost against generation, P programs x N continuations of 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import platform
@@ -56,8 +56,8 @@ from engine_dsl import Type  # noqa: E402
 from evolution.bridge import to_expr  # noqa: E402
 from evolution.loop import CoEvolution  # noqa: E402
 from evolution.rundir import RunDir  # noqa: E402
-from evolution.settings import LoopSection, resolve  # noqa: E402
-from evolution.text_scoring import NUCLEUS_95, TextScorer  # noqa: E402
+from evolution.settings import resolve  # noqa: E402
+from evolution.text_scoring import NUCLEUS_95, OBJECTIVES, TextScorer  # noqa: E402
 from neural.text_measures import (  # noqa: E402
     diversity,
     loop_share,
@@ -110,6 +110,7 @@ def run_config(args, seed: int, sets=()):
     given = {"loop.pretrain_steps": args.pretrain_steps, "text.judge_steps": args.judge_steps,
              "train.batch_size": args.batch_size}
     return resolve(None, ["task.name=shakespeare", f"run.seed={seed}",
+                          f"text.objective={args.objective}",
                           f"run.generations={args.generations}",
                           f"evolution.population_size={args.population}",
                           f"loop.train_steps={args.train_steps}",
@@ -123,9 +124,8 @@ def evolve(args, seed: int, out: Path, log):
     plain_dir, co_dir = out / f"seed-{seed}-plain", out / f"seed-{seed}-cotrained"
     for d in (plain_dir, co_dir):
         shutil.rmtree(d, ignore_errors=True)
-    cotrain = (["loop.model_objective=reinforce"]
-               if "model_objective" in {f.name for f in dataclasses.fields(LoopSection)}
-               else ["loop.program_lambda=0.1"])
+    # the plain run's loop.program_lambda = 0 would weigh the co-training loss out
+    cotrain = [f"loop.program_lambda={args.cotrain_lambda}", "loop.model_objective=reinforce"]
     runs = {}
     plain = CountingRun.start(run_config(args, seed, ["loop.program_lambda=0"]),
                               RunDir(plain_dir))
@@ -289,6 +289,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, help="training rows per step")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another setting of the runs (repeatable), e.g. model.n_layer=2")
+    ap.add_argument("--objective", default="mauve", choices=OBJECTIVES,
+                    help="text.objective of evolution and of the nucleus tuning (default: "
+                         "mauve, the table's headline measure)")
+    ap.add_argument("--cotrain-lambda", type=float, default=0.5,
+                    help="loop.program_lambda of the co-trained run (reinforce's weight "
+                         "against the likelihood anchor)")
     ap.add_argument("--generations", type=int)
     ap.add_argument("--population", type=int)
     ap.add_argument("--valid-prompts", type=int)
@@ -307,7 +313,7 @@ def main(argv=None) -> int:
     # full: the task's model and training (None: its default); quick: a smaller model
     defaults = dict(seeds=[0] if quick else [0, 1, 2], pretrain_steps=200 if quick else None,
                     judge_steps=200 if quick else None, generations=1 if quick else 2,
-                    population=6 if quick else 10, valid_prompts=16 if quick else 48,
+                    population=6 if quick else 10, valid_prompts=32 if quick else 48,
                     test_prompts=32 if quick else 128, bootstrap=50 if quick else 200,
                     cost_prompts=32 if quick else 128, batch_size=8 if quick else None)
     for k, v in defaults.items():
@@ -378,8 +384,8 @@ def last_line(table, diff) -> str:
 
 
 def report(args, table, diff, programs_by_seed, cost, elapsed) -> str:
-    cmd = "OMP_NUM_THREADS=2 .venv/bin/python bench/text.py" + (" --quick" if args.quick else "") \
-        + "".join(f" {a}" for a in args.argv)
+    cmd = (f"OMP_NUM_THREADS={args.threads} .venv/bin/python bench/text.py"
+           + (" --quick" if args.quick else "") + "".join(f" {a}" for a in args.argv))
     lines = ["## Open-ended text (`bench/text.py`)", "",
              f"`{cmd}` — {platform.machine()}, torch {torch.__version__}, {args.threads} "
              f"threads, a shared machine (load average {os.getloadavg()[0]:.1f} at the end); "
@@ -388,7 +394,8 @@ def report(args, table, diff, programs_by_seed, cost, elapsed) -> str:
              f"{' '.join(args.set) or 'the task defaults'}, "
              f"training batch {args.batch_size}; pre-training {args.pretrain_steps} steps, "
              f"judge {args.judge_steps} steps, {args.generations} generations x population "
-             f"{args.population} on {args.valid_prompts} valid prompts; the table on "
+             f"{args.population} on {args.valid_prompts} valid prompts, selected (and the "
+             f"nucleus tuned) by `text.objective = {args.objective}`; the table on "
              f"{args.test_prompts} test prompts (held-out works), the mean over run seeds with "
              f"a 95% bootstrap interval over prompts ({args.bootstrap} resamples).", "",
              "| decoder | " + " | ".join(COLUMNS) + " |",
