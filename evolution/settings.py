@@ -156,6 +156,10 @@ class RunConfig:
         if self.hf.train_mode not in TRAIN_MODES:
             raise ConfigError(f"hf.train_mode must be one of {', '.join(TRAIN_MODES)}, found "
                               f"'{self.hf.train_mode}'")
+        if not self.hf.path and self.hf.train_mode != "frozen":
+            raise ConfigError(f"hf.train_mode = '{self.hf.train_mode}' applies to a Hugging Face "
+                              f"model (--model hf:DIR); the built-in GPT always trains all its "
+                              f"weights")
         try:  # its form only: a run made on a GPU may resume on a machine without one
             check_device_name(self.run.device)
         except DeviceError as e:

@@ -89,6 +89,8 @@ def test_nested_defaults_survive_partial_sections():
     ("evolution.limits.max_votes=0", "evolution.limits.max_votes must be in [1, "),
     ("model.n_embd=16384", "model.n_layer = 4, model.n_embd = 16384: a model of 1.29e+10 "
                            "parameters exceeds the cap of 1e+09"),
+    ("hf.train_mode=lora", "hf.train_mode = 'lora' applies to a Hugging Face model "
+                           "(--model hf:DIR)"),
     ("loop.decode_memory_mb=100", "loop.decode_memory_mb = 100: decoding up to "
                                   "evolution.limits.max_votes = 16 answers for each of 256 "
                                   "prompts takes about 2064 MB"),  # loop.select_prompts
