@@ -109,3 +109,47 @@ def sexpr_text():
         max_leaves=12,
     )
     return st.lists(tree, min_size=0, max_size=3).map("\n".join)
+
+
+# --- chains an engine can express (export tests) ---------------------------------------------
+
+
+def exportable(engine: str, reads=frozenset()) -> list[str]:
+    """The transforms `engine` expresses with constant settings, reading at most `reads`
+    besides the logits (no mode switch such as llama.cpp's mirostat), in the engine's own
+    processing order (`Export.rank`, then registry order)."""
+    ops = [p for p in PRIMITIVES.values()
+           if p.family == "transform" and engine in p.export and p.export[engine].mode is None
+           and set(p.reads) <= set(reads)]
+    return [p.name for p in sorted(ops, key=lambda p: p.export[engine].rank)]
+
+
+def slot_literal(slot):
+    """Literal text for a Real or Count slot, within its `test_range` (else its domain or
+    cap)."""
+    if slot.type is Type.COUNT:
+        lo, hi = slot.test_range or (1, getattr(Limits(), slot.cap) if slot.cap else 100)
+        return st.integers(int(lo), int(hi)).map(str)
+    lo, hi = slot.test_range or (None, None)
+    values = _in_domain(slot.domain) if lo is None else st.floats(lo, hi)
+    return values.map(repr)
+
+
+@st.composite
+def transform_chains(draw, ops: list[str], args=None, choosers=("sample",), ordered=False,
+                     max_size: int = 4):
+    """`(chooser (op_n ... (op_1 logits ...) ...) ...)` over distinct `ops`, in the order of
+    `ops` when `ordered` (an engine with a fixed order), else in any order; each op's
+    constants from `args[op]` (a strategy of their text) where given, else from the
+    registry's test ranges."""
+    chosen = draw(st.lists(st.sampled_from(ops), unique=True, min_size=1, max_size=max_size))
+    if ordered:
+        chosen.sort(key=ops.index)
+    text = "logits"
+    for op in chosen:
+        if args and op in args:
+            consts = str(draw(args[op]))
+        else:
+            consts = " ".join(draw(slot_literal(a)) for a in PRIMITIVES[op].args[1:])
+        text = f"({op} {text} {consts})"
+    return f"({draw(st.sampled_from(choosers))} {text})"

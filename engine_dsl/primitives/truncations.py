@@ -406,10 +406,14 @@ ENTRIES = [
           "(llama.cpp src/llama-sampling.cpp llama_sampler_temp_ext_apply)",
           exact=dynamic_temperature_exact, relaxed=dynamic_temperature_relaxed,
           keeps_argmax=True, shift="equivariant",
-          # llama.cpp's temperature sampler is this one (temp_ext); range 0 = plain
+          # llama.cpp's temperature sampler is this one (temp_ext); range 0 = plain. Its
+          # entropy is normalised by the array's size, which after top-n-sigma still counts
+          # the tokens it set to -inf: a different temperature, so that order is refused
           export={"llama.cpp": Export(("--temp", "--dynatemp-range", "--dynatemp-exp"),
-                                      neutral=(1.0, 0.0, 1.0), sampler="temperature"),
+                                      neutral=(1.0, 0.0, 1.0), sampler="temperature",
+                                      not_after=frozenset({"top_n_sigma"})),
                   "llama-server": Export(("temperature", "dynatemp_range",
                                           "dynatemp_exponent"), neutral=(1.0, 0.0, 1.0),
-                                         sampler="temperature")}),
+                                         sampler="temperature",
+                                         not_after=frozenset({"top_n_sigma"}))}),
 ]

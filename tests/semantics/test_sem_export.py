@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import engine_dsl
 from engine_dsl import Type
 from engine_dsl.export import ENGINES, export, render
+from strategies import exportable, transform_chains
 
 transformers = pytest.importorskip("transformers")
 
@@ -40,27 +41,17 @@ def hf_processors(model, settings_: dict, prompt_len: int):
 
 
 # chains in transformers' order (the exporter accepts them), with random constants
-ORDER = ["repetition-penalty", "no-repeat-ngram", "temperature", "top-k", "top-p", "min-p",
-         "typical", "epsilon", "eta"]
-chains = st.lists(st.sampled_from(ORDER), unique=True, min_size=1, max_size=4)
 ARG = {"repetition-penalty": st.floats(1.0, 3.0), "no-repeat-ngram": st.integers(1, 3),
        "temperature": st.floats(0.2, 3.0),
        "top-k": st.integers(1, V + 5), "top-p": st.floats(0.05, 0.95),
        "min-p": st.floats(0.01, 0.9), "typical": st.floats(0.05, 0.95),
        "epsilon": st.floats(0.001, 0.05), "eta": st.floats(0.001, 0.05)}
-
-
-@st.composite
-def hf_programs(draw):
-    ops = sorted(draw(chains), key=ORDER.index)
-    text = "logits"
-    for op in ops:
-        text = f"({op} {text} {draw(ARG[op])})"
-    return f"({draw(st.sampled_from(['sample', 'greedy']))} {text})"
+hf_programs = transform_chains(exportable("hf", reads={"history"}), ARG,
+                               choosers=("sample", "greedy"), ordered=True)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(text=hf_programs(), seed=st.integers(0, 10_000))
+@given(text=hf_programs, seed=st.integers(0, 10_000))
 def test_transformers_processors_from_the_export_keep_the_programs_tokens(hf_model, text,
                                                                           seed):
     """The exported keys, run through transformers' own GenerationConfig -> processors, keep
