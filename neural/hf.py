@@ -10,9 +10,12 @@ safetensors weights and tokenizer files; it is read with `local_files_only` (nev
 download) and only safetensors weights are loaded (no pickle). `fingerprint(dir)` is the
 sha256 of the weight files: a run records it and refuses a model whose weights changed.
 
-Families (`FAMILIES`; any other is an `HFError` naming it): GPT-2, Llama / Mistral / Qwen2 and
-GPT-NeoX. For each the adapter knows the blocks, the final norm and each attention block's
-output projection:
+Families (`FAMILIES`): GPT-2, Llama / Mistral / Qwen2 and GPT-NeoX, whose blocks, final norm
+and each attention block's output projection the adapter knows. Another family is used where
+one of the layouts of `LAYOUTS` (Qwen3, Gemma, Phi, OPT, Falcon, GPT-J, ...) fits it and its
+final norm and head on the last block's stream give its own logits, checked on a probe
+forward when it is loaded; otherwise it is an `HFError` naming the family and why (a logit
+soft cap or scale, as Gemma 2 and Granite have, is not what `(layer k)` could reproduce):
 
 * residual streams are read by forward hooks on the blocks. HF's own `hidden_states[k]` is
   the stream after block k for k < L, but the last one is taken after the final norm, which
@@ -55,10 +58,9 @@ class Layout:
     blocks: str  # the list of transformer blocks
     norm: str  # the final norm
     proj: str  # inside a block: the attention output projection (heads side by side at its input)
-    head_width: str = ""  # config key of a head's width when not n_embd / n_head
 
 
-_LLAMA = Layout("model.layers", "model.norm", "self_attn.o_proj", "head_dim")
+_LLAMA = Layout("model.layers", "model.norm", "self_attn.o_proj")
 FAMILIES: dict[str, Layout] = {
     "gpt2": Layout("transformer.h", "transformer.ln_f", "attn.c_proj"),
     "llama": _LLAMA,
@@ -66,6 +68,17 @@ FAMILIES: dict[str, Layout] = {
     "qwen2": _LLAMA,
     "gpt_neox": Layout("gpt_neox.layers", "gpt_neox.final_layer_norm", "attention.dense"),
 }
+# Where the parts sit in other families transformers ships, tried in order on a model whose
+# family has no entry above; one is used only if the model's own logits are its final norm
+# and head on the last block's stream (checked on a probe when the model is loaded).
+LAYOUTS = (
+    _LLAMA,  # Qwen3, Gemma, Phi-3, OLMo, StarCoder2, Mixtral, StableLM, ...
+    Layout("model.layers", "model.final_layernorm", "self_attn.dense"),  # Phi
+    Layout("model.decoder.layers", "model.decoder.final_layer_norm", "self_attn.out_proj"),  # OPT
+    Layout("transformer.h", "transformer.ln_f", "attn.c_proj"),  # GPT-BigCode
+    Layout("transformer.h", "transformer.ln_f", "attn.out_proj"),  # GPT-J, CodeGen
+    Layout("transformer.h", "transformer.ln_f", "self_attention.dense"),  # Falcon, BLOOM
+)
 TRAIN_MODES = ("frozen", "full", "lora")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
@@ -99,6 +112,59 @@ def _get(obj, dotted: str):
         if obj is None:
             return None
     return obj
+
+
+def _find_layout(hf_model: nn.Module, family: str | None) -> Layout:
+    """The layout of `LAYOUTS` that fits the model (its blocks and final norm; one with the
+    attention output projection first), used only if the model's logits are its head on the
+    final norm's output and that norm reads the last block's stream: checked on a probe
+    forward whose norm output is replaced by large random values (a logit scale or soft cap
+    shows there), so `layer`, `layer-mix` and `gated` mean on it what they mean on the
+    known families."""
+    head = hf_model.get_output_embeddings()
+    fits = [lay for lay in LAYOUTS if head is not None and _get(hf_model, lay.norm) is not None
+            and len(_get(hf_model, lay.blocks) or ())]
+    if not fits:
+        raise HFError(f"model family '{family}' ({type(hf_model).__name__}) is not supported: "
+                      f"none of the known layouts of blocks and final norm fits it; supported: "
+                      f"{', '.join(FAMILIES)} and families laid out like them")
+    layout = min(fits, key=lambda lay: _get(_get(hf_model, lay.blocks)[0], lay.proj) is None)
+    blocks, norm = _get(hf_model, layout.blocks), _get(hf_model, layout.norm)
+    seen: dict[str, torch.Tensor] = {}
+
+    def stream(module, args, out):
+        seen["stream"] = out[0] if isinstance(out, tuple) else out
+
+    def normed(module, args, out):
+        seen["input"] = args[0]
+        g = torch.Generator(device=out.device).manual_seed(0)
+        seen["output"] = torch.randn(out.shape, generator=g, device=out.device,
+                                     dtype=out.dtype) * 1000
+        return seen["output"]
+
+    hooks = [blocks[-1].register_forward_hook(stream), norm.register_forward_hook(normed)]
+    training = hf_model.training
+    hf_model.eval()  # no dropout in the probe
+    try:
+        with torch.no_grad():
+            ids = torch.arange(3, device=head.weight.device)[None] % hf_model.config.vocab_size
+            logits = hf_model(input_ids=ids).logits
+            ok = (len(seen) == 3 and torch.equal(seen["input"], seen["stream"])
+                  and torch.allclose(head(seen["output"]), logits, rtol=1e-4, atol=1e-3))
+    except Exception as e:  # a model that cannot run a forward at all
+        raise HFError(f"model family '{family}' ({type(hf_model).__name__}): a probe forward "
+                      f"failed ({_first_line(e)})") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        hf_model.train(training)
+    if not ok:
+        raise HFError(f"model family '{family}' ({type(hf_model).__name__}) is not supported: "
+                      f"its logits are not its head on its final norm ({layout.norm}) of the "
+                      f"last block's stream (a logit scale or soft cap, or a projection after "
+                      f"the norm); supported: {', '.join(FAMILIES)} and families laid out "
+                      f"like them")
+    return layout
 
 
 def _transformers():
@@ -279,12 +345,9 @@ class HFModel(nn.Module):
         super().__init__()
         config = hf_model.config
         family = getattr(config, "model_type", None)
-        if family not in FAMILIES:
-            raise HFError(f"model family '{family}' ({type(hf_model).__name__}) is not "
-                          f"supported; supported: {', '.join(FAMILIES)}")
         if train_mode not in TRAIN_MODES:
             raise HFError(f"train mode '{train_mode}': expected one of {', '.join(TRAIN_MODES)}")
-        layout = FAMILIES[family]
+        layout = FAMILIES.get(family) or _find_layout(hf_model, family)
         self.train_mode = train_mode
         self.lora = lora or LoraSettings()
         self.source = dict(source or {})
@@ -330,10 +393,7 @@ class HFModel(nn.Module):
         float32 on `device`."""
         d = check_directory(directory)
         transformers = _transformers()
-        family = getattr(_hf_config(d), "model_type", None)
-        if family not in FAMILIES:
-            raise HFError(f"hf:{directory}: model family '{family}' is not supported; "
-                          f"supported: {', '.join(FAMILIES)}")
+        _hf_config(d)  # a one-line error for an unreadable config.json
         transformers.utils.logging.disable_progress_bar()  # one line per load is noise
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(

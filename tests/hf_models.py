@@ -27,10 +27,29 @@ def tokenizer():
 
 
 def config(family: str, **sizes):
+    import transformers
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
     n = len(SPECIALS) + len(CHARS)
     ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    # families the adapter has no entry for (found by layout and checked by a probe)
+    if family == "qwen3":
+        return transformers.Qwen3Config(num_hidden_layers=2, hidden_size=32, head_dim=8,
+                                        num_attention_heads=4, num_key_value_heads=2,
+                                        intermediate_size=64, vocab_size=n,
+                                        max_position_embeddings=64, **ids, **sizes)
+    if family == "opt":
+        return transformers.OPTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                      ffn_dim=64, vocab_size=n, max_position_embeddings=64,
+                                      word_embed_proj_dim=32, **ids, **sizes)
+    if family == "falcon":
+        return transformers.FalconConfig(num_hidden_layers=2, hidden_size=32,
+                                         num_attention_heads=4, vocab_size=n, **ids, **sizes)
+    if family == "granite":  # its logits are scaled after the head: refused
+        return transformers.GraniteConfig(num_hidden_layers=2, hidden_size=32,
+                                          num_attention_heads=4, intermediate_size=64,
+                                          vocab_size=n, max_position_embeddings=64,
+                                          logits_scaling=4.0, **ids, **sizes)
     if family == "gpt2":
         return GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=n, n_positions=64,
                           **ids, **sizes)
