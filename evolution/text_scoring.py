@@ -19,7 +19,10 @@ Objectives (`text.objective`; higher is better), of a set of continuations:
 `human` is the default because it is cheap (one judge forward per continuation, counting)
 and stable on the 64 prompts a generation scores: MAUVE quantizes 64 points into 6 clusters,
 so its value moves by several points between draws. Both terms are 0 for the human text
-itself; greedy's loops raise rep-4, pure sampling's wandering raises PPL.
+itself; greedy's loops raise rep-4, pure sampling's wandering raises PPL. Its blind spot: a
+program can match the pooled PPL with text unlike the human one (presence and frequency
+penalties on bytes raise PPL to human level by avoiding common letters: MAUVE 0.26 where the
+nucleus samplers have 0.95-1.0, docs/BENCHMARKS.md), so `bench/text.py` selects on `mauve`.
 
 `rewards` gives one number per continuation, for co-training by reinforce: `reward` as above;
 `human` (and `mauve`, which has no per-continuation form) as minus the gaps of the one
