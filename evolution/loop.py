@@ -835,11 +835,12 @@ class CoEvolution:
 
     def select_champion(self) -> tuple[Expr, dict]:
         """The final champion and how it was chosen. With `loop.select_prompts` > 0 (answer
-        tasks), the last generation's Pareto front and greedy are scored again on that many
-        valid prompts that evolution never saw, with fresh draws, and the one-standard-error
-        rule (`selection.one_standard_error_choice`, complexity = size) picks the smallest
-        program whose mean is within one standard error of the paired per-prompt
-        differences from the best: a program beats greedy only by more than the noise of its
+        tasks), the last generation's Pareto front, the seed programs (the search's starting
+        points, which a front of a few noisy valid prompts can lose) and greedy are scored
+        again on that many valid prompts that evolution never saw, with fresh draws, and the
+        one-standard-error rule (`selection.one_standard_error_choice`, complexity = size)
+        picks the smallest program whose mean is within one standard error of the paired
+        per-prompt differences from the best: a program beats greedy only by more than the noise of its
         selection. Otherwise the generation's champion (highest valid score) is kept."""
         from .selection import one_standard_error_choice
 
@@ -849,8 +850,9 @@ class CoEvolution:
         if self.task.kind != "answer" or not fresh:
             return evolved, {"rule": "highest valid score", "prompts": 0, "valid": None}
         candidates: dict[str, Expr] = {expr_to_scheme(GREEDY): GREEDY}
-        for ind in [self.population.champion(), *_front(self.population)]:
-            candidates.setdefault(expr_to_scheme(to_expr(ind)), to_expr(ind))
+        for expr in [to_expr(i) for i in [self.population.champion(), *_front(self.population)]
+                     ] + [d.body for d in self.seeds]:
+            candidates.setdefault(expr_to_scheme(expr), expr)
         exprs = list(candidates.values())
         ev = self._answer_evaluator(fresh, seed=self.evaluation_seed() + SELECTION_DRAWS)
         with self._progress(f"final selection: {len(exprs)} programs on {len(fresh)} fresh "

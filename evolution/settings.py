@@ -46,7 +46,7 @@ class ConfigError(Exception):
 @dataclass
 class RunSection:
     seed: int = 0  # every random draw of the run flows from this one seed
-    generations: int = 4  # co-evolution generations after the pre-training
+    generations: int = 2  # co-evolution generations after the pre-training
     mode: str = "hybrid"  # hybrid | phase1 (structure frozen) | phased (see LoopSection)
     seeds: list[str] = field(default_factory=list)  # seed program files; empty: programs/ shipped
     model_from: str = ""  # run directory whose trained model this run started from
@@ -70,17 +70,18 @@ class TaskSection:
 
 @dataclass
 class LoopSection:
-    pretrain_steps: int = 1500  # model-alone training before generation 1 (generation 0)
-    train_steps: int = 100  # model training per generation (layer 1)
+    pretrain_steps: int = 900  # model-alone training before generation 1 (generation 0)
+    train_steps: int = 50  # model training per generation (layer 1)
     program_lambda: float = 0.1  # weight of the champion's loss in training (vs the LM loss 1)
     # the champion's loss: likelihood (its relaxed answer NLL) | reinforce (what it writes,
     # weighted by reward advantage; the LM loss on the corpus is the anchor)
     model_objective: str = "likelihood"
     reinforce_samples: int = 16  # reinforce: prompts the champion writes for per step
     valid_prompts: int = 64  # prompts of the valid split scoring every program
-    test_prompts: int = 200  # prompts of the test split in the final report
-    # fresh valid prompts re-scoring the final front and greedy to choose the champion; 0: off
-    select_prompts: int = 256
+    test_prompts: int = 500  # prompts of the test split in the final report
+    # fresh valid prompts re-scoring the final front, seeds and greedy to choose the champion;
+    # 0: off
+    select_prompts: int = 500
     max_new_tokens: int = 0  # answer length cap; 0: the task's longest answer + 1 (the stop)
     bootstrap: int = 1000  # resamples for the 95% intervals of the final report
     workers: int = 0  # tune new programs in this many worker processes (0: in-process)
@@ -189,7 +190,7 @@ class RunConfig:
             raise ConfigError(f"loop.max_new_tokens = {self.loop.max_new_tokens} exceeds the "
                               f"cap model.block_size - 1 = {m.block_size - 1}")
         need = decode_memory_mb(self)
-        prompts = max(self.loop.valid_prompts, self.loop.test_prompts, self.loop.select_prompts)
+        prompts = max(_decoded_prompts(self))
         if need > self.loop.decode_memory_mb:
             raise ConfigError(
                 f"loop.decode_memory_mb = {self.loop.decode_memory_mb}: decoding up to "
@@ -256,9 +257,15 @@ def decode_memory_mb(cfg: RunConfig) -> float:
     times the decodes per answer, at most `max_votes` by the product cap) holds a KV cache of
     the whole block in every layer and a few rows of logits."""
     m = cfg.model
-    rows = cfg.evolution.limits.max_votes * max(cfg.loop.valid_prompts, cfg.loop.test_prompts,
-                                                cfg.loop.select_prompts)
+    rows = cfg.evolution.limits.max_votes * max(_decoded_prompts(cfg))
     return rows * (2 * m.n_layer * m.block_size * m.n_embd + 4 * m.vocab_size) * 4 / 2**20
+
+
+def _decoded_prompts(cfg: RunConfig) -> tuple[int, ...]:
+    """The prompt counts a run decodes at once: valid, test and (answer tasks only, the final
+    selection) the fresh selection prompts."""
+    select = cfg.loop.select_prompts if task_kind(cfg.task.name) == "answer" else 0
+    return cfg.loop.valid_prompts, cfg.loop.test_prompts, select
 
 
 def _numbers(obj, where: str = ""):
@@ -414,8 +421,11 @@ def merge(base: dict, over: dict) -> dict:
 # task.continuation_bytes = 64 + 128), and the pre-training that did best on the shakespeare
 # task in about 3 CPU minutes (bench/shakespeare_model.py, docs/BENCHMARKS.md): 1200 steps
 # of 4 windows (batches of 8 and 12 and a learning rate of 6e-3 did no better per CPU second).
+# The generations and test prompts text tasks had before the answer tasks' default was fitted
+# to running-sum's 5 minutes (issue 13).
 TEXT_DEFAULTS = {"model": {"block_size": 192}, "train": {"batch_size": 4},
-                 "loop": {"pretrain_steps": 1200}}
+                 "run": {"generations": 4},
+                 "loop": {"pretrain_steps": 1200, "train_steps": 100, "test_prompts": 200}}
 
 
 def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dict | None = None

@@ -138,7 +138,7 @@ def report_lines(rep: dict) -> list[str]:
     sel = rep.get("selection")
     if sel is not None and sel.get("valid") is not None:
         lines.append(f"champion chosen by the {sel['rule']} rule among {sel['candidates']} "
-                     f"programs (final front and greedy) on {sel['prompts']} fresh valid "
+                     f"programs (final front, seeds and greedy) on {sel['prompts']} fresh valid "
                      f"prompts: valid {sel['valid']:.3f}, test {sel['test']:.3f}, valid-to-test "
                      f"gap {sel['gap']:+.3f}")
     return lines

@@ -92,8 +92,8 @@ def test_nested_defaults_survive_partial_sections():
     ("hf.train_mode=lora", "hf.train_mode = 'lora' applies to a Hugging Face model "
                            "(--model hf:DIR)"),
     ("loop.decode_memory_mb=100", "loop.decode_memory_mb = 100: decoding up to "
-                                  "evolution.limits.max_votes = 16 answers for each of 256 "
-                                  "prompts takes about 2064 MB"),  # loop.select_prompts
+                                  "evolution.limits.max_votes = 16 answers for each of 500 "
+                                  "prompts takes about 4032 MB"),  # loop.test_prompts
 ])
 def test_settings_out_of_range_name_section_and_key(setting, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

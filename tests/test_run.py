@@ -60,6 +60,8 @@ def test_final_report_has_test_scores_with_intervals(tiny_run):
                         r"[+-]\d\.\d{3}\]", line), line
     sel = report["selection"]
     assert sel["prompts"] > 0 and sel["gap"] == pytest.approx(sel["valid"] - sel["test"])
+    # the seeds are candidates whatever the front: greedy, nucleus-vote, entropy-branch
+    assert sel["candidates"] >= 3
     assert "valid-to-test gap" in proc.stdout
     assert len(report["samples"]) == 5 and all(
         x["champion_answer"] == x["champion"] for x in report["samples"])  # no rule: as is
