@@ -52,17 +52,29 @@ class SearchSpace:
 
     n_layer, n_head: of the model the programs query (Weights lengths, `layer` indices).
     vocab_size: the largest useful `top-k`.
+    unavailable: program inputs (`primitives.INPUTS`) the model cannot give, e.g. the
+      residual streams of a Hugging Face model whose logits are not its lens of them:
+      primitives that read one are left out of random trees and mutations.
     """
 
     n_layer: int = 4
     n_head: int = 4
     vocab_size: int = 259
     limits: Limits = field(default_factory=Limits)
+    unavailable: frozenset[str] = frozenset()
 
     @classmethod
     def for_model(cls, model, limits: Limits | None = None) -> SearchSpace:
-        """The space of programs for a model satisfying `engine_dsl.protocol.LanguageModel`."""
-        return cls(model.n_layer, model.n_head, model.vocab_size, limits or Limits())
+        """The space of programs for a model satisfying `engine_dsl.protocol.LanguageModel`
+        (and its optional `unavailable_inputs`)."""
+        return cls(model.n_layer, model.n_head, model.vocab_size, limits or Limits(),
+                   frozenset(getattr(model, "unavailable_inputs", ())))
+
+    def usable(self, prims: list) -> list:
+        """The DEAP primitives of `prims` whose entries read only inputs the model gives."""
+        if not self.unavailable:
+            return prims
+        return [p for p in prims if not self.unavailable & PRIMITIVES[p.name].reads]
 
 
 # --- type classes --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,14 +103,19 @@ def config_text(cfg: RunConfig) -> str:
     return tomli_w.dumps(data)
 
 
-def fit_to_model(d: Definition, n_layer: int, n_head: int) -> Definition:
+def fit_to_model(d: Definition, n_layer: int, n_head: int,
+                 unavailable: Mapping[str, str] | None = None) -> Definition:
     """A seed adapted to the model: Weights literals resized to their slot's shape (n_layer,
-    or n_layer x n_head) by repeating or truncating; a block index beyond the model is an
-    error naming the seed's position."""
+    or n_layer x n_head) by repeating or truncating; a block index beyond the model, or a
+    primitive reading an input the model cannot give (`unavailable`: input -> why, the
+    model's `unavailable_inputs`), is an error naming the seed's position."""
 
     def go(e: Expr) -> Expr:
         if not isinstance(e, Apply):
             return e
+        for name in sorted(PRIMITIVES[e.op].reads & (unavailable or {}).keys()):
+            raise DslError.at(e.span, f"'{e.op}' cannot run on this model: "
+                                      f"{unavailable[name]}")
         for arg, a in zip(PRIMITIVES[e.op].args, e.args, strict=True):
             if arg.type is Type.COUNT and arg.shape == "layers" and a.value > n_layer:
                 raise DslError.at(e.span, f"({e.op} {a.value}) but the model has "
@@ -123,6 +129,11 @@ def fit_to_model(d: Definition, n_layer: int, n_head: int) -> Definition:
         return replace(e, args=tuple(args))
 
     return replace(d, body=go(d.body))
+
+
+def unavailable_inputs(model) -> dict[str, str]:
+    """The program inputs `model` cannot give, with why (none for the built-in GPT)."""
+    return getattr(model, "unavailable_inputs", {})
 
 
 # --- the program's loss inside model training ------------------------------------------------
@@ -334,7 +345,8 @@ class CoEvolution:
         else:
             model = GPT(cfg.model).to(self.device)
         self._check_task(model)
-        seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
+        seeds = [fit_to_model(d, model.n_layer, model.n_head, unavailable_inputs(model))
+                 for d in seeds]
         if not restart:
             cfg.run.seeds = [str(f) for f in files]
             cfg.run.model_from = str(model_from or "")
@@ -370,7 +382,8 @@ class CoEvolution:
                                        extra_loss=self.champion_loss, tokenizer=self.tokenizer,
                                        device=self.device)
         model = self.trainer.model
-        self.seeds = [fit_to_model(d, model.n_layer, model.n_head) for d in seeds]
+        self.seeds = [fit_to_model(d, model.n_layer, model.n_head, unavailable_inputs(model))
+                      for d in seeds]
         self.rng = random.Random()
         self.rng.setstate(state.rng)
         self.population = None

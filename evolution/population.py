@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from deap import base
 
@@ -46,7 +46,7 @@ def build_toolbox(config: EvolutionConfig, space: SearchSpace | None = None) -> 
     limits = config.limits
     space = space or SearchSpace(limits=limits)
     if space.limits != limits:
-        space = SearchSpace(space.n_layer, space.n_head, space.vocab_size, limits)
+        space = replace(space, limits=limits)
     sampler = random_trees.ConstantSampler(space)
 
     tb = base.Toolbox()

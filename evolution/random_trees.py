@@ -157,7 +157,8 @@ def generate(slot: type, height: int, rng: random.Random, sampler: ConstantSampl
     stack = [(slot, max(height, MIN_HEIGHT[slot]))]
     while stack:
         s, budget = stack.pop()
-        prims = [p for p in SLOT_PRIMITIVES[s] if PRIM_MIN_HEIGHT[p.name] <= budget]
+        prims = [p for p in sampler.space.usable(SLOT_PRIMITIVES[s])
+                 if PRIM_MIN_HEIGHT[p.name] <= budget]
         leaf_ok = _has_terminal(s)
         if leaf_ok and prims:
             # literal-only refined Real slots (a temperature, a top-p mass) mostly get literals

@@ -136,7 +136,7 @@ def mut_node_replacement(ind, rng: random.Random, sampler: ConstantSampler):
                 options.append((i, None))
             continue
         kids = [ind[c].ret for c in _children(ind, i)]
-        alts = [p for p in SLOT_PRIMITIVES[slots[i]]
+        alts = [p for p in sampler.space.usable(SLOT_PRIMITIVES[slots[i]])
                 if p.name != node.name and p.arity == node.arity
                 and all(fits(k, a) for k, a in zip(kids, p.args, strict=True))]
         if alts:
@@ -161,7 +161,7 @@ def mut_insert(ind, rng: random.Random, sampler: ConstantSampler):
     slots = slot_classes(ind)
     index = rng.randrange(len(ind))
     ret = ind[index].ret
-    choices = [(p, k) for p in SLOT_PRIMITIVES[slots[index]]
+    choices = [(p, k) for p in sampler.space.usable(SLOT_PRIMITIVES[slots[index]])
                for k, a in enumerate(p.args) if fits(ret, a)]
     if not choices:
         return (ind,)

@@ -35,10 +35,11 @@ def model_summary(cfg) -> str:
 
 def program_defs(path: str, run, name: str | None = None) -> list[Definition]:
     """The definitions of a program file (only `name` when given), fitted to the run's model."""
-    from .loop import fit_to_model
+    from .loop import fit_to_model, unavailable_inputs
 
     defs = pick(read_file(path, run.cfg.evolution.limits), name, path)
-    return [fit_to_model(d, run.model.n_layer, run.model.n_head) for d in defs]
+    return [fit_to_model(d, run.model.n_layer, run.model.n_head, unavailable_inputs(run.model))
+            for d in defs]
 
 
 def pick(defs, name: str | None, path: str) -> list[Definition]:

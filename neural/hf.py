@@ -14,8 +14,11 @@ Families (`FAMILIES`): GPT-2, Llama / Mistral / Qwen2 and GPT-NeoX, whose blocks
 and each attention block's output projection the adapter knows. Another family is used where
 one of the layouts of `LAYOUTS` (Qwen3, Gemma, Phi, OPT, Falcon, GPT-J, ...) fits it and its
 final norm and head on the last block's stream give its own logits, checked on a probe
-forward when it is loaded; otherwise it is an `HFError` naming the family and why (a logit
-soft cap or scale, as Gemma 2 and Granite have, is not what `(layer k)` could reproduce):
+forward when it is loaded. Any other causal LM still decodes from its logits
+(`unavailable_inputs`: where no layout fits, no `layer`, `layer-mix` or `gated`; where the
+logits are soft-capped or scaled after the head, as Gemma 2's and Granite's are, no `layer` or
+`layer-mix`, which could not reproduce that; a program that reads one is an error naming the
+family, and evolution leaves them out):
 
 * residual streams are read by forward hooks on the blocks. HF's own `hidden_states[k]` is
   the stream after block k for k < L, but the last one is taken after the final norm, which
@@ -114,20 +117,19 @@ def _get(obj, dotted: str):
     return obj
 
 
-def _find_layout(hf_model: nn.Module, family: str | None) -> Layout:
+def _find_layout(hf_model: nn.Module, family: str | None) -> tuple[Layout | None, str]:
     """The layout of `LAYOUTS` that fits the model (its blocks and final norm; one with the
-    attention output projection first), used only if the model's logits are its head on the
-    final norm's output and that norm reads the last block's stream: checked on a probe
-    forward whose norm output is replaced by large random values (a logit scale or soft cap
-    shows there), so `layer`, `layer-mix` and `gated` mean on it what they mean on the
-    known families."""
+    attention output projection first), and why its lens cannot be used ("" if it can): the
+    lens is the model's own only if its logits are its head on the final norm's output and
+    that norm reads the last block's stream, checked on a probe forward whose norm output is
+    replaced by large random values (a logit scale or soft cap shows there), so `layer` and
+    `layer-mix` mean on it what they mean on the known families. (None, why) where no layout
+    fits: the model decodes from its logits only."""
     head = hf_model.get_output_embeddings()
     fits = [lay for lay in LAYOUTS if head is not None and _get(hf_model, lay.norm) is not None
             and len(_get(hf_model, lay.blocks) or ())]
     if not fits:
-        raise HFError(f"model family '{family}' ({type(hf_model).__name__}) is not supported: "
-                      f"none of the known layouts of blocks and final norm fits it; supported: "
-                      f"{', '.join(FAMILIES)} and families laid out like them")
+        return None, "none of the known layouts of blocks and final norm fits it"
     layout = min(fits, key=lambda lay: _get(_get(hf_model, lay.blocks)[0], lay.proj) is None)
     blocks, norm = _get(hf_model, layout.blocks), _get(hf_model, layout.norm)
     seen: dict[str, torch.Tensor] = {}
@@ -159,12 +161,10 @@ def _find_layout(hf_model: nn.Module, family: str | None) -> Layout:
             h.remove()
         hf_model.train(training)
     if not ok:
-        raise HFError(f"model family '{family}' ({type(hf_model).__name__}) is not supported: "
-                      f"its logits are not its head on its final norm ({layout.norm}) of the "
+        return layout, (f"its logits are not its head on its final norm ({layout.norm}) of the "
                       f"last block's stream (a logit scale or soft cap, or a projection after "
-                      f"the norm); supported: {', '.join(FAMILIES)} and families laid out "
-                      f"like them")
-    return layout
+                      f"the norm)")
+    return layout, ""
 
 
 def _transformers():
@@ -347,7 +347,8 @@ class HFModel(nn.Module):
         family = getattr(config, "model_type", None)
         if train_mode not in TRAIN_MODES:
             raise HFError(f"train mode '{train_mode}': expected one of {', '.join(TRAIN_MODES)}")
-        layout = FAMILIES.get(family) or _find_layout(hf_model, family)
+        layout, why = (FAMILIES[family], "") if family in FAMILIES else \
+            _find_layout(hf_model, family)
         self.train_mode = train_mode
         self.lora = lora or LoraSettings()
         self.source = dict(source or {})
@@ -356,16 +357,18 @@ class HFModel(nn.Module):
         if train_mode == "lora":
             object.__setattr__(self, "peft", _with_lora(hf_model, self.lora))
         self.hf = hf_model  # peft injects its adapters into these very modules
-        blocks, norm = _get(hf_model, layout.blocks), _get(hf_model, layout.norm)
         head = hf_model.get_output_embeddings()
-        if blocks is None or norm is None or head is None:
+        blocks, norm = (None, None) if layout is None else \
+            (_get(hf_model, layout.blocks), _get(hf_model, layout.norm))
+        if layout is not None and (blocks is None or norm is None or head is None):
             raise HFError(f"model family '{family}' ({type(hf_model).__name__}): expected "
                           f"{layout.blocks}, {layout.norm} and an output embedding")
         # plain references, not submodules: their parameters already live under self.hf
-        object.__setattr__(self, "blocks", list(blocks))
+        object.__setattr__(self, "blocks", list(blocks or ()))
         object.__setattr__(self, "final_norm", norm)
         object.__setattr__(self, "head", head)
-        self.n_layer = len(self.blocks)
+        self.n_layer = len(self.blocks) or int(getattr(config, "num_hidden_layers", None)
+                                               or getattr(config, "n_layer", None) or 1)
         self.n_head = int(getattr(config, "num_attention_heads", None) or config.n_head)
         self.vocab_size = int(config.vocab_size)
         n_embd = int(getattr(config, "hidden_size", None) or config.n_embd)
@@ -375,8 +378,17 @@ class HFModel(nn.Module):
                                int(positions))
         self._streams: list[torch.Tensor] | None = None
         self._gates: torch.Tensor | None = None  # (B|1, L, H) during a gated call
-        projections = [_get(b, layout.proj) for b in self.blocks]
+        projections = [_get(b, layout.proj) for b in self.blocks] if layout else [None]
         self.supports_head_gates = all(p is not None for p in projections)
+        # the program inputs this model cannot give, each with why (`SearchSpace.for_model`
+        # keeps them out of the search; a program that reads one is an error naming it)
+        name = f"the model family '{family}' ({type(hf_model).__name__})"
+        self.unavailable_inputs: dict[str, str] = {}
+        if why:
+            self.unavailable_inputs.update(dict.fromkeys(("residuals", "lens"), f"{name}: {why}"))
+        if not self.supports_head_gates:
+            self.unavailable_inputs["gated_forward"] = (
+                f"{name} has no per-head attention output projection to scale")
         for block in self.blocks:
             block.register_forward_hook(self._record_stream)
         if self.supports_head_gates:
@@ -427,6 +439,8 @@ class HFModel(nn.Module):
 
     def lens(self, residual: torch.Tensor) -> torch.Tensor:
         """The model's own final norm + LM head on any residual stream, (..., C) -> (..., V)."""
+        if "lens" in self.unavailable_inputs:
+            raise HFError(f"(layer k) and layer-mix: {self.unavailable_inputs['lens']}")
         return self.head(self.final_norm(residual))
 
     def _call(self, ids, mask, past, *, use_cache: bool):
@@ -442,8 +456,7 @@ class HFModel(nn.Module):
         gates = None
         if head_gates is not None:
             if not self.supports_head_gates:
-                raise HFError(f"(gated ...): the model family '{self.config.model_type}' has no "
-                              "per-head attention output projection to scale")
+                raise HFError(f"(gated ...): {self.unavailable_inputs['gated_forward']}")
             gates = step_gates(head_gates, self.n_layer, self.n_head)
         past = None if cache is None else _copy_past(cache.past)
         self._streams, self._gates = [], gates

@@ -133,14 +133,22 @@ def test_fingerprint_follows_the_weights(tmp_path):
     assert fingerprint(a) == fingerprint(b) != fingerprint(c)
 
 
-def test_a_family_whose_logits_are_not_its_norm_and_head_is_named(tmp_path):
-    """Granite divides its logits by a scale after the head: `(layer k)` could not mean
-    there what it means elsewhere, so the model is refused with its family and why."""
-    tiny.save("granite", tmp_path)
-    with pytest.raises(HFError, match=r"model family 'granite' \(GraniteForCausalLM\) is not "
-                                      r"supported: its logits are not its head on its final "
-                                      r"norm \(model.norm\)"):
-        HFModel.from_pretrained(str(tmp_path))
+def test_a_family_whose_logits_are_not_its_lens_decodes_from_its_logits(tmp_path):
+    """Granite divides its logits by a scale after the head: its lens is not its own, so
+    `(layer k)` and `layer-mix` are unavailable (named, with why), while its logits and its
+    head gates are the model's own."""
+    model = HFModel.from_pretrained(str(tiny.save("granite", tmp_path)))
+    assert set(model.unavailable_inputs) == {"residuals", "lens"}
+    assert model.unavailable_inputs["lens"].startswith(
+        "the model family 'granite' (GraniteForCausalLM): its logits are not its head on its "
+        "final norm (model.norm)")
+    ids = ids_of(2, 5)
+    out = model.forward_step(ids)
+    assert torch.allclose(out.logits, model.hf(input_ids=ids).logits, atol=ATOL)
+    with pytest.raises(HFError, match=r"\(layer k\) and layer-mix: the model family 'granite'"):
+        model.lens(out.residuals[-1])
+    gated = model.forward_step(ids, head_gates=torch.ones(model.n_layer, model.n_head))
+    assert torch.allclose(gated.logits, out.logits, atol=ATOL)
 
 
 def test_pickle_weights_are_not_loaded(tmp_path):

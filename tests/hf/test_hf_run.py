@@ -36,11 +36,11 @@ def run_cli(capsys, *args, code=0):
     return out, err
 
 
-def evolve(capsys, model_dir, out, seeds, *extra, generations=1):
+def evolve(capsys, model_dir, out, seeds, *extra, generations=1, code=0):
     sets = [x for s in SETTINGS for x in ("--set", s)]
     task = [] if "--task" in extra else ["--task", "addition"]  # not the default's task
     return run_cli(capsys, "evolve", "--model", f"hf:{model_dir}", "--out", out, "--seeds",
-                   seeds, "--generations", generations, *task, *sets, *extra)
+                   seeds, "--generations", generations, *task, *sets, *extra, code=code)
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +257,28 @@ def test_training_modes(mode, tmp_path, seeds, capsys):
         assert not torch.allclose(untouched(input_ids=ids).logits,
                                   ours.forward_step(ids).logits, atol=1e-6)
     run_cli(capsys, "evolve", "--resume", run, "--generations", 2)
+
+
+def test_a_model_without_a_lens_evolves_from_its_logits_only(tmp_path, capsys):
+    """Granite scales its logits after the head, so `(layer k)` could not mean there what
+    it means elsewhere: a seed that reads the layers is an error at its position naming the
+    family, and a run from logit-only seeds never breeds a program that reads them."""
+    model_dir = tiny.save("granite", tmp_path / "model")
+    _, err = evolve(capsys, model_dir, tmp_path / "refused", seeds_file(tmp_path, SEEDS),
+                    code=1)
+    assert err.count("\n") == 1 and ":2:34: error: 'layer' cannot run on this model: the " \
+        "model family 'granite' (GraniteForCausalLM): its logits are not its head" in err
+    assert not (tmp_path / "refused").exists()
+    plain = seeds_file(tmp_path, "(define plain (greedy logits))\n"
+                                 "(define nucleus (sample (top-p logits 0.9)))\n")
+    evolve(capsys, model_dir, tmp_path / "run", plain, "--set", "evolution.population_size=12",
+           generations=2)
+    bred = "".join(p.read_text() for p in (tmp_path / "run" / "generations").glob("*.scm"))
+    assert bred.count("(define") >= 24  # 12 per generation file, 3 files
+    assert "(layer" not in bred and "layer-mix" not in bred
+
+
+def seeds_file(tmp_path, text):
+    path = tmp_path / f"seeds-{len(list(tmp_path.glob('seeds-*')))}.scm"
+    path.write_text(text)
+    return path
