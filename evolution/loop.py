@@ -853,8 +853,9 @@ class CoEvolution:
         again on that many valid prompts that evolution never saw, with fresh draws, and the
         one-standard-error rule (`selection.one_standard_error_choice`, complexity = size)
         picks the smallest program whose mean is within one standard error of the paired
-        per-prompt differences from the best: a program beats greedy only by more than the noise of its
-        selection. Otherwise the generation's champion (highest valid score) is kept."""
+        per-prompt differences from the best: a program beats greedy only by more than the
+        noise of its selection. Otherwise the generation's champion (highest valid score) is
+        kept."""
         from .selection import one_standard_error_choice
 
         evolved = to_expr(self.population.champion())

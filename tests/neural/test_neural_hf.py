@@ -5,6 +5,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from lm_checks import cached_logits  # noqa: E402
+
 from neural.hf import HFModel  # noqa: E402
 
 ATOL = 1e-5
@@ -39,12 +41,7 @@ def test_kv_cache_equals_full_forward(model, batch, prompt_len, steps):
     """Incremental decoding through the cache gives the full forward's logits."""
     ids = ids_of(batch, prompt_len + steps)
     full = model.forward_step(ids).logits
-    out = model.forward_step(ids[:, :prompt_len])
-    pieces = [out.logits]
-    for t in range(prompt_len, prompt_len + steps):
-        out = model.forward_step(ids[:, t : t + 1], cache=out.cache)
-        pieces.append(out.logits)
-    assert torch.allclose(torch.cat(pieces, 1), full, atol=ATOL)
+    assert torch.allclose(cached_logits(model, ids, prompt_len), full, atol=ATOL)
 
 
 def test_cache_can_be_continued_twice(model):

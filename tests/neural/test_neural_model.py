@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from lm_checks import cached_logits
 
 from neural import GPT, GPTConfig, KVCache, StepOutput
 
@@ -55,12 +56,7 @@ def test_kv_cache_incremental_equals_full_forward(model, batch, prompt_len, step
     full forward over the whole sequence, at every position."""
     ids = ids_of(batch, prompt_len + steps, seed=prompt_len)
     full = model.forward_step(ids).logits
-    out = model.forward_step(ids[:, :prompt_len])
-    pieces = [out.logits]
-    for t in range(prompt_len, prompt_len + steps):
-        out = model.forward_step(ids[:, t : t + 1], cache=out.cache)
-        pieces.append(out.logits)
-    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=ATOL)
+    assert torch.allclose(cached_logits(model, ids, prompt_len), full, atol=ATOL)
 
 
 def test_kv_cache_chunks_of_several_tokens(model):

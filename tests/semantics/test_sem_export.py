@@ -8,11 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import exportable, transform_chains
 
 import engine_dsl
 from engine_dsl import Type
 from engine_dsl.export import ENGINES, export, render
-from strategies import exportable, transform_chains
 
 transformers = pytest.importorskip("transformers")
 

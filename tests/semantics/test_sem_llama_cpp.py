@@ -21,12 +21,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import exportable, transform_chains
 
 import engine_dsl
 from engine_dsl import Type
 from engine_dsl.export import export
 from engine_dsl.semantics import RowState
-from strategies import exportable, transform_chains
 
 llama = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (an optional test dependency: it "
