@@ -359,9 +359,13 @@ def main(argv=None) -> int:
             cost = (gen_s, score_s, p, min(args.cost_prompts, len(plain.task.test)),
                     plain.answer_cap(), os.getloadavg()[0])
             log(f"scoring cost: generate {gen_s:.1f} s, score {score_s:.1f} s")
-    n = len(measured[args.seeds[0]][HUMAN].w.texts)
-    table, diff = bootstrap(measured, n, args.bootstrap, seed=0)
-    text = report(args, table, diff, programs_by_seed, cost, time.perf_counter() - started)
+        # the table over the seeds done so far, kept in OUT/report.md (a run stopped early
+        # still reports its finished seeds)
+        n = len(measured[args.seeds[0]][HUMAN].w.texts)
+        table, diff = bootstrap(measured, n, args.bootstrap, seed=0)
+        text = report(args, table, diff, programs_by_seed, cost, time.perf_counter() - started)
+        (out / "report.md").write_text(text + "\n\n" + last_line(table, diff) + "\n")
+        log(f"seeds {', '.join(map(str, measured))}: table in {out / 'report.md'}")
     print(text)
     if args.write:
         from primitives import write_section
@@ -390,7 +394,7 @@ def report(args, table, diff, programs_by_seed, cost, elapsed) -> str:
              f"`{cmd}` — {platform.machine()}, torch {torch.__version__}, {args.threads} "
              f"threads, a shared machine (load average {os.getloadavg()[0]:.1f} at the end); "
              f"{elapsed / 60:.1f} minutes. Task `shakespeare`; run seeds "
-             f"{', '.join(map(str, args.seeds))}; settings "
+             f"{', '.join(map(str, programs_by_seed))}; settings "
              f"{' '.join(args.set) or 'the task defaults'}, "
              f"training batch {args.batch_size}; pre-training {args.pretrain_steps} steps, "
              f"judge {args.judge_steps} steps, {args.generations} generations x population "
