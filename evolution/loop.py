@@ -113,9 +113,10 @@ def fit_to_model(d: Definition, n_layer: int, n_head: int,
     def go(e: Expr) -> Expr:
         if not isinstance(e, Apply):
             return e
-        for name in sorted(PRIMITIVES[e.op].reads & (unavailable or {}).keys()):
+        missing = sorted(PRIMITIVES[e.op].reads & (unavailable or {}).keys())
+        if missing:
             raise DslError.at(e.span, f"'{e.op}' cannot run on this model: "
-                                      f"{unavailable[name]}")
+                                      f"{unavailable[missing[0]]}")
         for arg, a in zip(PRIMITIVES[e.op].args, e.args, strict=True):
             if arg.type is Type.COUNT and arg.shape == "layers" and a.value > n_layer:
                 raise DslError.at(e.span, f"({e.op} {a.value}) but the model has "

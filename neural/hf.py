@@ -378,8 +378,8 @@ class HFModel(nn.Module):
                                int(positions))
         self._streams: list[torch.Tensor] | None = None
         self._gates: torch.Tensor | None = None  # (B|1, L, H) during a gated call
-        projections = [_get(b, layout.proj) for b in self.blocks] if layout else [None]
-        self.supports_head_gates = all(p is not None for p in projections)
+        projections = [_get(b, layout.proj) for b in self.blocks] if layout else []
+        self.supports_head_gates = bool(projections) and all(p is not None for p in projections)
         # the program inputs this model cannot give, each with why (`SearchSpace.for_model`
         # keeps them out of the search; a program that reads one is an error naming it)
         name = f"the model family '{family}' ({type(hf_model).__name__})"
