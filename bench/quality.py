@@ -1,11 +1,12 @@
 """Quality of the default run, over several run seeds: what programs and co-training add.
 
-    python bench/quality.py                          # 3 seeds x {lambda default, 0}
+    python bench/quality.py                          # 3 seeds x {lambda 0.1, 0}
     python bench/quality.py --seeds 0 1 --set run.generations=2 --write
 
 Per run seed, two real `run_evolution.py evolve` runs (in a temporary directory unless
---keep): co-training (the run's program_lambda) and plain training (lambda 0), the same
-compute (training steps, population, generations). Then, on each co-training run's model:
+--keep): co-training (`--cotrain-lambda`, default 0.1, with the run's `loop.program_guard`)
+and plain training (lambda 0, the answer tasks' default), the same training steps,
+population and generations (the guard adds its plain reference branch). Then:
 
 1. **The runs**: test exact match of champion, greedy and the best seed (by valid), 95%
    bootstrap intervals, and the run's own `champion vs greedy on test` paired interval.
@@ -15,11 +16,12 @@ compute (training steps, population, generations). Then, on each co-training run
    test exact match, sum over seeds and prompts, 95% bootstrap interval (stratified by seed).
 4. **Self-consistency curve**: `(vote n (sample (temperature logits t)))` for n = 1, 2, 4, 8,
    16 at the evolved temperature t (the champion's, else the hall of fame's first program
-   with one), each minus greedy on test, paired.
+   with one), each minus greedy on test, paired, on the default (plain) run's model.
 5. **Champion vs an Optuna-tuned sampler chain** `(vote n (sample (top-p (top-k
    (temperature logits t) k) p)))`: t, k, p, n tuned by Optuna's TPE on the run's valid
    prompts and draws with as many evaluations as evolution scored programs (population x (1
-   + 2 x generations)), then champion minus the tuned chain on test, paired.
+   + 2 x generations)), then champion minus the tuned chain on test, paired (the default
+   run's).
 
 `--write` replaces the "## Quality" section of docs/BENCHMARKS.md. Needs `optuna` (the
 `bench` extra) for part 5.
@@ -181,7 +183,7 @@ def analyse(co_dir: Path, plain_dir: Path, seed: int, trials: int | None) -> dic
     co, plain = open_run(str(co_dir)), open_run(str(plain_dir))
     rep_co = json.loads((co_dir / "report.json").read_text())
     rep_plain = json.loads((plain_dir / "report.json").read_text())
-    champion = read_expr(rep_co["champion_source"], Type.DECODER)
+    champion = read_expr(rep_plain["champion_source"], Type.DECODER)  # the default run's
     out = {"seed": seed,
            "claim_items": (rep_co["test_per_prompt"]["champion"],
                            rep_plain["test_per_prompt"]["greedy"]),
@@ -190,16 +192,16 @@ def analyse(co_dir: Path, plain_dir: Path, seed: int, trials: int | None) -> dic
            "greedy_co": rep_co["programs"]["greedy"]["test"]["score"],
            "greedy_plain": rep_plain["programs"]["greedy"]["test"]["score"]}
     out["heldout_loss"] = {name: held_out_loss(r) for name, r in (("co", co), ("plain", plain))}
-    t = evolved_temperature(co)
+    t = evolved_temperature(plain)
     out["temperature"] = t
-    out["curve"] = self_consistency(co, t)
+    out["curve"] = self_consistency(plain, t)
     if trials:
-        cfg = co.cfg
+        cfg = plain.cfg
         trials = trials if trials > 0 else cfg.evolution.population_size * (
             1 + 2 * cfg.run.generations)
         t0 = time.perf_counter()
-        chain, valid = optuna_chain(co, trials, seed)
-        scores, _, _ = co.per_item("test", [champion, chain, GREEDY])
+        chain, valid = optuna_chain(plain, trials, seed)
+        scores, _, _ = plain.per_item("test", [champion, chain, GREEDY])
         out["optuna"] = {"trials": trials, "chain": _source(chain), "valid": valid,
                          "test": sum(scores[1]) / len(scores[1]),
                          "champion_test": sum(scores[0]) / len(scores[0]),
@@ -237,13 +239,15 @@ def main(argv=None) -> int:
                                                    "there are reused)")
     ap.add_argument("--trials", type=int, default=-1,
                     help="Optuna trials (-1: as many as evolution scored programs; 0: skip)")
+    ap.add_argument("--cotrain-lambda", type=float, default=0.1,
+                    help="loop.program_lambda of the co-training runs (> 0; default 0.1)")
     ap.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md section")
     args = ap.parse_args(argv)
 
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="quality-"))
-    from evolution.settings import resolve
-
-    default_lambda = resolve(args.config, args.set).loop.program_lambda
+    if not args.cotrain_lambda > 0:
+        ap.error("--cotrain-lambda must be above 0 (the plain runs are the lambda-0 ones)")
+    default_lambda = args.cotrain_lambda
     rows, analyses = [], []
     for seed in args.seeds:
         dirs = {}
@@ -287,9 +291,11 @@ def report_text(rows, analyses, default_lambda) -> str:
                      f"{interval(s['vs_greedy'])} | "
                      f"{'-' if gap is None else f'{gap:+.3f}'} | {secs:.0f} | "
                      f"`{s['champion_source']}` |")
-    above = [s["vs_greedy"]["low"] > 0 for seed, lam, s, _ in rows if lam == default_lambda]
-    lines += ["", f"Default runs (lambda {default_lambda}) whose champion-vs-greedy interval "
-                  f"lies above zero: {sum(above)}/{len(above)}."]
+    for lam, what in ((0.0, "Default runs (lambda 0)"),
+                      (default_lambda, f"Co-training runs (lambda {default_lambda})")):
+        above = [s["vs_greedy"]["low"] > 0 for seed, la, s, _ in rows if la == lam]
+        lines += ["", f"{what} whose champion-vs-greedy interval lies above zero: "
+                      f"{sum(above)}/{len(above)}."]
     lines += ["", "Co-training (lambda "
               f"{default_lambda}) vs plain training (lambda 0), same compute: the model's own "
               "greedy test exact match (paired over the same prompts) and its plain held-out "
@@ -306,8 +312,9 @@ def report_text(rows, analyses, default_lambda) -> str:
     lines += ["", f"The seeds' claim (>= +10% relative): champion + co-training over greedy + "
                   f"plain training, relative gain in test exact match over "
                   f"{len(analyses)} seeds: {figure}.", "",
-              "Self-consistency at the evolved temperature, test exact match of "
-              "`(vote n (sample (temperature logits t)))` minus greedy (paired):", "",
+              "Self-consistency at the evolved temperature on the default run's model, test "
+              "exact match of `(vote n (sample (temperature logits t)))` minus greedy "
+              "(paired):", "",
               "| run seed | t | " + " | ".join(f"n = {n}" for n in VOTES) + " |",
               "|---:|---:|" + "---|" * len(VOTES)]
     for a in analyses:
@@ -315,8 +322,8 @@ def report_text(rows, analyses, default_lambda) -> str:
             f"{a['curve'][n]['score']:.3f} ({interval(a['curve'][n])})" for n in VOTES) + " |")
     opt = [a for a in analyses if "optuna" in a]
     if opt:
-        lines += ["", "Champion vs a sampler chain tuned by Optuna (TPE) on valid with the "
-                      "same number of program evaluations:", "",
+        lines += ["", "The default run's champion vs a sampler chain tuned by Optuna (TPE) on "
+                      "valid with the same number of program evaluations:", "",
                   "| run seed | trials | tuned chain | chain valid | chain test | champion test "
                   "| champion - chain |", "|---:|---:|---|---:|---:|---:|---|"]
         for a in opt:

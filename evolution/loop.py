@@ -62,7 +62,8 @@ GREEDY = baseline()  # the fixed decoding a user would pick: (greedy logits)
 DERIVED = {
     "train.steps": "loop.pretrain_steps + run.generations x loop.train_steps (one cosine "
                    "schedule over the whole run)",
-    "train.extra_lambda": "loop.program_lambda in co-evolution generations, 0 in pre-training",
+    "train.extra_lambda": "loop.program_lambda in co-evolution generations, 0 in pre-training "
+                          "(and in the plain reference branch of loop.program_guard)",
     "train.seed": "run.seed",
     "evolution.seed": "run.seed",
     "evolution.reevaluate_parents": "true (the model changes between generations)",
@@ -490,6 +491,48 @@ class CoEvolution:
             info["reward"] = _mean(rewards[-10:])
         return info
 
+    def _co_train(self, g: int) -> dict | None:
+        """Generation g's model training through the champion. With `loop.program_guard`
+        (and lambda > 0) it is a trust region on the model's own loss: the same steps on the
+        same batches are trained twice from the same state, plainly and through the
+        champion, and the co-trained model is kept only if its held-out answer loss
+        (`held_out_loss`, the valid prompts) is at most the plain one's plus
+        `loop.guard_tolerance`; else the plain model (exactly as lambda = 0 would have
+        trained it) goes on. `model.guard` in the log says which was kept."""
+        loop = self.cfg.loop
+        label = f"gen {g} training"
+        if not (loop.program_guard and loop.program_lambda > 0):
+            return self._train(loop.train_steps, label, loop.program_lambda)
+        start = self.trainer.snapshot()
+        plain = self._train(loop.train_steps, f"{label} (plain, the guard's reference)", 0.0)
+        if plain is None:  # nothing trains (a frozen model)
+            return None
+        plain_loss, plain_state = self.held_out_loss(), self.trainer.snapshot()
+        self.trainer.restore(start)
+        info = self._train(loop.train_steps, label, loop.program_lambda)
+        loss = self.held_out_loss()
+        kept = loss <= plain_loss + loop.guard_tolerance
+        if not kept:
+            self.trainer.restore(plain_state)
+            info = plain
+        info["guard"] = {"plain_loss": plain_loss, "co_loss": loss,
+                         "kept": "co-trained" if kept else "plain"}
+        return info
+
+    @torch.no_grad()
+    def held_out_loss(self) -> float:
+        """The model's own mean loss of the answer tokens (text tasks: the continuations) of
+        the valid prompts, teacher-forced: what the guard of co-training compares."""
+        batch = make_batch(self.tokenizer, self._examples("valid"), self.model.config.block_size,
+                           eos=self.task.kind == "answer")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            _, loss = self.model(batch.inputs, batch.targets(answer_only=True))
+        finally:
+            self.model.train(was_training)
+        return float(loss)
+
     def _progress(self, label: str, total: int | None = None):
         from .progress import progress
 
@@ -633,8 +676,7 @@ class CoEvolution:
             model_info = self._train(self.cfg.loop.pretrain_steps, "pre-training", 0.0)
         elif self._trains_model(g):
             self.champion_loss.set(to_expr(self.population.champion()))
-            model_info = self._train(self.cfg.loop.train_steps, f"gen {g} training",
-                                     self.cfg.loop.program_lambda)
+            model_info = self._co_train(g)
         timings["train_s"] = time.perf_counter() - t0
         self.model.eval()
 

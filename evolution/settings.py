@@ -72,7 +72,11 @@ class TaskSection:
 class LoopSection:
     pretrain_steps: int = 900  # model-alone training before generation 1 (generation 0)
     train_steps: int = 50  # model training per generation (layer 1)
-    program_lambda: float = 0.1  # weight of the champion's loss in training (vs the LM loss 1)
+    # answer tasks train plainly by default: co-training at 0.1 cost the vote its gain
+    # (docs/BENCHMARKS.md, issue 13); text tasks keep 0.1 (TEXT_DEFAULTS)
+    program_lambda: float = 0.0  # weight of the champion's loss in training (vs the LM loss 1)
+    program_guard: bool = True  # lambda > 0: co-training kept only if plain would not do better
+    guard_tolerance: float = 0.0  # nats per answer token the guard lets co-training lose
     # the champion's loss: likelihood (its relaxed answer NLL) | reinforce (what it writes,
     # weighted by reward advantage; the LM loss on the corpus is the anchor)
     model_objective: str = "likelihood"
@@ -215,6 +219,7 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "loop.pretrain_steps": (0, BIG, False),
     "loop.train_steps": (0, BIG, False),
     "loop.program_lambda": (0.0, 1e6, False),
+    "loop.guard_tolerance": (0.0, 1e6, False),
     "loop.reinforce_samples": (2, 2**16, False),
     "loop.valid_prompts": (1, BIG, False),
     "loop.test_prompts": (1, BIG, False),
@@ -421,11 +426,12 @@ def merge(base: dict, over: dict) -> dict:
 # task.continuation_bytes = 64 + 128), and the pre-training that did best on the shakespeare
 # task in about 3 CPU minutes (bench/shakespeare_model.py, docs/BENCHMARKS.md): 1200 steps
 # of 4 windows (batches of 8 and 12 and a learning rate of 6e-3 did no better per CPU second).
-# The generations and test prompts text tasks had before the answer tasks' default was fitted
-# to running-sum's 5 minutes (issue 13).
+# The generations, test prompts and co-training weight text tasks had before the answer
+# tasks' default was fitted to running-sum's 5 minutes (issue 13).
 TEXT_DEFAULTS = {"model": {"block_size": 192}, "train": {"batch_size": 4},
                  "run": {"generations": 4},
-                 "loop": {"pretrain_steps": 1200, "train_steps": 100, "test_prompts": 200}}
+                 "loop": {"pretrain_steps": 1200, "train_steps": 100, "test_prompts": 200,
+                          "program_lambda": 0.1}}
 
 
 def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dict | None = None

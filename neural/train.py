@@ -18,6 +18,7 @@ engine_dsl.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -176,6 +177,29 @@ class Trainer:
         return {"step": self.step_num, "loss": loss.item(), "lm_loss": lm_loss.item(),
                 "extra_loss": None if extra is None else extra.item(), "lr": lr,
                 "grad_norm": grad_norm}
+
+    def snapshot(self) -> dict:
+        """The trainer's state in memory (trainable weights, optimizer, Grokfast EMA, batch
+        generator, step, torch's global RNG), copied: `restore(snapshot)` returns to it
+        exactly, so two branches of training from it see the same batches."""
+        return {"weights": [p.detach().clone() for p in self.params],
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "ema": None if self.grokfast_ema is None
+                else [t.clone() for t in self.grokfast_ema],
+                "generator": self.generator.get_state(), "step": self.step_num,
+                "rng": torch.get_rng_state()}
+
+    def restore(self, snapshot: dict) -> None:
+        """Back to a `snapshot()` (which stays usable: nothing of it is shared)."""
+        with torch.no_grad():
+            for p, w in zip(self.params, snapshot["weights"], strict=True):
+                p.copy_(w)
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        self.grokfast_ema = (None if snapshot["ema"] is None
+                             else [t.clone() for t in snapshot["ema"]])
+        self.generator.set_state(snapshot["generator"])
+        self.step_num = snapshot["step"]
+        torch.set_rng_state(snapshot["rng"])
 
     def train(self, steps: int | None = None, *, callback: Callable[[dict], None] | None = None
               ) -> list[dict]:

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from conftest import TINY
 
 import engine_dsl
 from engine_dsl import DslError, Type, read
@@ -98,6 +99,67 @@ def test_nested_defaults_survive_partial_sections():
 def test_settings_out_of_range_name_section_and_key(setting, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve(None, [setting])
+
+def _generation_1(path, sets, held_out=None, monkeypatch=None):
+    """The model's weights and the log entry after generation 1 of a tiny run; `held_out`:
+    the losses the guard is made to see (plain, then co-trained)."""
+    from evolution.loop import CoEvolution
+    from evolution.rundir import RunDir
+
+    if held_out is not None:
+        losses = iter(held_out)
+        monkeypatch.setattr(CoEvolution, "held_out_loss", lambda self: next(losses))
+    run = CoEvolution.start(resolve(TINY, ["run.generations=1", *sets]), RunDir(path))
+    try:
+        run.generation(0)
+        entry = run.generation(1)
+        return [p.detach().clone() for p in run.model.parameters()], entry
+    finally:
+        run.close()
+
+
+def test_the_guard_keeps_co_training_only_where_the_held_out_loss_allows(tmp_path,
+                                                                          monkeypatch):
+    """loop.program_guard: where the co-trained model's held-out loss exceeds the plain
+    one's by more than the tolerance, the generation goes on with exactly the model plain
+    training (lambda 0) gives; else with exactly the model unguarded co-training gives."""
+    plain, _ = _generation_1(tmp_path / "plain", ["loop.program_lambda=0"])
+    co, _ = _generation_1(tmp_path / "co", ["loop.program_lambda=0.5",
+                                            "loop.program_guard=false"])
+    assert any(not torch.equal(a, b) for a, b in zip(plain, co, strict=True))
+    lam = "loop.program_lambda=0.5"
+    cases = [([lam], (0.5, 0.7), plain, "plain"),
+             ([lam], (0.7, 0.5), co, "co-trained"),
+             ([lam, "loop.guard_tolerance=0.25"], (0.5, 0.7), co, "co-trained")]
+    for k, (sets, losses, expected, kept) in enumerate(cases):
+        weights, entry = _generation_1(tmp_path / f"guarded{k}", sets, losses, monkeypatch)
+        assert entry["model"]["guard"] == {"plain_loss": losses[0], "co_loss": losses[1],
+                                           "kept": kept}
+        assert all(torch.equal(a, b) for a, b in zip(weights, expected, strict=True))
+
+
+def test_the_guard_compares_the_answer_loss_of_the_valid_prompts(tmp_path):
+    """held_out_loss: the model's mean next-token loss over the answer tokens (and the stop)
+    of the valid prompts, worked out here from its logits."""
+    from evolution.loop import CoEvolution
+    from evolution.rundir import RunDir
+
+    run = CoEvolution.start(resolve(TINY, []), RunDir(tmp_path / "r"))
+    try:
+        tok, total, count = ByteTokenizer(), 0.0, 0
+        for e in run.task.valid[:run.cfg.loop.valid_prompts]:
+            prompt, answer = tok.encode(e.input, bos=True), tok.encode(e.output) + [tok.eos_id]
+            ids = torch.tensor([prompt + answer])
+            with torch.no_grad():
+                logits, _ = run.model(ids[:, :-1])
+            logp = torch.log_softmax(logits[0], dim=-1)
+            for k in range(len(answer)):
+                total -= float(logp[len(prompt) - 1 + k, answer[k]])
+                count += 1
+        assert run.held_out_loss() == pytest.approx(total / count, rel=1e-5)
+    finally:
+        run.close()
+
 
 def test_a_run_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     """Config and seed copies appear together: a failure while they are written (as a kill

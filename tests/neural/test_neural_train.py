@@ -64,6 +64,24 @@ def test_lambda_zero_trains_like_no_extra_loss(examples):
         assert torch.equal(p, q)
 
 
+def test_restore_returns_to_a_snapshot_exactly(examples):
+    """Steps from a restored snapshot repeat those first taken from it (the same batches,
+    moments, Grokfast EMA and co-training gradients), and a snapshot survives its use."""
+    cfg = TrainConfig(batch_size=8, grokfast_lambda=0.5, extra_lambda=0.5)
+    trainer = Trainer(tiny_model(), tok, examples, cfg, extra_loss=answer_logit_mean)
+    trainer.train(2)
+    snap = trainer.snapshot()
+    first = trainer.train(3)
+    weights = [p.detach().clone() for p in trainer.params]
+    trainer.restore(snap)
+    assert trainer.step_num == 2
+    assert trainer.train(3) == first
+    assert all(torch.equal(p, w) for p, w in zip(trainer.params, weights, strict=True))
+    trainer.restore(snap)
+    assert all(torch.equal(p, w) for p, w in zip(trainer.params, snap["weights"], strict=True))
+    assert trainer.train(3) == first
+
+
 def test_extra_loss_gradients_flow(examples):
     """The step loss is lm + lambda * extra, and its gradient is the weighted sum of both
     gradients, so the extra loss reaches every parameter it depends on."""
