@@ -498,7 +498,8 @@ class CoEvolution:
         champion, and the co-trained model is kept only if its held-out answer loss
         (`held_out_loss`, the valid prompts) is at most the plain one's plus
         `loop.guard_tolerance`; else the plain model (exactly as lambda = 0 would have
-        trained it) goes on. `model.guard` in the log says which was kept."""
+        trained it) goes on. `model.guard` in the log says which was kept; `model.loss` is
+        the kept model's, `model.program_loss` (and `reward`) the co-training's as tried."""
         loop = self.cfg.loop
         label = f"gen {g} training"
         if not (loop.program_guard and loop.program_lambda > 0):
@@ -512,9 +513,9 @@ class CoEvolution:
         info = self._train(loop.train_steps, label, loop.program_lambda)
         loss = self.held_out_loss()
         kept = loss <= plain_loss + loop.guard_tolerance
-        if not kept:
+        if not kept:  # the plain model's loss; the champion's loss (and reward) as tried
             self.trainer.restore(plain_state)
-            info = plain
+            info = {**info, "loss": plain["loss"]}
         info["guard"] = {"plain_loss": plain_loss, "co_loss": loss,
                          "kept": "co-trained" if kept else "plain"}
         return info
