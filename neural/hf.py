@@ -27,7 +27,8 @@ family, and evolution leaves them out):
 * head gates scale each head's slice of the output projection's input (heads side by side
   there in every family) by a forward pre-hook, before the projection mixes them.
 * the KV cache is transformers' own (`DynamicCache`), passed under the name the installed
-  version takes (`cache`, formerly `past_key_values`), so no deprecation warning.
+  version takes (`cache`, formerly `past_key_values`), so no deprecation warning; after the
+  prefill its layers grow in place (`_growing_layer`) instead of by `torch.cat`.
 
 Training modes: `frozen` (programs only; no parameter takes a gradient), `full` (every
 weight), `lora` (peft adapters on the family's default target modules, or the ones given;
@@ -38,6 +39,7 @@ weight, or the adapters.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import warnings
@@ -323,6 +325,103 @@ class HFCache:
         return self.mask.size(1)
 
 
+@functools.cache
+def _growing_layer() -> type:
+    """transformers' `DynamicLayer` made to grow in place (the class is made on first use,
+    so that this module imports without transformers)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """One block's keys and values in a buffer with room to grow, for decoding.
+
+        `DynamicLayer` appends each step's keys with `torch.cat`, copying the whole cache
+        every step: a third of a batched decoding step at a thousand rows. Here a step
+        writes its keys into the free end of a buffer and `keys` is a view of the written
+        part, so a step copies one position; the buffer is copied only when it is full (room
+        for a quarter more positions, at least 32, each time).
+
+        A cache stays a value, as with `torch.cat`: copies of a layer (`_copy_past`) share
+        the buffer, and a copy writes in place only where no other copy has written past the
+        positions they share (`_frontier`, shared by them); one that would overwrite
+        another's positions, or whose new keys need a gradient, takes a buffer of its own.
+        The other methods are `DynamicLayer`'s, which read `keys` and `values`."""
+
+        @classmethod
+        def of(cls, layer: DynamicLayer) -> DynamicLayer:
+            """A growing copy of a filled `DynamicLayer`."""
+            new = cls()
+            new.__dict__.update(layer.__dict__)
+            new._own(layer.keys, layer.values, 0)
+            return new
+
+        def _own(self, keys, values, extra: int) -> None:
+            """A buffer of this layer's own holding `keys`/`values`, with room for `extra`
+            more positions and then some."""
+            B, H, S, _ = keys.shape
+            room = S + extra + max(32, (S + extra) // 4)
+            self._k = keys.new_empty((B, H, room, keys.size(-1)))
+            self._v = values.new_empty((B, H, room, values.size(-1)))
+            self._k[:, :, :S] = keys
+            self._v[:, :, :S] = values
+            self._frontier = [S]
+            self._view(S)
+
+        def _view(self, length: int) -> None:
+            self._length = length
+            self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized or key_states.requires_grad \
+                    or value_states.requires_grad:
+                keys, values = super().update(key_states, value_states)
+                self._own(keys, values, 0)
+                return keys, values
+            S, T = self._length, key_states.size(-2)
+            if self._frontier[0] != S or S + T > self._k.size(2):
+                self._own(self.keys, self.values, T)
+            self._k[:, :, S:S + T] = key_states
+            self._v[:, :, S:S + T] = value_states
+            self._frontier[0] = S + T
+            self._view(S + T)
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self._length if self.is_initialized else 0
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._own(self.keys.index_select(0, indices), self.values.index_select(0, indices),
+                      0)
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            self.batch_select_indices(beam_idx.to(self.keys.device))
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            self._own(self.keys.repeat_interleave(repeats, dim=0),
+                      self.values.repeat_interleave(repeats, dim=0), 0)
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if tokens_to_remove > 0:
+                raise ValueError(f"crop({tokens_to_remove}): expected a count <= 0")
+            self._view(max(0, self._length + tokens_to_remove))
+
+    return GrowingLayer
+
+
+def _growing(past):
+    """`past` with its filled plain `DynamicLayer`s replaced by growing ones (in place);
+    other layers (sliding windows, quantized, ...) and caches without `layers` are left as
+    they are."""
+    layers = getattr(past, "layers", None)
+    if layers is None:
+        return past
+    from transformers.cache_utils import DynamicLayer
+
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
+            layers[i] = _growing_layer().of(layer)
+    return past
+
+
 def _copy_past(past):
     """A copy of an HF cache that the next call may update without touching `past`, so one
     cache can be continued in several ways (HF caches are updated in place; their layers
@@ -466,6 +565,8 @@ class HFModel(nn.Module):
         finally:
             self._streams, self._gates = None, None
         new_past = getattr(out, self._cache_kw, None)
+        if past is None and new_past is not None:
+            new_past = _growing(new_past)
         return StepOutput(logits=out.logits, residuals=streams, cache=HFCache(new_past, mask))
 
     def select_cache(self, cache: HFCache, index: torch.Tensor) -> HFCache:
