@@ -248,7 +248,8 @@ class LogitsProgram(nn.Module):
             while isinstance(inner, Apply) and PRIMITIVES[inner.op].fused is not None:
                 run.append(inner)
                 inner = inner.args[0]
-            if len(run) >= 2 and any(not PRIMITIVES[a.op].fused.rescale for a in run):
+            fused = [PRIMITIVES[a.op].fused for a in run]
+            if len(run) >= 2 and any(f.keeps_top or f.sorts for f in fused):
                 source = self._build(inner, None)
                 calls = []
                 for a in reversed(run):  # innermost first = prefix order of their args

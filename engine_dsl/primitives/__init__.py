@@ -73,11 +73,15 @@ class Fused:
     rescale: it only rescales (keeps every survivor and the order), e.g. temperature.
     keeps_top: it keeps at most int(arg) top scores (ties at the cut kept), so a chain whose
       first cut it is only needs the int(arg) + 1 best scores.
+    sorts: its unfused kernel sorts the whole row (top-p). A run of fused transforms becomes
+      a chain only where it saves work: a cut that keeps the top or one that sorts (then one
+      sort serves them all); min-p after a temperature, say, runs unfused, with no sort.
     """
 
     apply: Callable[[Any, Any], Any]
     rescale: bool = False
     keeps_top: bool = False
+    sorts: bool = False
 
 
 @dataclass(frozen=True)

@@ -169,13 +169,10 @@ def typical_exact(ctx, x, p):
     probs = torch.exp(normalized)
     ent = -(normalized * probs).nansum(-1, keepdim=True)
     shifted = torch.abs((-normalized) - ent)
-    sorted_scores, sorted_idx = ascending(shifted)
+    # torch.sort's order, the warper's: equal scores of different tokens (common in a large
+    # vocabulary: |-log p - H| pairs up tokens on either side of the entropy) change the sums
+    sorted_scores, sorted_idx = torch.sort(shifted, descending=False)
     sorted_logits = x.gather(-1, sorted_idx)
-    # equal scores of different tokens: their order changes the sums, keep torch.sort's
-    tied = sorted_scores[:, 1:] == sorted_scores[:, :-1]
-    if resort(shifted, sorted_idx, (tied & (sorted_logits[:, 1:] != sorted_logits[:, :-1]))
-              .any(-1)):
-        sorted_logits = x.gather(-1, sorted_idx)
     cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     last = (cum < col(p, x)).sum(dim=1)
     last.clamp_(max=sorted_scores.shape[-1] - 1)
@@ -354,7 +351,7 @@ ENTRIES = [
     entry("top-p", [Arg("L", L), Arg("p", R, PROBABILITY)], L, "transform",
           "nucleus: keep the smallest top set whose probability reaches p", exact=top_p_exact,
           relaxed=top_p_relaxed, keeps_argmax=True, shift="equivariant",
-          fused=Fused(top_p_fused),
+          fused=Fused(top_p_fused, sorts=True),
           export={"hf": Export(("top_p",), 3, (1.0,), in_greedy=False),
                   "llama.cpp": Export(("--top-p",), neutral=(1.0,), sampler="top_p"),
                   "llama-server": Export(("top_p",), neutral=(1.0,), sampler="top_p"),
