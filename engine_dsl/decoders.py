@@ -60,6 +60,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,6 +275,28 @@ def _last_positions(outs, with_residuals: bool):
                     for k in range(len(outs[0].residuals))]
 
 
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="echo-forge-decode")
+
+
+def _in_parallel(calls, device) -> list:
+    """The results of `calls` (no arguments each), in order. On the CPU with more than one
+    torch thread they run side by side: the programs of a step are independent, and their
+    kernels (sorts above all) run on one core each, which torch does not split across its
+    threads; each kernel's result is the same on any thread."""
+    workers = min(torch.get_num_threads(), len(calls))
+    if workers < 2 or torch.device(device).type != "cpu":
+        return [c() for c in calls]
+    grad = torch.is_grad_enabled()  # thread-local in torch: the callers' mode, here too
+
+    def run(call):
+        with torch.set_grad_enabled(grad):
+            return call()
+
+    return list(_pool(workers).map(run, calls))
+
+
 def _take(x: torch.Tensor, sel: slice | torch.Tensor) -> torch.Tensor:
     return x[sel] if isinstance(sel, slice) else x.index_select(0, sel)
 
@@ -466,6 +489,7 @@ def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_his
     separate = []  # (position index or slice, chosen) of programs that choose on their own
     seen = []  # for observe: (q, rows, sel, sources, scores)
     stateful = []  # (RowState, sel) of programs carrying per-row state
+    work = []  # (q, block, first row, idx, rows, sel, sources) of each program with live rows
     for q, b in enumerate(lay.blocks):
         a, e = at[b.start], at[b.start + b.n]
         if a == e:
@@ -500,7 +524,10 @@ def decode_step(t: int, st: _Rows, lay: _Layout, model, *, seed: int, prompt_his
             gated_forward=streams or None,
             uniform=_random(seed, lay, rows, t, device) if "uniform" in reads else None,
             state=b.state, breakers=breakers if "breakers" in reads else None)
-        y = b.plan.module(sources=src, mode="exact")
+        work.append((q, b, a, e, idx, rows, sel, src))
+    outs = _in_parallel([functools.partial(b.plan.module, sources=src, mode="exact")
+                         for _, b, *_, src in work], device)
+    for (q, b, a, e, idx, rows, sel, src), y in zip(work, outs, strict=True):
         if observe is not None:
             seen.append((q, rows, sel, src, y))
         if y.dtype != Y.dtype or y.shape != src.logits.shape:
