@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .kv import GrowingKV
 from .model import IGNORE_INDEX, StepOutput, step_gates, step_mask
 
 
@@ -327,82 +328,54 @@ class HFCache:
 
 @functools.cache
 def _growing_layer() -> type:
-    """transformers' `DynamicLayer` made to grow in place (the class is made on first use,
-    so that this module imports without transformers)."""
+    """transformers' `DynamicLayer` over a `GrowingKV` (the class is made on first use, so
+    that this module imports without transformers)."""
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
-        """One block's keys and values in a buffer with room to grow, for decoding.
-
-        `DynamicLayer` appends each step's keys with `torch.cat`, copying the whole cache
-        every step: a third of a batched decoding step at a thousand rows. Here a step
-        writes its keys into the free end of a buffer and `keys` is a view of the written
-        part, so a step copies one position; the buffer is copied only when it is full (room
-        for a quarter more positions, at least 32, each time).
-
-        A cache stays a value, as with `torch.cat`: copies of a layer (`_copy_past`) share
-        the buffer, and a copy writes in place only where no other copy has written past the
-        positions they share (`_frontier`, shared by them); one that would overwrite
-        another's positions, or whose new keys need a gradient, takes a buffer of its own.
-        The other methods are `DynamicLayer`'s, which read `keys` and `values`."""
+        """One block's keys and values, grown in place (`neural.kv.GrowingKV`): a step copies
+        its own positions, not the whole cache as `DynamicLayer`'s `torch.cat` does (a third
+        of a batched step at a thousand rows). Copies of the layer (`_copy_past`) share the
+        buffers and stay values. The other methods are `DynamicLayer`'s, which read `keys`
+        and `values`."""
 
         @classmethod
         def of(cls, layer: DynamicLayer) -> DynamicLayer:
-            """A growing copy of a filled `DynamicLayer`."""
+            """A filled `DynamicLayer` as a growing one (its tensors copied at the first
+            step)."""
             new = cls()
             new.__dict__.update(layer.__dict__)
-            new._own(layer.keys, layer.values, 0)
+            new._set(GrowingKV.wrap(layer.keys, layer.values))
             return new
 
-        def _own(self, keys, values, extra: int) -> None:
-            """A buffer of this layer's own holding `keys`/`values`, with room for `extra`
-            more positions and then some."""
-            B, H, S, _ = keys.shape
-            room = S + extra + max(32, (S + extra) // 4)
-            self._k = keys.new_empty((B, H, room, keys.size(-1)))
-            self._v = values.new_empty((B, H, room, values.size(-1)))
-            self._k[:, :, :S] = keys
-            self._v[:, :, :S] = values
-            self._frontier = [S]
-            self._view(S)
-
-        def _view(self, length: int) -> None:
-            self._length = length
-            self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+        def _set(self, kv: GrowingKV) -> None:
+            self._kv = kv
+            self.keys, self.values = kv.keys, kv.values
 
         def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized or key_states.requires_grad \
-                    or value_states.requires_grad:
-                keys, values = super().update(key_states, value_states)
-                self._own(keys, values, 0)
-                return keys, values
-            S, T = self._length, key_states.size(-2)
-            if self._frontier[0] != S or S + T > self._k.size(2):
-                self._own(self.keys, self.values, T)
-            self._k[:, :, S:S + T] = key_states
-            self._v[:, :, S:S + T] = value_states
-            self._frontier[0] = S + T
-            self._view(S + T)
+            if not self.is_initialized:  # after a reset
+                self._set(GrowingKV.wrap(*super().update(key_states, value_states)))
+            else:
+                self._set(self._kv.append(key_states, value_states))
             return self.keys, self.values
 
         def get_seq_length(self) -> int:
-            return self._length if self.is_initialized else 0
+            return self._kv.length if self.is_initialized else 0
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
-            self._own(self.keys.index_select(0, indices), self.values.index_select(0, indices),
-                      0)
+            self._set(self._kv.select(indices))
 
         def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
             self.batch_select_indices(beam_idx.to(self.keys.device))
 
         def batch_repeat_interleave(self, repeats: int) -> None:
-            self._own(self.keys.repeat_interleave(repeats, dim=0),
-                      self.values.repeat_interleave(repeats, dim=0), 0)
+            self._set(GrowingKV.of(self.keys.repeat_interleave(repeats, dim=0),
+                                   self.values.repeat_interleave(repeats, dim=0)))
 
         def crop(self, tokens_to_remove: int) -> None:
             if tokens_to_remove > 0:
                 raise ValueError(f"crop({tokens_to_remove}): expected a count <= 0")
-            self._view(max(0, self._length + tokens_to_remove))
+            self._set(self._kv.prefix(self._kv.length + tokens_to_remove))
 
     return GrowingLayer
 

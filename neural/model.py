@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from .kv import GrowingKV, grow
 from .tokenizer import ByteTokenizer
 
 IGNORE_INDEX = -100  # target value that the training loss skips
@@ -41,15 +42,17 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, attn_mask=None, past=None, gates=None):
         """x (B, T, C); attn_mask None (plain causal) or (B, 1, T, S) bool, True = may attend;
-        past None or (k, v) each (B, H, S_past, hs); gates None or (B or 1, H)."""
+        past None, (k, v) each (B, H, S_past, hs) or a `GrowingKV`; gates None or (B or 1, H).
+        Returns y and this layer's cache: (k, v) without a past, else a `GrowingKV`."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
-        if past is not None:
-            k = torch.cat((past[0], k), dim=2)  # (B, H, S, hs)
-            v = torch.cat((past[1], v), dim=2)  # (B, H, S, hs)
+        kv = (k, v)
+        if past is not None:  # grown in place, not by a torch.cat of the whole cache
+            kv = grow(past, k, v)
+            k, v = kv.keys, kv.values  # (B, H, S, hs)
         dropout_p = self.attn_dropout if self.training else 0.0
         if attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -60,7 +63,7 @@ class CausalSelfAttention(nn.Module):
             y = y * gates[:, :, None, None].to(y.dtype)  # scale each head's output
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         y = self.resid_dropout(self.c_proj(y))
-        return y, (k, v)
+        return y, kv
 
 
 class MLP(nn.Module):
@@ -122,14 +125,23 @@ class StepOutput:
 
 @dataclass
 class KVCache:
-    """Keys and values of every past position, and which of them are real tokens."""
+    """Keys and values of every past position, and which of them are real tokens. A layer's
+    are a (keys, values) pair (B, H, S, hs) after a prefill, a `GrowingKV` once decoding
+    steps have grown it."""
 
-    layers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (B,H,S,hs)
+    layers: list[tuple[torch.Tensor, torch.Tensor] | GrowingKV] = field(default_factory=list)
     mask: torch.Tensor | None = None  # (B, S) bool, True = real token
 
     @property
     def length(self) -> int:
         return 0 if self.mask is None else self.mask.size(1)
+
+    def select(self, index: torch.Tensor) -> KVCache:
+        """The cache of rows `index` (a copy)."""
+        return KVCache([kv.select(index) if isinstance(kv, GrowingKV) else
+                        (kv[0].index_select(0, index), kv[1].index_select(0, index))
+                        for kv in self.layers],
+                       None if self.mask is None else self.mask.index_select(0, index))
 
 
 def step_mask(ids, attention_mask, cache) -> tuple[torch.Tensor, int]:
@@ -210,6 +222,10 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=IGNORE_INDEX)
         return logits, loss
+
+    def select_cache(self, cache: KVCache, index: torch.Tensor) -> KVCache:
+        """The cache of rows `index` (a copy; `cache` is left as it was)."""
+        return cache.select(index)
 
     def forward_step(self, ids, *, attention_mask=None, cache=None, head_gates=None,
                      residuals=True) -> StepOutput:

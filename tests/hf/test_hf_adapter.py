@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import hf_models as tiny  # noqa: E402
-from lm_checks import cached_logits  # noqa: E402
+from lm_checks import check_cache_is_a_value  # noqa: E402
 
 import engine_dsl  # noqa: E402
 from engine_dsl.decoders import decode, decode_each  # noqa: E402
@@ -86,20 +86,9 @@ def test_select_cache_copies_rows(model):
 
 
 def test_a_cache_continued_two_ways_keeps_both(model):
-    """A cache is a value, though it grows in place: one prefix continued with two tokens,
-    then each continuation again, gives each sequence's own full-forward logits; growing
-    past the buffer's room (40 steps) too."""
-    ids, other = ids_of(2, 44), ids_of(2, 44, seed=2)
-    prefix = model.forward_step(ids[:, :4])
-    a = model.forward_step(ids[:, 4:5], cache=prefix.cache)
-    b = model.forward_step(other[:, 4:5], cache=prefix.cache)
-    a2 = model.forward_step(ids[:, 5:6], cache=a.cache).logits[:, -1]
-    b2 = model.forward_step(other[:, 5:6], cache=b.cache).logits[:, -1]
-    assert torch.allclose(a2, model.forward_step(ids[:, :6]).logits[:, -1], atol=ATOL)
-    mixed = torch.cat([ids[:, :4], other[:, 4:6]], dim=1)
-    assert torch.allclose(b2, model.forward_step(mixed).logits[:, -1], atol=ATOL)
-    assert torch.allclose(cached_logits(model, ids, 4), model.forward_step(ids).logits,
-                          atol=ATOL)
+    """The cache grows in place (transformers' DynamicLayer over a GrowingKV) and stays a
+    value."""
+    check_cache_is_a_value(model, ids_of(2, 44), ids_of(2, 44, seed=2), ATOL)
 
 
 def test_head_gates_scale_heads(model):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from lm_checks import cached_logits
+from lm_checks import cached_logits, check_cache_is_a_value
 
 from neural import GPT, GPTConfig, KVCache, StepOutput
 
@@ -76,6 +76,25 @@ def test_cache_can_be_continued_twice(model):
     x = model.forward_step(ids[:, 4:5], cache=out.cache).logits
     model.forward_step(ids[:, 5:6], cache=out.cache)
     assert torch.equal(model.forward_step(ids[:, 4:5], cache=out.cache).logits, x)
+
+
+def test_a_grown_cache_continued_two_ways_keeps_both(model):
+    """Decoding steps grow the cache in place (`neural.kv.GrowingKV`); it stays a value."""
+    check_cache_is_a_value(model, ids_of(2, 30), ids_of(2, 30, seed=2), ATOL)
+
+
+def test_a_cache_under_autograd_is_never_written_in_place(model):
+    """With a gradient the cache grows by new tensors: gradients through cached steps are
+    those of the full forward."""
+    ids = ids_of(2, 8)
+    model.zero_grad()
+    cached_logits(model, ids, 3).square().mean().backward()
+    cached = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.forward_step(ids).logits.square().mean().backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in
+               zip(cached, model.parameters(), strict=True))
+    model.zero_grad()
 
 
 @pytest.mark.parametrize("lengths", [[5, 2, 8], [1, 7], [3, 3]])
