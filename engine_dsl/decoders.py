@@ -235,11 +235,9 @@ GPU_MEMORY_FRACTION = 0.5  # of a GPU's memory that one decode's caches and logi
 def chunk_rows(device: torch.device, row_bytes: int | None = None) -> int | None:
     """Rows per model call when decoding on `device` (None: the whole batch in one call).
 
-    On the CPU a KV-cached step is bound by copying the cache (the model appends the new
-    keys and values with `torch.cat`); chunks of about a thousand rows keep those buffers
-    small enough to be reused by the allocator and to stay in cache, which halves the step
-    time of a 16k-row batch (measured: 14.9 s -> 6.2 s for 64 x 256 rows x 8 tokens on the
-    default GPT). A GPU wants as many rows per call as its memory holds: `row_bytes` (one
+    On the CPU chunks of about a thousand rows keep a step's buffers small enough to be
+    reused by the allocator and to stay in cache (measured when the models' caches still
+    grew by `torch.cat`: 14.9 s -> 6.2 s for 64 x 256 rows x 8 tokens on the default GPT). A GPU wants as many rows per call as its memory holds: `row_bytes` (one
     row's cache and logits, `_row_bytes`) into `GPU_MEMORY_FRACTION` of the device's total
     memory - its total, not what is free at the moment, so the chunks, and with them the
     float rounding of the batched matmuls, are the same on every run on that device.

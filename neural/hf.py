@@ -28,7 +28,7 @@ family, and evolution leaves them out):
   there in every family) by a forward pre-hook, before the projection mixes them.
 * the KV cache is transformers' own (`DynamicCache`), passed under the name the installed
   version takes (`cache`, formerly `past_key_values`), so no deprecation warning; after the
-  prefill its layers grow in place (`_growing_layer`) instead of by `torch.cat`.
+  prefill its layers grow in place (`neural.kv.GrowingKV`) instead of by `torch.cat`.
 
 Training modes: `frozen` (programs only; no parameter takes a gradient), `full` (every
 weight), `lora` (peft adapters on the family's default target modules, or the ones given;
