@@ -23,15 +23,23 @@ class GrowingKV:
         self._k, self._v, self._frontier, self.length = k, v, frontier, length
 
     @classmethod
+    def _empty(cls, keys: torch.Tensor, values: torch.Tensor, rows: int, length: int,
+               extra: int) -> GrowingKV:
+        """Buffers like keys/values for `rows` rows of `length` positions (to be filled),
+        with room for `extra` more and then some."""
+        room = length + extra + max(32, (length + extra) // 4)
+        H = keys.size(1)
+        k = keys.new_empty((rows, H, room, keys.size(-1)))
+        v = values.new_empty((rows, values.size(1), room, values.size(-1)))
+        return cls(k, v, [length], length)
+
+    @classmethod
     def of(cls, keys: torch.Tensor, values: torch.Tensor, extra: int = 0) -> GrowingKV:
         """Copies of `keys` and `values`, with room for `extra` more positions and then some."""
-        B, H, S, _ = keys.shape
-        room = S + extra + max(32, (S + extra) // 4)
-        k = keys.new_empty((B, H, room, keys.size(-1)))
-        v = values.new_empty((B, H, room, values.size(-1)))
-        k[:, :, :S] = keys
-        v[:, :, :S] = values
-        return cls(k, v, [S], S)
+        new = cls._empty(keys, values, keys.size(0), keys.size(2), extra)
+        new.keys.copy_(keys)
+        new.values.copy_(values)
+        return new
 
     @classmethod
     def wrap(cls, keys: torch.Tensor, values: torch.Tensor) -> GrowingKV:
@@ -64,8 +72,11 @@ class GrowingKV:
         return GrowingKV(self._k, self._v, self._frontier, max(0, min(length, self.length)))
 
     def select(self, index: torch.Tensor) -> GrowingKV:
-        """The rows `index` (in buffers of their own)."""
-        return GrowingKV.of(self.keys.index_select(0, index), self.values.index_select(0, index))
+        """The rows `index` (in buffers of their own, written in one pass)."""
+        new = GrowingKV._empty(self._k, self._v, index.numel(), self.length, 0)
+        torch.index_select(self.keys, 0, index, out=new.keys)
+        torch.index_select(self.values, 0, index, out=new.values)
+        return new
 
 
 def grow(past, k: torch.Tensor, v: torch.Tensor) -> GrowingKV:
