@@ -20,11 +20,11 @@ into their slot's domain at run time, through a smooth clamp first in relaxed mo
 (`clamp_to_domain`; the rule is documented in `primitives/arithmetic.py`).
 
 Fusion. `truncation_chain` runs a nesting of transforms that have a `Fused` form over one
-sort (or one `topk` when the first cut keeps at most k top scores: "a later truncation only
-needs the survivors of an earlier one"). Each fused step says where its order of ties or its
-float sums could differ from the unfused kernel (a tie across a top-p cut, a cumulative sum
-within 1e-6 of the cut, a tie at the k-th score); there the chain falls back to the unfused
-kernels, so the kept set is always theirs.
+sort of the scores (or of the k+1 best when the first cut keeps at most k top scores: "a
+later truncation only needs the survivors of an earlier one"; `_torch.top_scores`). Each
+fused step says where its order of ties or its float sums could differ from the unfused
+kernel (a tie across a top-p cut, a cumulative sum within 1e-6 of the cut, a tie at the k-th
+score); there the chain falls back to the unfused kernels, so the kept set is always theirs.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .errors import DslError
 from .primitives import INPUTS
-from .primitives._torch import BIG, INT_KEY_MAX_V, NEG_INF, ascending, order_key
+from .primitives._torch import BIG, NEG_INF, top_scores
 from .types import DOMAIN_EPS, Domain
 
 DEFAULT_SHARPNESS = 30.0
@@ -253,21 +253,29 @@ def _chain_fast(x: torch.Tensor, steps) -> torch.Tensor | None:
     if p0.fused.keeps_top and int(k0) + 1 < V:
         # candidates: the k+1 best raw scores (rescales before it keep the order)
         k = max(int(k0), 1)
-        keys = order_key(x) if V <= INT_KEY_MAX_V else x
-        idx = torch.topk(keys, k + 1, dim=-1, sorted=True).indices  # descending
-        vals = x.gather(1, idx)
-        scaled = vals[:, k - 1 : k + 1]
+        raw, idx = top_scores(x, k + 1)
+        vals = raw
         for p, t in steps[:first_cut]:
-            scaled = p.fused.apply(scaled, t)
-        if bool((scaled[:, 0] == scaled[:, 1]).any()):
+            vals = p.fused.apply(vals, t)
+        if bool((vals[:, 0] == vals[:, 1]).any()):
             return None  # a tie at the k-th score: more than k survivors
-        vals, idx = vals[:, :k].flip(-1), idx[:, :k].flip(-1)  # ascending
-        rest = steps[:first_cut] + list(steps[first_cut + 1 :])
+        raw, vals = raw[:, 1:], vals[:, 1:]
+        idx = None if idx is None else idx[:, 1:]
+        rest = steps[first_cut + 1 :]
     else:
-        vals, idx = ascending(x)
-        rest = list(steps)
+        raw, idx = top_scores(x, V)
+        vals, rest = raw, steps
     for p, arg in rest:
         vals = p.fused.apply(vals, arg)
         if vals is None:
             return None
-    return torch.full_like(x, NEG_INF).scatter_(1, idx, vals)
+    if idx is not None:
+        return torch.full_like(x, NEG_INF).scatter_(1, idx, vals)
+    # each cut dropped a prefix of the ascending scores with no tie across it: the kept
+    # tokens are those scoring at least the lowest kept one; rescales are elementwise
+    first = (vals == NEG_INF).sum(-1, keepdim=True).clamp_(max=vals.size(-1) - 1)
+    out = x
+    for p, t in steps:
+        if p.fused.rescale:
+            out = p.fused.apply(out, t)
+    return torch.where(x >= raw.gather(1, first), out, NEG_INF)

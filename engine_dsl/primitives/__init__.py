@@ -70,7 +70,10 @@ class Fused:
     apply(vals, arg): the transform on each row's surviving scores sorted ascending (B, K),
       -inf for dropped ones; returns the new scores (same order) or None where fusing could
       differ from the unfused kernel (a tie or near-tie at a cut): the chain then falls back.
-    rescale: it only rescales (keeps every survivor and the order), e.g. temperature.
+      A cut drops a prefix (the lowest scores), never one of two equal scores without the
+      other: the tokens a chain keeps are those scoring at least its lowest survivor.
+    rescale: it only rescales, elementwise and non-decreasing (keeps every survivor and the
+      order), e.g. temperature; the chain may apply it to whole rows.
     keeps_top: it keeps at most int(arg) top scores (ties at the cut kept), so a chain whose
       first cut it is only needs the int(arg) + 1 best scores.
     sorts: its unfused kernel sorts the whole row (top-p). A run of fused transforms becomes

@@ -23,6 +23,7 @@ class _Lazy:
 
 torch = _Lazy("torch")
 F = _Lazy("torch.nn.functional")
+np = _Lazy("numpy")
 
 NEG_INF = float("-inf")
 FLOOR = 1e4  # relaxed masks: an excluded token sits >= FLOOR below every kept one
@@ -106,6 +107,30 @@ def order_key(x):
     int_dtype, bits = int_of[x.dtype]
     i = x.contiguous().view(int_dtype)
     return i ^ ((i >> bits) & ((1 << bits) - 1))  # negative floats: flip the magnitude bits
+
+
+NUMPY_MAX_V = 8192  # rows up to this long: NumPy's partition and sort (see top_scores)
+
+
+def top_scores(x, n: int):
+    """(values, positions): the n highest scores of each row of x (B, V), ascending (n = V:
+    each row sorted), and where they are in x, or None for the positions where NumPy chose.
+
+    On the CPU, for float rows up to NUMPY_MAX_V long, NumPy's vectorised partition and sort
+    of the values alone are several times faster than torch's topk and sort, which order
+    (value, index) pairs one row at a time (256 x 256, n = 41: 0.2 ms against 1.1 ms; a
+    full sort 0.3 ms against 3.9 ms); they give no positions."""
+    V = x.size(-1)
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) \
+            and x.dim() == 2 and V <= NUMPY_MAX_V:
+        a = x.detach().numpy()
+        if n < V:
+            a = np.partition(a, V - n, axis=-1)[:, V - n :]
+        return torch.from_numpy(np.sort(a, axis=-1)), None
+    if n < V:
+        vals, idx = torch.topk(x, n, dim=-1)
+        return vals.flip(-1), idx.flip(-1)
+    return torch.sort(x, dim=-1)
 
 
 def ascending(x):

@@ -21,7 +21,7 @@ from transformers import (
 
 import engine_dsl
 from engine_dsl import PRIMITIVES
-from engine_dsl.primitives._torch import order_key
+from engine_dsl.primitives._torch import NUMPY_MAX_V, order_key, top_scores
 
 EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 40
 
@@ -266,3 +266,29 @@ def test_integer_order_keys_sort_like_the_floats():
         keys = order_key(xs)
         order = torch.sort(keys, stable=True).indices
         assert torch.equal(xs[0, order[0]], torch.sort(xs, stable=True).values[0])
+
+
+@pytest.mark.parametrize("V", [300, NUMPY_MAX_V + 1])  # NumPy's values; torch's, with positions
+@pytest.mark.parametrize("kind", ["normal", "ties", "inf"])
+def test_top_scores_are_the_best_ascending(V, kind):
+    x = make_logits(4, 3, V, kind)
+    for n in (2, 41, V):
+        vals, idx = top_scores(x, n)
+        assert torch.equal(vals, torch.sort(x).values[:, V - n :])
+        if idx is not None:
+            assert torch.equal(x.gather(1, idx), vals)
+    assert (top_scores(x, 41)[1] is None) == (V <= NUMPY_MAX_V)
+
+
+@pytest.mark.parametrize("ops", [[("temperature", 0.01), ("top-k", 6)],
+                                 [("temperature", 0.01), ("top-p", 0.999999)],
+                                 [("top-k", 8), ("temperature", 0.01), ("top-p", 0.9)],
+                                 [("temperature", 0.01), ("min-p", 1e-6)],
+                                 [("top-p", 0.99), ("temperature", 0.001)]])
+def test_fused_chains_at_the_ends_of_float32(ops):
+    """Scores that a temperature sends to -inf, signed zeros, -inf: kept sets as HF's."""
+    big = torch.finfo(torch.float32).max
+    x = torch.tensor([[-big, -big / 2, -0.0, 0.0, 1.0, 2.0, -3e38, float("-inf"), 5.0, -1.0],
+                      [-big, -big / 3, -big / 4, -big / 5, -big / 6, 1.0, 0.5, float("-inf"),
+                       float("-inf"), 0.25]])
+    assert torch.equal(engine_dsl.logits_fn(program_of(ops))(x), hf_chain(ops)(None, x.clone()))
