@@ -126,8 +126,10 @@ def top_p_fused(vals, p):
     cut = one_minus(p, vals)
     remove = cum <= cut
     remove[:, -1] = False
-    # order of ties and float sums may differ from a full sort at the cut: check
-    if bool(tie_at_cut(vals, remove).any() | ((cum - cut).abs() < CUT_SLACK).any()):
+    # order of ties and float sums may differ from a full sort at the cut: check for equal
+    # scores either side of it (remove is a prefix) and for sums within CUT_SLACK of it
+    tie = (vals[:, 1:] == vals[:, :-1]) & (remove[:, :-1] > remove[:, 1:])
+    if bool(tie.any()) or bool(((cum - cut).abs() < CUT_SLACK).any()):
         return None
     return vals.masked_fill(remove, NEG_INF)
 
