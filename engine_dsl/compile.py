@@ -76,10 +76,13 @@ def to_domain(raw: torch.Tensor, domain: Domain | None) -> torch.Tensor:
 
 
 class _Env:
-    __slots__ = ("mode", "ctx", "program", "record")
+    __slots__ = ("mode", "ctx", "program", "record", "params")
 
     def __init__(self, mode, ctx, program, record=None):
         self.mode, self.ctx, self.program, self.record = mode, ctx, program, record
+        # the constants by str(slot): indexing the ParameterList costs more than a program's
+        # whole Python walk
+        self.params = program.constants._parameters
 
     def to_domain(self, v, domain):
         """A computed Real into its slot's domain (`semantics.clamp_to_domain`: the clamp,
@@ -97,13 +100,14 @@ class _Real(_Node):
     """A trainable real constant: parameter `slot`."""
 
     def __init__(self, slot: int, domain: Domain | None, literal: float):
-        self.slot, self.domain, self.literal = slot, domain, literal
+        self.slot, self.key, self.domain = slot, str(slot), domain
+        self.exact = sem.clamp_to_domain(literal, domain)  # its value while untouched
 
     def run(self, env):
-        p = env.program.constants[self.slot]
+        p = env.params[self.key]
         if env.mode == "exact":
             if p._version == env.program._versions[self.slot]:
-                return sem.clamp_to_domain(self.literal, self.domain)
+                return self.exact
             with torch.no_grad():
                 return sem.clamp_to_domain(float(to_domain(p, self.domain)), self.domain)
         return sem.clamp_to_domain(to_domain(p, self.domain), self.domain)
@@ -121,10 +125,10 @@ class _Fixed(_Node):
 
 class _Weights(_Node):
     def __init__(self, slot: int):
-        self.slot = slot
+        self.key = str(slot)
 
     def run(self, env):
-        return env.program.constants[self.slot]
+        return env.params[self.key]
 
 
 class _Literal(_Node):
