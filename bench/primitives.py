@@ -254,8 +254,8 @@ def table(rows: list[dict], command: str) -> str:
     lines += [
         "",
         "How: the compiled module fuses the run temperature/top-k/top-p into one selection "
-        "of the k+1 best penalised scores (below 8192 tokens on the CPU NumPy's vectorised "
-        "partition and sort of the values alone, several times faster than torch's topk, "
+        "of the k+1 best penalised scores (up to 8192 tokens on the CPU NumPy's vectorised "
+        "sort, or partition, of the values alone, several times faster than torch's topk, "
         "which sorts (value, index) pairs row by row; above, torch.topk); temperature and "
         "top-p then work on the 40 survivors only, ascending, with no full-vocabulary sort, "
         "and the kept tokens are those scoring at least the lowest survivor of the last cut. "
