@@ -80,8 +80,8 @@ class _Env:
 
     def __init__(self, mode, ctx, program, record=None):
         self.mode, self.ctx, self.program, self.record = mode, ctx, program, record
-        # the constants by str(slot): indexing the ParameterList costs more than a program's
-        # whole Python walk
+        # the constants by str(slot) (indexing the ParameterList itself takes tens of
+        # microseconds once other work has run in between: about 5% of a fused chain's call)
         self.params = program.constants._parameters
 
     def to_domain(self, v, domain):
