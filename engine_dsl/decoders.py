@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -184,6 +185,16 @@ def _select(obj: Any, index: torch.Tensor) -> Any:
     return obj
 
 
+def _last_only(model) -> dict:
+    """`forward_step`'s keyword for a prefill whose last position alone is read, where the
+    model takes it (`protocol.LanguageModel`)."""
+    try:
+        takes = "last_only" in inspect.signature(model.forward_step).parameters
+    except (TypeError, ValueError):  # no signature to read
+        takes = False
+    return {"last_only": True} if takes else {}
+
+
 def _cache_selector(model, cache, batch: int):
     """A function (cache, index) -> cache, or None if this cache cannot be re-indexed."""
     if hasattr(model, "select_cache"):
@@ -237,10 +248,11 @@ def chunk_rows(device: torch.device, row_bytes: int | None = None) -> int | None
 
     On the CPU chunks of about a thousand rows keep a step's buffers small enough to be
     reused by the allocator and to stay in cache (measured when the models' caches still
-    grew by `torch.cat`: 14.9 s -> 6.2 s for 64 x 256 rows x 8 tokens on the default GPT). A GPU wants as many rows per call as its memory holds: `row_bytes` (one
-    row's cache and logits, `_row_bytes`) into `GPU_MEMORY_FRACTION` of the device's total
-    memory - its total, not what is free at the moment, so the chunks, and with them the
-    float rounding of the batched matmuls, are the same on every run on that device.
+    grew by `torch.cat`: 14.9 s -> 6.2 s for 64 x 256 rows x 8 tokens on the default GPT).
+    A GPU wants as many rows per call as its memory holds: `row_bytes` (one row's cache and
+    logits, `_row_bytes`) into `GPU_MEMORY_FRACTION` of the device's total memory - its
+    total, not what is free at the moment, so the chunks, and with them the float rounding
+    of the batched matmuls, are the same on every run on that device.
     """
     device = torch.device(device)
     if device.type == "cpu":
@@ -430,7 +442,7 @@ def _prefill(model, lay: _Layout, prompt_ids, prompt_mask, device, share: bool, 
         u_gates = table.repeat_interleave(N, dim=0) if n_gates else None
         out = model.forward_step(prompt_ids[u_prompt].to(device),
                                  attention_mask=prompt_mask[u_prompt].to(device),
-                                 head_gates=u_gates)
+                                 head_gates=u_gates, **_last_only(model))
         select = _cache_selector(model, out.cache, N * (1 + n_gates))
     chunk = chunk_rows(device, _row_bytes(model, prompt_ids.size(1) + max_new_tokens)) or R
     spans = [(c0, min(c0 + chunk, R)) for c0 in range(0, R, chunk)]
@@ -442,7 +454,8 @@ def _prefill(model, lay: _Layout, prompt_ids, prompt_mask, device, share: bool, 
     else:  # run every row's prompt itself
         outs = [model.forward_step(prompt_ids[lay.prompt_t[c0:c1]].to(device),
                                    attention_mask=prompt_mask[lay.prompt_t[c0:c1]].to(device),
-                                   head_gates=None if gate_rows is None else gate_rows[c0:c1])
+                                   head_gates=None if gate_rows is None else gate_rows[c0:c1],
+                                   **_last_only(model))
                 for c0, c1 in spans]
         parts = [[c1 - c0, o.cache] for (c0, c1), o in zip(spans, outs, strict=True)]
         logits, residuals = _last_positions(outs, True)

@@ -468,6 +468,7 @@ class HFModel(nn.Module):
                 proj.register_forward_pre_hook(self._gate_hook(i))
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keeps_logits = "logits_to_keep" in params
 
     @classmethod
     def from_pretrained(cls, directory: str, *, device: str | torch.device = "cpu",
@@ -515,15 +516,18 @@ class HFModel(nn.Module):
             raise HFError(f"(layer k) and layer-mix: {self.unavailable_inputs['lens']}")
         return self.head(self.final_norm(residual))
 
-    def _call(self, ids, mask, past, *, use_cache: bool):
+    def _call(self, ids, mask, past, *, use_cache: bool, last_only: bool = False):
         positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, mask.size(1) - ids.size(1):]
         kwargs = {self._cache_kw: past} if past is not None else {}
+        if last_only and self._keeps_logits:
+            kwargs["logits_to_keep"] = 1
         return self.hf(input_ids=ids, attention_mask=mask.long(), position_ids=positions,
                        use_cache=use_cache, **kwargs)
 
-    def forward_step(self, ids, *, attention_mask=None, cache=None, head_gates=None
-                     ) -> StepOutput:
-        """Same contract as `neural.GPT.forward_step`."""
+    def forward_step(self, ids, *, attention_mask=None, cache=None, head_gates=None,
+                     last_only=False) -> StepOutput:
+        """Same contract as `neural.GPT.forward_step` (`last_only` through transformers'
+        `logits_to_keep` where the model takes it)."""
         mask, _ = step_mask(ids, attention_mask, cache)
         gates = None
         if head_gates is not None:
@@ -533,14 +537,15 @@ class HFModel(nn.Module):
         past = None if cache is None else _copy_past(cache.past)
         self._streams, self._gates = [], gates
         try:
-            out = self._call(ids, mask, past, use_cache=True)
+            out = self._call(ids, mask, past, use_cache=True, last_only=last_only)
             streams = tuple(self._streams)
         finally:
             self._streams, self._gates = None, None
         new_past = getattr(out, self._cache_kw, None)
         if past is None and new_past is not None:
             new_past = _growing(new_past)
-        return StepOutput(logits=out.logits, residuals=streams, cache=HFCache(new_past, mask))
+        logits = out.logits[:, -1:] if last_only else out.logits
+        return StepOutput(logits=logits, residuals=streams, cache=HFCache(new_past, mask))
 
     def select_cache(self, cache: HFCache, index: torch.Tensor) -> HFCache:
         """The cache of rows `index` (a copy; `cache` is left as it was)."""

@@ -228,7 +228,7 @@ class GPT(nn.Module):
         return cache.select(index)
 
     def forward_step(self, ids, *, attention_mask=None, cache=None, head_gates=None,
-                     residuals=True) -> StepOutput:
+                     residuals=True, last_only=False) -> StepOutput:
         """One protocol call: run the new tokens `ids` (B, T) after the positions in `cache`.
 
         attention_mask: (B, S) bool/0-1 over past + new positions, True = real token; None
@@ -237,6 +237,7 @@ class GPT(nn.Module):
           attended to.
         head_gates: (L, H) or (B, L, H) multipliers of each head's output (differentiable).
         residuals: False skips collecting the per-block streams (training fast path).
+        last_only: the logits of the last position only, (B, 1, V) (a prefill for decoding).
         """
         B, T = ids.size()
         mask, past_len = step_mask(ids, attention_mask, cache)
@@ -274,7 +275,7 @@ class GPT(nn.Module):
             new_layers.append(kv)
             if residuals:
                 streams.append(x)
-        logits = self.lens(x)  # (B, T, V)
+        logits = self.lens(x[:, -1:] if last_only else x)  # (B, T or 1, V)
         return StepOutput(logits=logits, residuals=tuple(streams),
                           cache=KVCache(layers=new_layers, mask=mask))
 

@@ -250,7 +250,7 @@ def greedy_decode(model, tokenizer: ByteTokenizer, prompts: Sequence[str],
     try:
         for start in range(0, len(prompts), batch_size):
             ids, mask = make_prompt_batch(tokenizer, prompts[start:start + batch_size])
-            out = model.forward_step(ids, attention_mask=mask)
+            out = model.forward_step(ids, attention_mask=mask, last_only=True)
             done = torch.zeros(ids.size(0), dtype=torch.bool)
             new_tokens = []
             for _ in range(max_new_tokens):
