@@ -315,9 +315,13 @@ def _divide(x, temp):
 
 def dynamic_temperature_exact(ctx, x, t, delta, exponent):
     temp, many = _dynamic_temperature(x, t, delta, exponent, relaxed=False)
-    # temp 0 (llama.cpp's temp_impl at temp <= 0): only the first top score survives
     out = _divide(x, temp)
-    zero = (temp <= 0) & many
+    # temp 0 in x's dtype (llama.cpp's temp_impl at temp <= 0; a float64 temperature below
+    # the dtype's smallest number rounds to it), or so small that a score / temp overflows
+    # (llama.cpp's float32 division then gives inf, and its softmax NaN): only the first
+    # top score survives, as at the limit T -> 0
+    over = (torch.isinf(out) & torch.isfinite(x)).any(-1, keepdim=True)
+    zero = ((temp.to(x.dtype) <= 0) | over) & many
     if bool(zero.any()):
         top = torch.zeros_like(x, dtype=torch.bool).scatter(1, x.argmax(-1, keepdim=True), True)
         out = torch.where(zero, _drop(x, ~top), out)

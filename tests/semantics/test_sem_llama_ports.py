@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_sem_parity import EXAMPLES, KINDS, make_logits
 
@@ -141,9 +141,21 @@ def test_top_n_sigma_by_hand():
     assert torch.equal(engine_dsl.logits_fn("(top-n-sigma logits 3.0)")(same), same)
 
 
+def temp_ext_without_overflow(row: np.ndarray, t: float, delta: float, e: float) -> np.ndarray:
+    """The port, except where a score / its temperature overflows: llama.cpp then holds
+    infinite scores (and its softmax NaN); Echo Forge keeps the top score alone there, as
+    llama.cpp does at temperature 0 (the limit)."""
+    with np.errstate(over="ignore"):
+        out = llama_temp_ext(row, t, delta, e)
+    if not np.isinf(out[np.isfinite(row)]).any():
+        return out
+    return llama_temp_ext(row, 0.0, 0.0, 1.0)  # temp_impl at temperature 0
+
+
 def check_dynamic_temperature(x: torch.Tensor, t: float, delta: float, e: float):
     got = engine_dsl.logits_fn(f"(dynamic-temperature logits {t!r} {delta!r} {e!r})")(x)
-    want = torch.from_numpy(np.stack([llama_temp_ext(r.numpy(), t, delta, e) for r in x]))
+    want = torch.from_numpy(np.stack([temp_ext_without_overflow(r.numpy(), t, delta, e)
+                                      for r in x]))
     assert torch.equal(torch.isfinite(got), torch.isfinite(want)), (x, got, want)
     fin = torch.isfinite(want)
     # float32 rounding of the entropy differs by summation order; (H / log n)^exponent
@@ -160,6 +172,8 @@ EXPONENTS = [1e-6, 0.5, 1.0, 2.0, 40.0]
 @given(seed=st.integers(0, 10_000), B=st.integers(1, 4),
        V=st.sampled_from([2, 3, 5, 17, 64, 256, 1000]), kind=st.sampled_from(ADVERSARIAL),
        t=st.sampled_from(TEMPS), delta=st.sampled_from(RANGES), e=st.sampled_from(EXPONENTS))
+# the float64 temperature (3e-182) rounded to float32 0 and every score / 0 was infinite
+@example(seed=1, B=1, V=256, kind="huge", t=1e-6, delta=1e-6, e=40.0)
 def test_dynamic_temperature_matches_the_llama_cpp_port(seed, B, V, kind, t, delta, e):
     check_dynamic_temperature(adversarial_logits(seed, B, V, kind), t, delta, e)
 
@@ -181,3 +195,13 @@ def test_dynamic_temperature_by_hand():
     assert torch.isfinite(got[1]).tolist() == [True, False, False, False]
     assert got[1, 0] == 200.0
     assert torch.equal(got[2], x[2])
+
+
+def test_dynamic_temperature_when_scores_over_the_temperature_overflow():
+    """Scores 193.05 and 286.32: H = 93 e^-93 ~ 4e-39, T = 0.1 H / log 2 ~ 6e-40, a float32
+    subnormal; 286 / T overflows (llama.cpp's port: inf inf). The top score alone survives."""
+    x = torch.tensor([[193.053, 286.3207]])
+    with np.errstate(over="ignore"):
+        assert np.isposinf(llama_temp_ext(x[0].numpy(), 0.05, 0.05, 1.0)).all()
+    got = engine_dsl.logits_fn("(dynamic-temperature logits 0.05 0.05 1.0)")(x)
+    assert torch.equal(got, torch.tensor([[float("-inf"), 286.3207]]))
