@@ -436,13 +436,13 @@ def _prefill(model, lay: _Layout, prompt_ids, prompt_mask, device, share: bool, 
         L, H = lay.gates_of[0].shape
         table = torch.stack([torch.ones(L, H)] + [g.float() for g in lay.gates_of]).to(device)
         gate_rows = table.index_select(0, lay.gate_t.to(device))  # (R, L, H)
-    select = None
+    select, last_only = None, _last_only(model)
     if share:
         u_prompt = torch.arange(N).repeat(1 + n_gates)
         u_gates = table.repeat_interleave(N, dim=0) if n_gates else None
         out = model.forward_step(prompt_ids[u_prompt].to(device),
                                  attention_mask=prompt_mask[u_prompt].to(device),
-                                 head_gates=u_gates, **_last_only(model))
+                                 head_gates=u_gates, **last_only)
         select = _cache_selector(model, out.cache, N * (1 + n_gates))
     chunk = chunk_rows(device, _row_bytes(model, prompt_ids.size(1) + max_new_tokens)) or R
     spans = [(c0, min(c0 + chunk, R)) for c0 in range(0, R, chunk)]
@@ -455,7 +455,7 @@ def _prefill(model, lay: _Layout, prompt_ids, prompt_mask, device, share: bool, 
         outs = [model.forward_step(prompt_ids[lay.prompt_t[c0:c1]].to(device),
                                    attention_mask=prompt_mask[lay.prompt_t[c0:c1]].to(device),
                                    head_gates=None if gate_rows is None else gate_rows[c0:c1],
-                                   **_last_only(model))
+                                   **last_only)
                 for c0, c1 in spans]
         parts = [[c1 - c0, o.cache] for (c0, c1), o in zip(spans, outs, strict=True)]
         logits, residuals = _last_positions(outs, True)
