@@ -524,8 +524,7 @@ class CoEvolution:
     def held_out_loss(self) -> float:
         """The model's own mean loss of the answer tokens (text tasks: the continuations) of
         the valid prompts, teacher-forced: what the guard of co-training compares."""
-        batch = make_batch(self.tokenizer, self._examples("valid"), self.model.config.block_size,
-                           eos=self.task.kind == "answer")
+        batch = self._batch(self._examples("valid"))
         was_training = self.model.training
         self.model.eval()
         try:
@@ -614,11 +613,16 @@ class CoEvolution:
         stop = 1 if self.task.kind == "answer" else 0
         return stop + max(len(self.tokenizer.encode(e.output)) for e in answers)
 
+    def _batch(self, examples: list[Example]):
+        """Teacher-forcing rows of examples (answers end with EOS; text tasks' continuations
+        do not)."""
+        return make_batch(self.tokenizer, examples, self.model.config.block_size,
+                          eos=self.task.kind == "answer")
+
     def _rows(self, examples: list[Example]) -> CachedRows:
         """Teacher-forced rows at the answer tokens of examples (text tasks: the
         continuation's bytes, no EOS)."""
-        batch = make_batch(self.tokenizer, examples, self.model.config.block_size,
-                           eos=self.task.kind == "answer")
+        batch = self._batch(examples)
         self.model.eval()
         return cache_rows(self.model, batch.ids, batch.answer_mask, breakers=self.breakers)
 
