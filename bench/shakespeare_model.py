@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from evolution.settings import resolve  # noqa: E402
 from neural import GPT, ByteTokenizer, Trainer, get_task  # noqa: E402
+from neural.model import POSITIONS  # noqa: E402
 from neural.tasks import TextCorpus  # noqa: E402
 from neural.train import text_loss  # noqa: E402
 
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-layer", type=int, default=cfg.model.n_layer)
     ap.add_argument("--n-head", type=int, default=cfg.model.n_head)
     ap.add_argument("--n-embd", type=int, default=cfg.model.n_embd)
+    ap.add_argument("--positions", choices=POSITIONS, default=cfg.model.positions)
     ap.add_argument("--eval-every", type=int, default=200, help="curve point every N steps")
     ap.add_argument("--eval-windows", type=int, default=200,
                     help="held-out windows per curve point (the final figures use all)")
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     overrides = {"model": {"block_size": args.block_size, "n_layer": args.n_layer,
-                           "n_head": args.n_head, "n_embd": args.n_embd},
+                           "n_head": args.n_head, "n_embd": args.n_embd,
+                           "positions": args.positions},
                  "train": {"batch_size": args.batch_size, "learning_rate": args.lr,
                            "min_lr": args.min_lr, "warmup_steps": args.warmup,
                            "steps": args.steps, "seed": args.seed}}
@@ -80,7 +83,8 @@ def main(argv=None) -> int:
     trainer = Trainer(model, ByteTokenizer(), train, cfg.train)
     load = os.getloadavg()
     print(f"model {model.get_num_params():,} params, {cfg.model.n_layer} layers x "
-          f"{cfg.model.n_head} heads x {cfg.model.n_embd}, block {cfg.model.block_size}; "
+          f"{cfg.model.n_head} heads x {cfg.model.n_embd}, block {cfg.model.block_size}, "
+          f"{cfg.model.positions} positions; "
           f"{cfg.train}; train {len(train):,} bytes ({len(task.works['train'])} works), valid "
           f"{len(valid):,} ({len(task.works['valid'])}), test {len(test):,} "
           f"({len(task.works['test'])}); {args.threads} threads; load average "
@@ -109,6 +113,7 @@ def main(argv=None) -> int:
         "train_seconds": round(train_s, 1), "train_cpu_seconds": round(cpu_s, 1),
         "steps": cfg.train.steps,
         "batch_size": cfg.train.batch_size, "block_size": cfg.model.block_size,
+        "positions": cfg.model.positions,
         "threads": args.threads, "params": model.get_num_params(),
         "load_start": round(load[0], 1), "load_end": round(os.getloadavg()[0], 1)}
     # on one thread, CPU seconds are what an unloaded core takes; a second core only helps

@@ -28,7 +28,7 @@ from engine_dsl.primitives.penalties import BREAKER_MAX_CHARS, DEFAULT_BREAKERS
 from engine_dsl.registry import Limits
 from neural.device import DeviceError, check_device_name
 from neural.hf import TRAIN_MODES
-from neural.model import GPTConfig
+from neural.model import POSITIONS, GPTConfig
 from neural.tasks import DEFAULT_CONTINUATION_BYTES, DEFAULT_PROMPT_BYTES, task_kind
 from neural.tokenizer import ByteTokenizer
 from neural.train import TrainConfig
@@ -177,6 +177,13 @@ class RunConfig:
         if m.n_embd % m.n_head:
             raise ConfigError(f"model.n_embd = {m.n_embd} must be a multiple of model.n_head = "
                               f"{m.n_head}")
+        if m.positions not in POSITIONS:
+            raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, found "
+                              f"'{m.positions}'")
+        if m.positions == "rope" and (m.n_embd // m.n_head) % 2:
+            raise ConfigError(f"model.positions = 'rope' turns pairs of a head's dimensions: "
+                              f"model.n_embd / model.n_head = {m.n_embd // m.n_head} must be "
+                              f"even")
         params = 12 * m.n_layer * m.n_embd**2 + (m.vocab_size + m.block_size) * m.n_embd
         if params > MAX_PARAMETERS:
             raise ConfigError(f"model.n_layer = {m.n_layer}, model.n_embd = {m.n_embd}: a model "
@@ -423,12 +430,14 @@ def merge(base: dict, over: dict) -> dict:
 
 # Defaults of text tasks (shakespeare, text:PATH) where they differ from the answer tasks':
 # a context that holds a prompt and its continuation (task.prompt_bytes +
-# task.continuation_bytes = 64 + 128), and the pre-training that did best on the shakespeare
-# task in about 3 CPU minutes (bench/shakespeare_model.py, docs/BENCHMARKS.md): 1200 steps
-# of 4 windows (batches of 8 and 12 and a learning rate of 6e-3 did no better per CPU second).
-# The generations, test prompts and co-training weight text tasks had before the answer
-# tasks' default was fitted to running-sum's 5 minutes (issue 13).
-TEXT_DEFAULTS = {"model": {"block_size": 192}, "train": {"batch_size": 4},
+# task.continuation_bytes = 64 + 128) and rotary positions: with a learned position table
+# each of the 192 positions learns from only the 4 rows of a step, which held the model near
+# the bigram loss (2.5 nats per byte) for about 1000 steps; RoPE has no table (2.35 -> 1.86
+# nats per byte on held-out works after 1200 steps). The pre-training is what did best on the
+# shakespeare task in about 3 CPU minutes (bench/shakespeare_model.py, docs/BENCHMARKS.md):
+# 1200 steps of 4 windows. The generations, test prompts and co-training weight text tasks
+# had before the answer tasks' default was fitted to running-sum's 5 minutes (issue 13).
+TEXT_DEFAULTS = {"model": {"block_size": 192, "positions": "rope"}, "train": {"batch_size": 4},
                  "run": {"generations": 4},
                  "loop": {"pretrain_steps": 1200, "train_steps": 100, "test_prompts": 200,
                           "program_lambda": 0.1}}

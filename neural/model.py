@@ -27,6 +27,16 @@ from .kv import GrowingKV, grow
 from .tokenizer import ByteTokenizer
 
 IGNORE_INDEX = -100  # target value that the training loss skips
+POSITIONS = ("learned", "rope")  # GPTConfig.positions
+ROPE_BASE = 10000.0  # RoPE's frequencies: base ** (-2i / head size), as in Su et al. and LLaMA
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE (Su et al. 2021): each pair (x_i, x_{i + hs/2}) of x (..., T, hs) turned by the
+    angle of its position and frequency; cos, sin (..., T, hs/2). A query turned for position m
+    and a key turned for position n have a dot product that depends on m - n only."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -40,15 +50,19 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
 
-    def forward(self, x, attn_mask=None, past=None, gates=None):
+    def forward(self, x, attn_mask=None, past=None, gates=None, rope=None):
         """x (B, T, C); attn_mask None (plain causal) or (B, 1, T, S) bool, True = may attend;
-        past None, (k, v) each (B, H, S_past, hs) or a `GrowingKV`; gates None or (B or 1, H).
+        past None, (k, v) each (B, H, S_past, hs) or a `GrowingKV`; gates None or (B or 1, H);
+        rope None or the (cos, sin) of the new positions, each (B or 1, 1, T, hs/2): queries
+        and keys are turned by them (the cache holds turned keys).
         Returns y and this layer's cache: (k, v) without a past, else a `GrowingKV`."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         kv = (k, v)
         if past is not None:  # grown in place, not by a torch.cat of the whole cache
             kv = grow(past, k, v)
@@ -86,8 +100,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, past=None, gates=None):
-        a, kv = self.attn(self.ln_1(x), attn_mask, past, gates)
+    def forward(self, x, attn_mask=None, past=None, gates=None, rope=None):
+        a, kv = self.attn(self.ln_1(x), attn_mask, past, gates, rope)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, kv
@@ -103,6 +117,8 @@ class GPTConfig:
     dropout: float = 0.0  # in [0, 1); 0 keeps training deterministic and fastest
     bias: bool = True  # biases in Linear and LayerNorm layers
     tie_weights: bool = True  # LM head shares the token embedding matrix
+    # where a token is: learned (a trained vector per position, GPT-2) | rope (rotary, Su et al.)
+    positions: str = "learned"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,18 +191,29 @@ class GPT(nn.Module):
         super().__init__()
         assert config.vocab_size is not None
         assert config.block_size is not None
+        if config.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, found "
+                             f"{config.positions!r}")
+        if config.positions == "rope" and (config.n_embd // config.n_head) % 2:
+            raise ValueError(f"rope turns pairs of a head's dimensions: n_embd / n_head = "
+                             f"{config.n_embd // config.n_head} must be even")
         self.config = config
         self.n_layer = config.n_layer
         self.n_head = config.n_head
         self.vocab_size = config.vocab_size
+        learned = config.positions == "learned"
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if learned else {}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if not learned:  # the rotation frequencies, one per pair of a head's dimensions
+            hs = config.n_embd // config.n_head
+            self.register_buffer("rope_freq", ROPE_BASE ** (-torch.arange(0, hs, 2) / hs),
+                                 persistent=False)
         if config.tie_weights:
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -266,12 +293,19 @@ class GPT(nn.Module):
         gates = None if head_gates is None else step_gates(head_gates, self.n_layer,
                                                            self.n_head)
 
-        x = self.transformer.drop(self.transformer.wte(ids) + self.transformer.wpe(pos))
+        x = self.transformer.wte(ids)
+        rope = None
+        if self.config.positions == "learned":
+            x = x + self.transformer.wpe(pos)
+        else:
+            angle = (pos[..., None] * self.rope_freq.float()).unsqueeze(1)  # (B|1, 1, T, hs/2)
+            rope = (angle.cos().to(x.dtype), angle.sin().to(x.dtype))
+        x = self.transformer.drop(x)
         streams = []
         new_layers = []
         for i, block in enumerate(self.transformer.h):
             past = None if cache is None else cache.layers[i]
-            x, kv = block(x, attn_mask, past, None if gates is None else gates[:, i])
+            x, kv = block(x, attn_mask, past, None if gates is None else gates[:, i], rope)
             new_layers.append(kv)
             if residuals:
                 streams.append(x)

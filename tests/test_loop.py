@@ -80,6 +80,8 @@ def test_nested_defaults_survive_partial_sections():
     ("train.learning_rate=inf", "train.learning_rate must be finite, found inf"),
     ("model.n_head=3", "model.n_embd = 128 must be a multiple of model.n_head = 3"),
     ("model.n_embd=0", "model.n_embd must be in [1, 16384], found 0"),
+    ("model.positions=absolute", "model.positions must be one of learned, rope, found "
+                                 "'absolute'"),
     ("model.vocab_size=10", "model.vocab_size must be >= 259"),
     ("model.dropout=1.5", "model.dropout must be in [0.0, 1.0), found 1.5"),
     ("train.batch_size=0", "train.batch_size must be in [1, 65536], found 0"),

@@ -11,14 +11,18 @@ from neural.tasks import TextCorpus
 
 
 def test_text_tasks_get_a_context_that_holds_prompt_and_continuation():
-    """Text tasks default to model.block_size 192 = 64 + 128 (and the pre-training of the
-    shakespeare benchmark); answer tasks keep 128; a prompt and continuation longer than
-    the context is a settings error naming the keys."""
+    """Text tasks default to model.block_size 192 = 64 + 128, rotary positions (and the
+    pre-training of the shakespeare benchmark); answer tasks keep 128 and a learned position
+    table; a prompt and continuation longer than the context is a settings error naming the
+    keys."""
     text = resolve(None, ["task.name=shakespeare"])
-    assert (text.model.block_size, text.train.batch_size, text.loop.pretrain_steps) == \
-        (192, 4, 1200)
+    assert (text.model.block_size, text.model.positions, text.train.batch_size,
+            text.loop.pretrain_steps) == (192, "rope", 4, 1200)
     assert resolve(None, ["task.name=text:x.txt"]).model.block_size == 192
-    assert resolve(None, []).model.block_size == 128
+    assert (resolve(None, []).model.block_size, resolve(None, []).model.positions) == \
+        (128, "learned")
+    with pytest.raises(ConfigError, match="model.n_embd / model.n_head = 1 must be even"):
+        resolve(None, ["task.name=shakespeare", "model.n_head=128"])
     assert resolve(None, ["task.name=shakespeare", "model.block_size=256",
                           "loop.decode_memory_mb=8192"]).model.block_size == 256
     with pytest.raises(ConfigError, match=r"task.prompt_bytes \+ task.continuation_bytes = 192 "

@@ -64,14 +64,29 @@ def test_checkpoint_holds_no_pickle_and_no_temp_files(tmp_path, examples):
     assert config["n_layer"] == 2 and config["tokenizer"]["vocab_size"] == 259
 
 
-def test_model_round_trip(tmp_path):
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_model_round_trip(tmp_path, positions):
     """save_model/load_model keep the config and give the same logits (tied weights too)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16, positions=positions))
     save_model(model, str(tmp_path / "m"))
     back = load_model(str(tmp_path / "m"))
     assert back.config == model.config
     assert back.lm_head.weight is back.transformer.wte.weight
+    ids = torch.randint(0, 256, (2, 5))
+    assert torch.equal(back.forward_step(ids).logits, model.forward_step(ids).logits)
+
+
+def test_a_model_saved_before_positions_existed_loads_with_learned_positions(tmp_path):
+    """config.json without "positions" (older runs) is a model with a position table."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16))
+    save_model(model, str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["positions"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    back = load_model(str(tmp_path))
+    assert back.config.positions == "learned"
     ids = torch.randint(0, 256, (2, 5))
     assert torch.equal(back.forward_step(ids).logits, model.forward_step(ids).logits)
 

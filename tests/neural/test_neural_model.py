@@ -1,18 +1,23 @@
 """The GPT satisfies the small model protocol: KV cache, padding, logit lens, head gates."""
 
+import math
+
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from lm_checks import cached_logits, check_cache_is_a_value
 
 from neural import GPT, GPTConfig, KVCache, StepOutput
+from neural.model import rotate
 
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["learned", "rope"])
+def model(request):
     torch.manual_seed(0)
-    m = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=16))
+    m = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=16, positions=request.param))
     # non-trivial biases and norms so masking mistakes show up in the logits
     with torch.no_grad():
         for p in m.parameters():
@@ -163,3 +168,42 @@ def test_bad_shapes_are_clear_errors(model):
         model.forward_step(ids_of(1, 3), head_gates=torch.ones(3, 2))
     with pytest.raises(ValueError, match="block_size"):
         model.forward_step(ids_of(1, 33))
+
+
+def test_rope_turns_each_pair_by_position_times_frequency():
+    """Worked by hand: head size 4 has frequencies 1 and 10000^(-1/2) = 0.01; the pairs are
+    (x0, x2) and (x1, x3); a quarter turn maps (1, 0) to (0, 1)."""
+    rope = GPT(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=8, positions="rope"))
+    assert torch.allclose(rope.rope_freq, torch.tensor([1.0, 0.01]))
+    x = torch.tensor([1.0, 2.0, 0.0, 0.0])
+    angle = torch.tensor([math.pi / 2, 0.0])  # the first pair turned a quarter, the second not
+    assert torch.allclose(rotate(x, angle.cos(), angle.sin()), torch.tensor([0.0, 2.0, 1.0, 0.0]),
+                          atol=1e-6)
+
+
+@given(st.integers(0, 200), st.integers(0, 200), st.integers(0, 200), st.integers(0, 2**16))
+def test_rope_attention_scores_depend_on_the_distance_only(m, n, shift, seed):
+    """A query at position m and a key at position n score as they do at m + shift and
+    n + shift: attention learns distances, not a table entry per position."""
+    freq = 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+    q, k = torch.randn(2, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def turned(x, pos):
+        return rotate(x, (pos * freq).cos(), (pos * freq).sin())
+
+    score = turned(q, m) @ turned(k, n)
+    assert torch.isclose(score, turned(q, m + shift) @ turned(k, n + shift), atol=1e-9)
+
+
+def test_rope_model_has_no_position_table():
+    """positions = "rope": no wpe (block_size x n_embd fewer parameters), nothing new saved;
+    a head size that cannot be cut into pairs, or an unknown kind, is a ValueError."""
+    shape = dict(block_size=32, n_layer=2, n_head=2, n_embd=16)
+    learned, rope = GPT(GPTConfig(**shape)), GPT(GPTConfig(**shape, positions="rope"))
+    assert learned.get_num_params() - rope.get_num_params() == 32 * 16
+    assert set(learned.state_dict()) - set(rope.state_dict()) == {"transformer.wpe.weight"}
+    assert set(rope.state_dict()) <= set(learned.state_dict())
+    with pytest.raises(ValueError, match="n_embd / n_head = 3 must be even"):
+        GPT(GPTConfig(**{**shape, "n_embd": 6}, positions="rope"))
+    with pytest.raises(ValueError, match="positions must be one of learned, rope"):
+        GPT(GPTConfig(**shape, positions="alibi"))
