@@ -436,10 +436,11 @@ def merge(base: dict, over: dict) -> dict:
 # each of the 192 positions learns from only the 4 rows of a step, which held the model near
 # the bigram loss (2.5 nats per byte) for about 1000 steps; RoPE has no table (2.35 -> 1.86
 # nats per byte on held-out works after 1200 steps). The pre-training is what did best on the
-# shakespeare task in about 3 CPU minutes (bench/shakespeare_model.py, docs/BENCHMARKS.md):
-# 1200 steps of 4 windows. The generations, test prompts and co-training weight text tasks
-# had before the answer tasks' default was fitted to running-sum's 5 minutes (issue 13), and
-# the 4 blocks they were measured with (answer tasks default to 3).
+# shakespeare task in 3 CPU minutes (bench/shakespeare_model.py, docs/BENCHMARKS.md): 1200
+# steps of 4 windows (2 windows for 2000 steps did as well per CPU second; 1 or 8 windows and
+# a learning rate of 6e-3 did worse). The generations, test prompts and co-training weight
+# text tasks had before the answer tasks' default was fitted to running-sum's 5 minutes
+# (issue 13), and the 4 blocks they were measured with (answer tasks default to 3).
 TEXT_DEFAULTS = {"model": {"block_size": 192, "positions": "rope", "n_layer": 4},
                  "train": {"batch_size": 4},
                  "run": {"generations": 4},
