@@ -90,13 +90,13 @@ def test_nested_defaults_survive_partial_sections():
     ("loop.test_prompts=0", "loop.test_prompts must be in [1, 1000000000], found 0"),
     ("run.seed=18446744073709551616", "run.seed must be in [0, 4294967295]"),
     ("evolution.limits.max_votes=0", "evolution.limits.max_votes must be in [1, "),
-    ("model.n_embd=16384", "model.n_layer = 4, model.n_embd = 16384: a model of 1.29e+10 "
+    ("model.n_embd=16384", "model.n_layer = 3, model.n_embd = 16384: a model of 9.67e+09 "
                            "parameters exceeds the cap of 1e+09"),
     ("hf.train_mode=lora", "hf.train_mode = 'lora' applies to a Hugging Face model "
                            "(--model hf:DIR)"),
     ("loop.decode_memory_mb=100", "loop.decode_memory_mb = 100: decoding up to "
                                   "evolution.limits.max_votes = 16 answers for each of 500 "
-                                  "prompts takes about 4032 MB"),  # loop.test_prompts
+                                  "prompts takes about 3032 MB"),  # loop.test_prompts
 ])
 def test_settings_out_of_range_name_section_and_key(setting, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
