@@ -119,8 +119,8 @@ class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     task: TaskSection = field(default_factory=TaskSection)
     loop: LoopSection = field(default_factory=LoopSection)
-    # answer tasks: 3 blocks and 32 rows a step (neural's own defaults are 4 and 64); per
-    # CPU second they took running-sum further than 4 x 64 did (docs/BENCHMARKS.md, issue 13)
+    # answer tasks: 3 blocks and 32 rows a step (neural's own defaults: 4 blocks, 64 rows);
+    # per CPU second they took running-sum further (docs/BENCHMARKS.md, issue 13)
     model: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=3))
     hf: HFSection = field(default_factory=HFSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32))
