@@ -53,7 +53,15 @@ from .population import (
 )
 from .reinforce import ReinforceLoss, relaxed_policy, token_log_probs
 from .rundir import RunDir, RunError, RunState
-from .settings import ConfigError, RunConfig, check_resume, decode_memory_mb, resolve, to_dict
+from .settings import (
+    ConfigError,
+    RunConfig,
+    check_resume,
+    decode_memory_mb,
+    recorded_config,
+    resolve,
+    to_dict,
+)
 from .text_scoring import TextEvaluator, TextScorer, text_reward
 from .tuner import LikelihoodTuner
 
@@ -218,9 +226,9 @@ class CoEvolution:
         rundir.require_run()
         rundir.lock()
         try:
-            recorded = resolve(str(rundir.config))
-            cfg = resolve(str(rundir.config), sets, overrides)
-            check_resume(recorded, cfg)
+            before = recorded_config(rundir.config)
+            cfg = recorded_config(rundir.config, sets, overrides)
+            check_resume(before, cfg)
             run = cls(cfg, rundir, console)
             run._restore()
             run._note_device()
@@ -228,7 +236,7 @@ class CoEvolution:
             if cfg.run.generations < done:
                 raise ConfigError(f"run.generations = {cfg.run.generations}, but {done} "
                                   "generations are done; a resume can only extend a run")
-            if cfg != recorded:
+            if cfg != before:
                 rundir.write(rundir.config, config_text(cfg))
         except BaseException:
             rundir.unlock()
@@ -241,7 +249,7 @@ class CoEvolution:
         (as in model/, the last generation written), on `device` (default: the run's own);
         takes no lock and writes nothing."""
         rundir.require_run()
-        cfg = resolve(str(rundir.config))
+        cfg = recorded_config(rundir.config)
         if device is not None:
             cfg.run.device = device
         run = cls(cfg, rundir)

@@ -468,6 +468,17 @@ def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dic
     return cfg
 
 
+def recorded_config(path: str | Path, sets: list[str] = (),
+                    overrides: dict | None = None) -> RunConfig:
+    """A run's recorded settings (its config.toml at `path`), `sets` and `overrides` on top.
+    A run recorded before `model.positions` existed has a learned position table: a [model]
+    table without the key reads as "learned", not as the text tasks' newer "rope"."""
+    model = load_toml(path).get("model")
+    if isinstance(model, dict) and "positions" not in model:
+        overrides = merge({"model": {"positions": "learned"}}, overrides or {})
+    return resolve(str(path), sets, overrides)
+
+
 # What a run is: a resume may extend it or change how it searches, never these.
 FIXED_ON_RESUME = ("run.seed", "run.mode", "run.seeds", "run.model_from", "task", "model",
                    "hf", "train", "text.judge_steps")

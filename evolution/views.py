@@ -14,7 +14,7 @@ from neural.tasks import task_kind
 from .genealogy import Lineage
 from .report import SCORE_MEANING, bootstrap_ci, one_line, read_log, readable
 from .rundir import RunDir, RunError
-from .settings import resolve
+from .settings import recorded_config
 
 
 def open_run(path: str, device: str | None = None):
@@ -75,7 +75,7 @@ def _scored_on(run, split: str) -> str:
 def show(path: str, top: int = 5) -> str:
     rundir = RunDir(path)
     rundir.require_run()
-    cfg = resolve(str(rundir.config))
+    cfg = recorded_config(rundir.config)
     log = read_log(rundir.path)
     kind = task_kind(cfg.task.name)
     lines = [f"run {rundir.path}: task {cfg.task.name}, mode {cfg.run.mode}, seed "

@@ -32,6 +32,25 @@ def test_text_tasks_get_a_context_that_holds_prompt_and_continuation():
         resolve(None, ["task.continuation_bytes=0"])
 
 
+def test_a_text_run_recorded_before_model_positions_keeps_its_learned_table(tmp_path):
+    """A run's config.toml without model.positions (written before the key existed, when every
+    model had a learned table) reads as "learned" on resume, eval and show; a user's own
+    config file without it takes the text tasks' default, "rope"."""
+    from evolution.loop import config_text
+    from evolution.settings import recorded_config
+
+    path = tmp_path / "config.toml"
+    text = config_text(resolve(None, ["task.name=shakespeare"]))
+    path.write_text(text)
+    assert recorded_config(path).model.positions == "rope"
+    old = text.replace('positions = "rope"\n', "")
+    assert "positions" not in old
+    path.write_text(old)
+    assert recorded_config(path).model.positions == "learned"
+    assert recorded_config(path, ["run.generations=9"]).run.generations == 9
+    assert resolve(str(path)).model.positions == "rope"
+
+
 @pytest.fixture
 def text_file(tmp_path):
     path = tmp_path / "story.txt"
