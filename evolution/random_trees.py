@@ -208,19 +208,18 @@ def init_population(n: int, rng: random.Random, sampler: ConstantSampler, new_id
                     seeds: Sequence[Definition | Expr] = (), mutate=None,
                     mutant_fraction: float = 0.5, heights: tuple[int, int] = (2, 5)
                     ) -> list[Individual]:
-    """n individuals of generation 0: the seeds (in order; operator "seed:NAME"), then
-    mutants of random seeds (`mutate(ind)` -> (ind,), e.g. the toolbox's "mutate"; up to
-    `mutant_fraction` of n; operator "seed-mutant"), then random trees ("random").
-    `new_id()` names each one."""
+    """Generation 0: the seeds (in order; operator "seed:NAME"), then mutants of random
+    seeds (`mutate(ind)` -> (ind,), e.g. the toolbox's "mutate"; up to `mutant_fraction` of
+    n; operator "seed-mutant"), then random trees ("random"), n in all. Every seed is kept,
+    so more seeds than n make a larger generation 0 (the first selection brings it to n):
+    a seed the search never saw could not be varied (the shipped seeds outnumber the
+    default population). `new_id()` names each one."""
     pop: list[Individual] = []
-    seed_inds = []
     for s in seeds:
         name = s.name if isinstance(s, Definition) else "expr"
-        ind = individual(s.body if isinstance(s, Definition) else s, id=new_id(),
-                         operator=f"seed:{name}")
-        seed_inds.append(ind)
-        if len(pop) < n:
-            pop.append(ind)
+        pop.append(individual(s.body if isinstance(s, Definition) else s, id=new_id(),
+                              operator=f"seed:{name}"))
+    seed_inds = list(pop)
     n_mutants = int(round(n * mutant_fraction)) if seed_inds and mutate is not None else 0
     while len(pop) < min(n, len(seed_inds) + n_mutants):
         parent = seed_inds[rng.randrange(len(seed_inds))]

@@ -106,6 +106,20 @@ def test_initial_population_has_seeds_mutants_and_random_trees():
     assert len({i.id for i in pop}) == size
 
 
+def test_every_seed_enters_generation_0_and_the_first_selection_keeps_mu():
+    """More seeds than the population: generation 0 holds all of them, in order (none left
+    out of the search, no mutants or random trees), and the next generation has mu."""
+    seeds = _seeds()
+    mu = len(seeds) - 3
+    tb = build_toolbox(EvolutionConfig(population_size=mu), SPACE)
+    rng = random.Random(0)
+    pop = initial_population(tb, rng, seeds)
+    assert [i.operator for i in pop] == [f"seed:{d.name}" for d in seeds]
+    assert [tree_key(i) for i in pop] == [tree_key(individual(d.body)) for d in seeds]
+    evaluate_population(pop, _toy_evaluate)
+    assert len(evolve_generation(pop, _toy_evaluate, tb, rng, tune=_toy_tune)) == mu
+
+
 def test_generations_are_reproducible_from_the_seed():
     """Two runs with the same seed give the same population, ids and provenance; another
     seed gives another population."""
