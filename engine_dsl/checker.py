@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .errors import DslError
+from .errors import DslError, line_of
 from .nodes import (
     Apply,
     BoolConst,
@@ -62,17 +62,19 @@ def read_expr(text: str, expected: Type = Type.LOGITS, filename: str = "<expr>",
 
 
 def _decode(text: str | bytes, filename: str) -> str:
-    """UTF-8 text with LF line ends (CRLF and CR read as line ends everywhere)."""
-    if isinstance(text, str):
-        return normalize_newlines(text)
-    try:
-        return normalize_newlines(text.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        line = text.count(b"\n", 0, e.start) + 1
-        col = e.start - (text.rfind(b"\n", 0, e.start) + 1) + 1
-        shown = text.decode("utf-8", errors="replace").splitlines()[line - 1]
-        raise DslError(f"file is not valid UTF-8 (byte 0x{text[e.start]:02x})",
-                       filename, line, col, shown) from None
+    """UTF-8 text with LF line ends (CRLF and CR read as line ends everywhere); a leading
+    byte order mark, which some editors write, is dropped."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            before = _decode(text[:e.start].decode("utf-8"), filename)
+            line = before.count("\n") + 1
+            col = len(before) - before.rfind("\n")  # in characters, as the reader counts
+            shown = line_of(_decode(text.decode("utf-8", errors="replace"), filename), line)
+            raise DslError(f"file is not valid UTF-8 (byte 0x{text[e.start]:02x})",
+                           filename, line, col, shown) from None
+    return normalize_newlines(text.removeprefix("\ufeff"))
 
 
 def within_caps(expr: Expr, limits: Limits) -> bool:

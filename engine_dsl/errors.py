@@ -39,7 +39,9 @@ class DslError(Exception):
         head = f"{self.filename}:{self.line}:{self.col}: error: {self.message}"
         if self.source_line is None:
             return head
-        shown = self.source_line.expandtabs(1).rstrip("\r\n")
+        # a control character would act on the terminal: each shows as one '?'
+        shown = "".join(c if c.isprintable() else "?"
+                        for c in self.source_line.expandtabs(1).rstrip("\r\n"))
         col = max(self.col, 1) - 1
         if len(shown) > WINDOW:  # quote a window of a long line around the column
             start = min(max(0, col - WINDOW // 2), len(shown) - WINDOW)

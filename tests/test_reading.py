@@ -206,3 +206,21 @@ def engine_dsl_definition(e):
     from engine_dsl import Definition
 
     return Definition("p", e)
+
+
+@pytest.mark.parametrize("name", ["p.scm", "p.hy"])
+def test_a_byte_order_mark_is_read_past_and_fmt_drops_it(tmp_path, name):
+    src = tmp_path / name
+    text = GREEDY if name.endswith(".scm") else "(setv a (greedy logits))"
+    src.write_bytes(b"\xef\xbb\xbf;; c\n" + text.encode() + b"\n")
+    assert read_file(src) == read(f";; c\n{text}\n", name)
+    assert fmt_write(src) == 0
+    assert src.read_bytes() == f";; c\n{text}\n".encode()
+
+
+def test_a_quoted_line_shows_control_characters_as_question_marks(tmp_path, capsys):
+    src = tmp_path / "p.scm"
+    src.write_bytes(b"(define a (greedy\x1b[2J\x07 logits))\n")
+    assert run_evolution.main(["check", str(src)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[1:] == ["  (define a (greedy?[2J? logits))", " " * 19 + "^"]

@@ -1,0 +1,2 @@
+;; expect: 2:18: unexpected character
+(define a (greedy[2J logits))
