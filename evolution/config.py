@@ -60,30 +60,41 @@ class EvolutionConfig:
             if not ok:
                 raise ValueError(message)
 
-        require(self.population_size >= 1, "population_size must be >= 1")
+        require(self.population_size >= 1,
+                f"population_size must be >= 1, found {self.population_size}")
         require(self.offspring_size is None or self.offspring_size >= 1,
-                "offspring_size must be >= 1")
+                f"offspring_size must be >= 1, found {self.offspring_size}")
         require(0 <= self.cxpb <= 1 and 0 <= self.mutpb <= 1 and self.cxpb + self.mutpb <= 1,
-                "cxpb and mutpb must be probabilities with cxpb + mutpb <= 1")
-        require(self.leaf_bias is None or 0 <= self.leaf_bias <= 1, "leaf_bias must be in [0, 1]")
+                f"cxpb and mutpb must be probabilities with cxpb + mutpb <= 1, found "
+                f"{self.cxpb} and {self.mutpb}")
+        require(self.leaf_bias is None or 0 <= self.leaf_bias <= 1,
+                f"leaf_bias must be in [0, 1], found {self.leaf_bias}")
         unknown = set(self.mutation_weights) - set(MUTATIONS)
-        require(not unknown, f"unknown mutation(s) {sorted(unknown)}; known: {MUTATIONS}")
+        require(not unknown, f"mutation_weights: unknown mutation(s) {sorted(unknown)}; known: "
+                             f"{', '.join(MUTATIONS)}")
         require(any(w > 0 for w in self.mutation_weights.values()),
-                "some mutation weight must be > 0")
+                "mutation_weights: some weight must be > 0")
         require(all(w >= 0 for w in self.mutation_weights.values()),
-                "mutation weights must be >= 0")
+                "mutation_weights: every weight must be >= 0")
         require(0 <= self.mutation_heights[0] <= self.mutation_heights[1],
-                "mutation_heights must satisfy 0 <= lo <= hi")
-        require(0 < self.constant_sigma < math.inf, "constant_sigma must be finite and > 0")
-        require(0 <= self.mutant_fraction <= 1, "mutant_fraction must be in [0, 1]")
-        require(0 <= self.tune_prob <= 1, "tune_prob must be in [0, 1]")
-        require(self.tune_steps >= 0, "tune_steps must be >= 0")
-        require(0 < self.tune_lr < math.inf, "tune_lr must be finite and > 0")
-        require(self.selection in SELECTIONS, f"selection must be one of {SELECTIONS}")
-        require(1 <= self.parsimony_size <= 2, "parsimony_size must be in [1, 2]")
-        require(self.tournament_size >= 1, "tournament_size must be >= 1")
+                f"mutation_heights must satisfy 0 <= lo <= hi, found {list(self.mutation_heights)}")
+        require(0 < self.constant_sigma < math.inf,
+                f"constant_sigma must be finite and > 0, found {self.constant_sigma}")
+        require(0 <= self.mutant_fraction <= 1,
+                f"mutant_fraction must be in [0, 1], found {self.mutant_fraction}")
+        require(0 <= self.tune_prob <= 1, f"tune_prob must be in [0, 1], found {self.tune_prob}")
+        require(self.tune_steps >= 0, f"tune_steps must be >= 0, found {self.tune_steps}")
+        require(0 < self.tune_lr < math.inf,
+                f"tune_lr must be finite and > 0, found {self.tune_lr}")
+        require(self.selection in SELECTIONS, f"selection must be one of "
+                                              f"{', '.join(SELECTIONS)}, found '{self.selection}'")
+        require(1 <= self.parsimony_size <= 2,
+                f"parsimony_size must be in [1, 2], found {self.parsimony_size}")
+        require(self.tournament_size >= 1,
+                f"tournament_size must be >= 1, found {self.tournament_size}")
         require(1 <= self.init_heights[0] <= self.init_heights[1] <= self.limits.max_height,
-                "init_heights must satisfy 1 <= lo <= hi <= limits.max_height")
+                f"init_heights must satisfy 1 <= lo <= hi <= limits.max_height = "
+                f"{self.limits.max_height}, found {list(self.init_heights)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -37,7 +37,7 @@ from engine_dsl.registry import baseline
 from neural import GPT, ByteTokenizer, Curriculum, DataError, Trainer, get_task
 from neural.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from neural.device import device_name, resolve_device
-from neural.tasks import Example, make_batch
+from neural.tasks import SECTION_BYTES, Example, make_batch
 from neural.text_measures import Judge, JudgeConfig
 
 from . import report
@@ -292,9 +292,19 @@ class CoEvolution:
 
     def _check_task(self, model):
         for name in ("train", "valid", "test"):
-            if not self.task.split(name):
-                raise DataError(f"task {self.task.name!r} has an empty {name} split; "
-                                "give it more examples")
+            if self.task.split(name):
+                continue
+            if self.task.name.startswith("text:"):
+                t, works = self.cfg.task, sum(map(len, self.task.works.values()))
+                raise DataError(f"too little text for a {name} split: the file is cut at line "
+                                f"ends into sections of {SECTION_BYTES} bytes or more (it gave "
+                                f"{works}), each hashed into train, valid or test, and a split "
+                                f"needs a section holding a prompt and its continuation "
+                                f"(task.prompt_bytes + task.continuation_bytes = "
+                                f"{t.prompt_bytes + t.continuation_bytes}); give it more lines",
+                                self.task.name.removeprefix("text:"))
+            raise DataError(f"task {self.task.name!r} has an empty {name} split; "
+                            "give it more examples")
         examples = self.task.train + self.task.valid + self.task.test
         prompt = max(len(self.tokenizer.encode(e.input, bos=True)) for e in examples)
         block = model.config.block_size
@@ -302,8 +312,12 @@ class CoEvolution:
         if prompt + self.answer_cap() - 1 > block:  # the answer's last token is never read
             key = "loop.max_new_tokens" if self.cfg.loop.max_new_tokens else (
                 "hf.path" if self.cfg.hf.path else "model.block_size")
-            raise ConfigError(f"{key}: the task's longest prompt ({prompt} tokens) and answer "
-                              f"cap ({self.answer_cap()} tokens) exceed {size} = {block}")
+            # a data file's longest example is named by its file:line
+            longest = max(examples, key=lambda e: len(e.input) + (
+                0 if self.cfg.loop.max_new_tokens else len(e.output)))
+            where = f"{longest.where}: " if longest.where else ""
+            raise ConfigError(f"{where}{key}: the task's longest prompt ({prompt} tokens) and "
+                              f"answer cap ({self.answer_cap()} tokens) exceed {size} = {block}")
         if self.cfg.hf.path:  # the settings' estimate knew only the GPT's sizes
             c = model.config
             sized = replace(self.cfg, model=replace(self.cfg.model, n_layer=c.n_layer,

@@ -262,6 +262,13 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "train.extra_lambda": (0.0, 1e6, False),
     "train.seed": (0, 2**32 - 1, False),
     "text.judge_steps": (0, BIG, False),
+    "evolution.population_size": (1, BIG, False),
+    "evolution.offspring_size": (1, BIG, False),
+    "evolution.constant_sigma": (0.0, 1e6, False),
+    "evolution.tune_steps": (0, BIG, False),
+    "evolution.tune_lr": (0.0, 1e6, False),
+    "evolution.tournament_size": (1, BIG, False),
+    "evolution.seed": (0, 2**32 - 1, False),
     **{f"evolution.limits.{k}": (1, BIG, False) for k in Limits.field_names()},
 }
 
@@ -329,7 +336,11 @@ def from_dict(cls, data: dict, where: str = ""):
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or 'config'}: {e}") from None
+        # a section's own check names its keys: they read as section.key
+        message = re.sub(rf"(?<![\w.])({'|'.join(map(re.escape, names))})\b",
+                         rf"{where}.\1", str(e)) if where else str(e)
+        raise ConfigError(message if message != str(e) else f"{where or 'config'}: {e}"
+                          ) from None
 
 
 def _coerce(hint, value, key: str):

@@ -80,6 +80,13 @@ class DataError(Exception):
 class Example:
     input: str  # the prompt, e.g. "012+345="
     output: str  # the reference answer, e.g. "357"
+    # where the example was read (`file:line` of a JSON Lines file; "": generated), named by
+    # the errors an example causes; not part of its identity
+    where: str = field(default="", compare=False, repr=False)
+
+    def error(self, message: str) -> DataError:
+        """A DataError about this example, at its `file:line` if it came from a file."""
+        return DataError(f"{self.where}: {message}" if self.where else message)
 
 
 @dataclass
@@ -259,13 +266,18 @@ def generate(name: str, difficulty: int, size: int, seed: int) -> list[Example]:
 
 
 def _read_text(path: str) -> str:
+    """The UTF-8 text of a data file (a leading byte order mark dropped); DataError naming
+    the line of the first byte that is not UTF-8."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise DataError(f"cannot read file: {e.strerror}", path) from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+        raise DataError(f"not UTF-8 text (byte 0x{data[e.start]:02x}: {e.reason})", path,
+                        data.count(b"\n", 0, e.start) + 1) from None
 
 
 def read_json_line(line: str, path: str, lineno: int):
@@ -285,6 +297,14 @@ def read_json_line(line: str, path: str, lineno: int):
         raise DataError("invalid JSON: a string holds an unpaired surrogate escape such as "
                         "\\ud800, which is not text", path, lineno) from None
     return value
+
+
+def json_type(value) -> str:
+    """What a decoded JSON value is, in JSON's words (null, boolean, number, ...)."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "a boolean"
+    return {int: "a number", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}[type(value)]
 
 
 def json_lines(text: str) -> list[str]:
@@ -307,17 +327,17 @@ def read_jsonl(path: str, extract: Callable[[str], str | None] | None = None
         obj = read_json_line(line, path, lineno)
         if not isinstance(obj, dict):
             raise DataError(f"expected a JSON object with 'input' and 'output', found "
-                            f"{type(obj).__name__}", path, lineno)
+                            f"{json_type(obj)}", path, lineno)
         for key in ("input", "output"):
             if key not in obj:
                 raise DataError(f"missing field '{key}'", path, lineno)
             if not isinstance(obj[key], str):
                 raise DataError(f"field '{key}' must be a string, found "
-                                f"{type(obj[key]).__name__}", path, lineno)
+                                f"{json_type(obj[key])}", path, lineno)
         if extract is not None and extract(obj["output"]) is None:
             raise DataError("field 'output' holds no final answer for task.answer_regex",
                             path, lineno)
-        examples.append(Example(obj["input"], obj["output"]))
+        examples.append(Example(obj["input"], obj["output"], f"{path}:{lineno}"))
     if not examples:
         raise DataError("no examples", path)
     return examples
@@ -525,8 +545,8 @@ def make_batch(tokenizer: ByteTokenizer, examples: Sequence[Example], block_size
         prompt = tokenizer.encode(ex.input, bos=True)
         answer = tokenizer.encode(ex.output, eos=eos)
         if len(prompt) + len(answer) - 1 > block_size:
-            raise DataError(f"example {ex.input[:20]!r}... has {len(prompt) + len(answer)} "
-                            f"tokens, more than model.block_size {block_size} + 1")
+            raise ex.error(f"example {ex.input[:20]!r}... has {len(prompt) + len(answer)} "
+                           f"tokens, more than model.block_size {block_size} + 1")
         rows.append(prompt + answer)
         answer_lens.append((len(prompt), len(answer)))
     width = max(len(r) for r in rows)

@@ -67,13 +67,19 @@ def test_nested_defaults_survive_partial_sections():
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("evolution.population_size=0", "evolution: population_size must be >= 1"),
-    ("evolution.tune_lr=-1", "evolution: tune_lr must be finite and > 0"),
+    ("evolution.population_size=0", "evolution.population_size must be >= 1, found 0"),
+    ("evolution.tune_lr=-1", "evolution.tune_lr must be finite and > 0, found -1.0"),
+    ("evolution.cxpb=0.7", "evolution.cxpb and evolution.mutpb must be probabilities with "
+                           "evolution.cxpb + evolution.mutpb <= 1, found 0.7 and 0.5"),
+    ("evolution.init_heights=[2, 18]", "evolution.init_heights must satisfy 1 <= lo <= hi <= "
+                                      "evolution.limits.max_height = 17, found [2, 18]"),
+    ("evolution.selection=best", "evolution.selection must be one of nsga2, tournament, found "
+                                 "'best'"),
     ("evolution.tune_lr=nan", "tune_lr must be finite"),
     ("evolution.constant_sigma=0", "constant_sigma must be finite and > 0"),
     ("evolution.mutant_fraction=1.5", "mutant_fraction must be in [0, 1]"),
     ("evolution.mutation_heights=[3, 1]", "mutation_heights must satisfy 0 <= lo <= hi"),
-    ("evolution.mutation_weights={uniform = -1, shrink = 1}", "mutation weights must be >= 0"),
+    ("evolution.mutation_weights={uniform = -1, shrink = 1}", "evolution.mutation_weights: every weight must be >= 0"),
     ("task.dry_breakers=['\\n', '']", "task.dry_breakers: each breaker must be 1 to 40 bytes"),
     # every number in its domain, up front (issue 16, item 7)
     ("loop.program_lambda=nan", "loop.program_lambda must be finite, found nan"),
@@ -90,6 +96,11 @@ def test_nested_defaults_survive_partial_sections():
     ("loop.test_prompts=0", "loop.test_prompts must be in [1, 1000000000], found 0"),
     ("run.seed=18446744073709551616", "run.seed must be in [0, 4294967295]"),
     ("evolution.limits.max_votes=0", "evolution.limits.max_votes must be in [1, "),
+    # a count no run comes near is refused up front, not a silent endless run
+    ("evolution.population_size=99999999999999999999", "evolution.population_size must be in "
+                                                       "[1, 1000000000], found 9999999999999"),
+    ("evolution.tune_steps=99999999999999999999", "evolution.tune_steps must be in [0, "),
+    ("evolution.offspring_size=99999999999999999999", "evolution.offspring_size must be in "),
     ("model.n_embd=16384", "model.n_layer = 3, model.n_embd = 16384: a model of 9.67e+09 "
                            "parameters exceeds the cap of 1e+09"),
     ("hf.train_mode=lora", "hf.train_mode = 'lora' applies to a Hugging Face model "

@@ -234,7 +234,8 @@ def test_data_refused_after_the_directory_exists_leaves_nothing_behind(tmp_path)
         proc = cli("evolve", "--out", out, "--config", TINY, "--task", f"jsonl:{data}",
                    check=1)
         assert proc.stderr.strip().splitlines() == [
-            "error: example 'q1='... has 45 tokens, more than model.block_size 32 + 1"]
+            f"error: {data}:2: example 'q1='... has 45 tokens, more than model.block_size 32 "
+            "+ 1"]
     assert not (tmp_path / "r").exists()
     assert empty.is_dir() and not any(empty.iterdir())
 

@@ -93,3 +93,16 @@ def test_a_text_task_that_does_not_fit_is_one_line(tmp_path, text_file):
                f"text:{text_file}", check=1)
     assert "model.block_size = 32" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_text_file_of_one_long_line_names_the_file_and_what_is_missing(tmp_path):
+    """A file without line ends is one section, which lands in one split: the error names the
+    file and asks for more lines (not "more examples", which a text file has none of)."""
+    text = tmp_path / "one.txt"
+    text.write_text("to be or not to be " * 400)
+    proc = cli("evolve", "--out", tmp_path / "r", "--config", TINY, "--task", f"text:{text}",
+               "--set", "task.prompt_bytes=8", "--set", "task.continuation_bytes=8", check=1)
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {text}: too little text for a ") and "(it gave 1)" in line
+    assert line.endswith("give it more lines")
+    assert not (tmp_path / "r").exists()

@@ -1,6 +1,7 @@
 """Tasks: formats, deterministic disjoint splits, file errors naming file:line, curriculum."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -87,8 +88,9 @@ def test_jsonl_task(tmp_path):
     (['{"input": "a", "output": "b"}', '{"input": "a"}'], 2, "missing field 'output'"),
     (['{"output": "b"}'], 1, "missing field 'input'"),
     (['{"input": "a", "output": "b"}', "", '{"input": "a", "output": "b"'], 3, "invalid JSON"),
-    (['[1, 2]'], 1, "expected a JSON object"),
-    (['{"input": 1, "output": "b"}'], 1, "field 'input' must be a string"),
+    (['[1, 2]'], 1, "expected a JSON object with 'input' and 'output', found an array"),
+    (['{"input": 1, "output": "b"}'], 1, "field 'input' must be a string, found a number"),
+    (['{"input": "a", "output": null}'], 1, "field 'output' must be a string, found null"),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, lines, line, message):
     """A malformed line or missing field is a DataError whose str starts with file:line."""
@@ -97,6 +99,25 @@ def test_jsonl_errors_name_file_and_line(tmp_path, lines, line, message):
         get_task(f"jsonl:{p}")
     assert str(info.value).startswith(f"{p}:{line}: {message}")
     assert (info.value.filename, info.value.line) == (p, line)
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_line_and_a_bom_is_read_past(tmp_path):
+    p = tmp_path / "data.jsonl"
+    good = '{"input": "a", "output": "b"}\n'
+    p.write_bytes(good.encode() * 2 + b'{"input": "\xff", "output": "b"}\n')
+    with pytest.raises(DataError, match=re.escape(f"{p}:3: not UTF-8 text (byte 0xff")):
+        get_task(f"jsonl:{p}")
+    p.write_bytes(b"\xef\xbb\xbf" + good.encode() * 2)
+    assert read_jsonl(str(p)) == [Example("a", "b")] * 2
+
+
+def test_an_example_too_long_for_the_model_is_named_by_its_line(tmp_path):
+    p = tmp_path / "data.jsonl"
+    p.write_text('{"input": "a", "output": "b"}\n{"input": "a", "output": "bbbbbbbbbb"}\n')
+    examples = read_jsonl(str(p))
+    assert make_batch(ByteTokenizer(), examples[:1], block_size=4).ids.shape == (1, 4)
+    with pytest.raises(DataError, match=f"^{re.escape(str(p))}:2: example 'a'... has 13 tokens"):
+        make_batch(ByteTokenizer(), examples, block_size=4)
 
 
 def test_missing_file_is_data_error(tmp_path):
