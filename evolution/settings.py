@@ -29,7 +29,12 @@ from engine_dsl.registry import Limits
 from neural.device import DeviceError, check_device_name
 from neural.hf import TRAIN_MODES
 from neural.model import POSITIONS, GPTConfig
-from neural.tasks import DEFAULT_CONTINUATION_BYTES, DEFAULT_PROMPT_BYTES, task_kind
+from neural.tasks import (
+    DEFAULT_CONTINUATION_BYTES,
+    DEFAULT_PROMPT_BYTES,
+    regex_problem,
+    task_kind,
+)
 from neural.tokenizer import ByteTokenizer
 from neural.train import TrainConfig
 
@@ -154,12 +159,10 @@ class RunConfig:
                 and self.loop.pretrain_steps == 0:
             raise ConfigError("text.judge_steps = 0 means as many as loop.pretrain_steps, which "
                               "is 0: give the judge its own steps")
-        if self.task.answer_regex:
-            try:
-                re.compile(self.task.answer_regex)
-            except re.error as e:
-                raise ConfigError(f"task.answer_regex: not a regular expression ({e}), found "
-                                  f"{self.task.answer_regex!r}") from None
+        problem = regex_problem(self.task.answer_regex) if self.task.answer_regex else None
+        if problem:
+            raise ConfigError(f"task.answer_regex: not a regular expression ({problem}), found "
+                              f"{self.task.answer_regex[:80]!r}")
         if self.hf.train_mode not in TRAIN_MODES:
             raise ConfigError(f"hf.train_mode must be one of {', '.join(TRAIN_MODES)}, found "
                               f"'{self.hf.train_mode}'")
@@ -419,8 +422,8 @@ def apply_set(data: dict, assignment: str) -> None:
     """Apply one `dotted.key=value` (value in TOML syntax; bare words are strings)."""
     key, sep, raw = assignment.partition("=")
     key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set expects key=value, found '{assignment}'")
+    if not sep or not all(key.split(".")):
+        raise ConfigError(f"--set expects section.key=value, found '{assignment}'")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:

@@ -125,6 +125,19 @@ class Task:
         return TextCorpus(self.works["train"], tokenizer) if self.kind == "text" else self.train
 
 
+def regex_problem(regex: str) -> str | None:
+    """Why `regex` is not a regular expression Python can use (None: it is one)."""
+    try:
+        re.compile(regex)
+    except re.error as e:
+        return str(e)
+    except OverflowError:  # a{99999999999}
+        return "a repetition count too large"
+    except RecursionError:
+        return "nested too deeply"
+    return None
+
+
 def extractor(marker: str | None = None, regex: str | None = None
               ) -> Callable[[str], str | None]:
     """text -> its final answer: the last match of `regex` (group 1 if it has groups), else
@@ -422,11 +435,9 @@ def get_task(name: str, *, difficulty: int | None = None, size: int | None = Non
     answer tasks, in place of a built-in marker. Raises DataError for an unknown name, a bad
     regex, a bad file (a reference answer the regex finds nothing in is named by its line) or
     a corpus that cannot be fetched."""
-    if answer_regex:
-        try:
-            re.compile(answer_regex)
-        except re.error as e:
-            raise DataError(f"answer regex {answer_regex!r}: {e}") from None
+    problem = regex_problem(answer_regex) if answer_regex else None
+    if problem:
+        raise DataError(f"answer regex {answer_regex[:80]!r}: {problem}")
     if name.startswith("jsonl:"):
         path = name[len("jsonl:"):]
         task = split_examples(name, "answer", read_jsonl(path, extractor(regex=answer_regex)))

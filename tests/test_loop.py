@@ -79,7 +79,13 @@ def test_nested_defaults_survive_partial_sections():
     ("evolution.constant_sigma=0", "constant_sigma must be finite and > 0"),
     ("evolution.mutant_fraction=1.5", "mutant_fraction must be in [0, 1]"),
     ("evolution.mutation_heights=[3, 1]", "mutation_heights must satisfy 0 <= lo <= hi"),
-    ("evolution.mutation_weights={uniform = -1, shrink = 1}", "evolution.mutation_weights: every weight must be >= 0"),
+    ("evolution.mutation_weights={uniform = -1, shrink = 1}",
+     "evolution.mutation_weights: every weight must be >= 0"),
+    ("task.answer_regex=a{99999999999}", "task.answer_regex: not a regular expression (a "
+                                         "repetition count too large)"),
+    ("task.answer_regex=" + "(" * 5000 + ")" * 5000, "not a regular expression (nested too "
+                                                     "deeply), found '(((("),
+    ("run..seed=1", "--set expects section.key=value, found 'run..seed=1'"),
     ("task.dry_breakers=['\\n', '']", "task.dry_breakers: each breaker must be 1 to 40 bytes"),
     # every number in its domain, up front (issue 16, item 7)
     ("loop.program_lambda=nan", "loop.program_lambda must be finite, found nan"),

@@ -224,3 +224,16 @@ def test_a_quoted_line_shows_control_characters_as_question_marks(tmp_path, caps
     assert run_evolution.main(["check", str(src)]) == 1
     err = capsys.readouterr().err
     assert err.splitlines()[1:] == ["  (define a (greedy?[2J? logits))", " " * 19 + "^"]
+
+
+def test_a_write_that_fails_names_the_file_not_its_temp_file(tmp_path):
+    """A refused write (here: report.json is a directory) names the file written, not its
+    temp file, and leaves no temp file beside it."""
+    from engine_dsl.files import atomic_write
+
+    target = tmp_path / "report.json"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        atomic_write(target, "{}")
+    assert info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == [target]
