@@ -62,7 +62,7 @@ from .settings import (
     resolve,
     to_dict,
 )
-from .text_scoring import TextEvaluator, TextScorer, text_reward
+from .text_scoring import NUCLEUS_95, TextEvaluator, TextScorer, text_reward
 from .tuner import LikelihoodTuner
 
 GREEDY = baseline()  # the fixed decoding a user would pick: (greedy logits)
@@ -82,6 +82,7 @@ PROGRAMS_DIR = Path(__file__).resolve().parent.parent / "programs"
 TUNE_EXAMPLES = 256  # train examples whose answer tokens tune constants each generation
 SAMPLES = 5  # test answers of champion and greedy kept in report.json
 SELECTION_DRAWS = 1 << 32  # offset of the final selection's draws from the evaluation seed
+SELECTION_HALVES = 100  # text tasks' final selection: random halves of its prompts
 
 
 def default_seed_files(mode: str) -> list[Path]:
@@ -868,14 +869,17 @@ class CoEvolution:
     # --- the final report ---------------------------------------------------------------
 
     def final_report(self) -> dict:
-        """Valid- and test-split scores of the champion, greedy and every seed (95% bootstrap
-        CIs), how the champion was chosen and its valid-to-test gap (`selection`), and, for
-        answer tasks, the champion's paired difference with greedy on test
-        (`champion_vs_greedy`, per prompt in `test_per_prompt`) and the first test answers
-        of champion and greedy, whole and as extracted (`samples`)."""
+        """Valid- and test-split scores of the champion, greedy, the task's reference decoder
+        (text tasks: nucleus 0.95) and every seed (95% intervals), how the champion was
+        chosen and its valid-to-test gap (`selection`), the champion's paired difference with
+        the reference on test (answer tasks: `champion_vs_greedy`, per prompt in
+        `test_per_prompt`; text tasks: `champion_vs_reference`, the text objective's) and,
+        for answer tasks, the first test answers of champion and greedy, whole and as
+        extracted (`samples`)."""
         self.model.eval()
         chosen, selection = self.select_champion()
-        programs = {"champion": chosen, "greedy": GREEDY}
+        reference, reference_expr = self.reference_decoder()
+        programs = {"champion": chosen, "greedy": GREEDY, reference: reference_expr}
         for d in self.seeds:
             programs[f"seed:{d.name}"] = d.body
         out = {"task": self.task.name, "generation": self.next_generation - 1,
@@ -884,8 +888,17 @@ class CoEvolution:
         with self._progress(f"final report: {len(programs)} programs", 2) as advance:
             for split in ("valid", "test"):
                 if self.task.kind == "text":  # the text objective's own interval
-                    for name, result in self.score(programs, split).items():
+                    scorer, written = self._write_text(programs, split)
+                    for name, result in self._text_results(programs, scorer,
+                                                           written).items():
                         out["programs"][name][split] = result
+                    w = dict(zip(programs, (w for w, _ in written), strict=True))
+                    diff, lo, hi = scorer.paired_interval(w["champion"], w[reference],
+                                                          self.cfg.loop.bootstrap,
+                                                          seed=self.cfg.run.seed)
+                    out["champion_vs_reference"] = {"reference": reference, "diff": diff,
+                                                    "low": lo, "high": hi,
+                                                    "objective": self.cfg.text.objective}
                     advance()
                     continue
                 scores, costs, answers = self.per_item(split, list(programs.values()))
@@ -917,59 +930,108 @@ class CoEvolution:
         return out
 
     def select_champion(self) -> tuple[Expr, dict]:
-        """The final champion and how it was chosen. With `loop.select_prompts` > 0 (answer
-        tasks), the last generation's Pareto front, the seed programs (the search's starting
-        points, which a front of a few noisy valid prompts can lose) and greedy are scored
-        again on that many valid prompts that evolution never saw, with fresh draws, and the
-        one-standard-error rule (`selection.one_standard_error_choice`, complexity = size)
-        picks the smallest program whose mean is within one standard error of the paired
-        per-prompt differences from the best: a program beats greedy only by more than the
-        noise of its selection. Otherwise the generation's champion (highest valid score) is
-        kept."""
-        from .selection import one_standard_error_choice
-
+        """The final champion and how it was chosen. With `loop.select_prompts` > 0, the last
+        generation's Pareto front, the seed programs (the search's starting points, which a
+        front of a few noisy valid prompts can lose) and the task's reference decoder
+        (`reference_decoder`: greedy; nucleus 0.95 on text tasks) are scored again on that
+        many valid prompts that evolution never saw, with fresh draws (`choose_on_fresh`),
+        and the one-standard-error rule (complexity = size) picks the smallest program whose
+        score is within one standard error of the paired difference from the best: a
+        program beats the reference only by more than the noise of its selection.
+        Otherwise (or where the valid split has no fresh prompts) the generation's champion
+        (highest valid score) is kept."""
         evolved = to_expr(self.population.champion())
-        fresh = self.task.split("valid")[self.cfg.loop.valid_prompts:][
-            :self.cfg.loop.select_prompts]
-        if self.task.kind != "answer" or not fresh:
+        if not self.fresh_examples():
             return evolved, {"rule": "highest valid score", "prompts": 0, "valid": None}
-        candidates: dict[str, Expr] = {expr_to_scheme(GREEDY): GREEDY}
+        name, reference = self.reference_decoder()
+        candidates: dict[str, Expr] = {expr_to_scheme(reference): reference}
         for expr in [to_expr(i) for i in [self.population.champion(), *_front(self.population)]
                      ] + [d.body for d in self.seeds]:
             candidates.setdefault(expr_to_scheme(expr), expr)
         exprs = list(candidates.values())
-        ev = self._answer_evaluator(fresh, seed=self.evaluation_seed() + SELECTION_DRAWS)
-        with self._progress(f"final selection: {len(exprs)} programs on {len(fresh)} fresh "
-                            "valid prompts"):
+        k, values, info = self.choose_on_fresh(exprs)
+        return exprs[k], {**info, "candidates": len(exprs), "valid": values[k],
+                          "reference": name, "valid_reference": values[0],
+                          "evolved_champion": expr_to_scheme(evolved)}
+
+    def reference_decoder(self) -> tuple[str, Expr]:
+        """(name, program) of the fixed decoding a user would pick for the task, the one a
+        champion must beat: greedy on answer tasks, nucleus 0.95 (Holtzman et al.'s closest
+        to human) on text tasks."""
+        if self.task.kind == "text":
+            return "nucleus 0.95", engine_dsl.read_expr(NUCLEUS_95, Type.DECODER)
+        return "greedy", GREEDY
+
+    def fresh_examples(self) -> list[Example]:
+        """The valid examples after those scoring every generation, at most
+        `loop.select_prompts` of them: prompts no selection has seen (at least 2, else none)."""
+        fresh = self.task.split("valid")[self.cfg.loop.valid_prompts:][
+            :self.cfg.loop.select_prompts]
+        return fresh if len(fresh) >= 2 else []
+
+    @torch.no_grad()
+    def choose_on_fresh(self, exprs: list[Expr]) -> tuple[int, list[float], dict]:
+        """(index, scores, how): the one-standard-error choice among `exprs` (complexity =
+        size) on the fresh valid examples with fresh draws, every program on the same draws.
+        Answer tasks: exact match per prompt, the paired differences' standard error.
+        Text tasks: the text objective of all continuations (`TextScorer.score`), the
+        standard error of the paired differences from its values on `SELECTION_HALVES`
+        random halves of the prompts (`report.half_samples`: MAUVE has no per-prompt form)."""
+        from .selection import one_standard_error_choice, resampled_one_standard_error_choice
+
+        fresh = self.fresh_examples()
+        seed = self.evaluation_seed() + SELECTION_DRAWS
+        sizes = [engine_dsl.size(e) for e in exprs]
+        label = f"final selection: {len(exprs)} programs on {len(fresh)} fresh valid prompts"
+        if self.task.kind == "text":
+            ev = self._text_evaluator(fresh, seed=seed)
+            with self._progress(label):
+                written = [w for w, _ in ev.write(exprs)]
+                halves = report.half_samples(len(fresh), SELECTION_HALVES, seed=self.cfg.run.seed)
+                values = [ev.scorer.score(w) for w in written]
+                resampled = [[ev.scorer.score(w, h) for h in halves] for w in written]
+            k = resampled_one_standard_error_choice(
+                values, resampled, sizes, scale=report.half_sample_scale(len(fresh)))
+            return k, values, {"rule": f"one-standard-error (size; {self.cfg.text.objective}, "
+                                       f"{SELECTION_HALVES} half-samples)",
+                               "prompts": len(fresh)}
+        ev = self._answer_evaluator(fresh, seed=seed)
+        with self._progress(label):
             decoded = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
                                         **ev.decode_options)
         rows = [[float(self.task.is_correct(self.tokenizer.decode(a.tokens), e.output))
                  for a, e in zip(ans, fresh, strict=True)] for ans in decoded]
-        k = one_standard_error_choice(rows, [engine_dsl.size(e) for e in exprs])
-        means = [sum(r) / len(r) for r in rows]
-        return exprs[k], {"rule": "one-standard-error (size)",
-                          "prompts": len(fresh), "candidates": len(exprs),
-                          "valid": means[k], "valid_greedy": means[0],
-                          "evolved_champion": expr_to_scheme(evolved)}
+        k = one_standard_error_choice(rows, sizes)
+        return k, [sum(r) / len(r) for r in rows], {"rule": "one-standard-error (size)",
+                                                     "prompts": len(fresh)}
 
     def score(self, programs: dict[str, Expr], split: str) -> dict[str, dict]:
-        """{name: {score, ci95, cost, n}} of Decoder programs on a split, with a 95% bootstrap
-        interval over prompts (exact match; text tasks: the text objective)."""
+        """{name: {score, ci95, cost, n}} of Decoder programs on a split, with a 95% interval
+        over prompts (exact match, a bootstrap; text tasks: the text objective, halves of
+        the prompts, `TextScorer.interval`)."""
         names = list(programs)
         out = {}
         if self.task.kind == "text":
-            ev = self._text_evaluator(self._examples(split), seed=self.evaluation_seed())
-            for name, (w, cost) in zip(names, ev.write([programs[n] for n in names]),
-                                       strict=True):
-                value, lo, hi = ev.scorer.interval(w, self.cfg.loop.bootstrap,
-                                                   seed=self.cfg.run.seed)
-                out[name] = {"score": value, "ci95": [lo, hi], "cost": cost, "n": len(w.texts)}
-            return out
+            return self._text_results(names, *self._write_text(programs, split))
         scores, costs, _ = self.per_item(split, [programs[n] for n in names])
         for name, items, cost in zip(names, scores, costs, strict=True):
             mean, lo, hi = report.bootstrap_ci(items, self.cfg.loop.bootstrap,
                                                seed=self.cfg.run.seed)
             out[name] = {"score": mean, "ci95": [lo, hi], "cost": cost, "n": len(items)}
+        return out
+
+    def _write_text(self, programs: dict[str, Expr], split: str):
+        """(scorer, [(written, cost)] in the order of `programs`): every program's
+        continuations of the split's prompts, one batched decode with the run's draws."""
+        ev = self._text_evaluator(self._examples(split), seed=self.evaluation_seed())
+        return ev.scorer, ev.write(list(programs.values()))
+
+    def _text_results(self, names, scorer: TextScorer, written) -> dict[str, dict]:
+        """{name: {score, ci95, cost, n}} of written continuations (`_write_text`)."""
+        out = {}
+        for name, (w, cost) in zip(names, written, strict=True):
+            value, lo, hi = scorer.interval(w, self.cfg.loop.bootstrap, seed=self.cfg.run.seed)
+            out[name] = {"score": value, "ci95": [lo, hi], "cost": cost, "n": len(w.texts)}
         return out
 
     @torch.no_grad()

@@ -194,6 +194,11 @@ class RunDir:
             cg = rep.get("champion_vs_greedy", {"diff": 0, "low": 0, "high": 0})
             for key in ("diff", "low", "high"):
                 format(cg[key], "+.3f")
+            cr = rep.get("champion_vs_reference")
+            if cr is not None:
+                for key in ("diff", "low", "high"):
+                    format(cr[key], "+.3f")
+                str(cr["reference"]), str(cr["objective"])
             sel = rep.get("selection") or {}
             if sel.get("valid") is not None:
                 for key in ("valid", "test", "gap"):

@@ -7,6 +7,7 @@ DEAP's `selNSGA2` draws no random numbers; the tournaments here take an explicit
 
 from __future__ import annotations
 
+import math
 import random
 
 from deap import tools
@@ -117,8 +118,6 @@ def one_standard_error_choice(row_scores: list, complexity: list, se_multiple: f
     error (a tiny but consistent gain, e.g. from cutting a few never-observed tokens, does
     not buy complexity). Ties in complexity go to the higher mean. Returns the chosen
     index."""
-    import math
-
     if not row_scores or len(row_scores) != len(complexity):
         raise ValueError("one score sequence and one complexity per candidate")
     rows = [list(map(float, r)) for r in row_scores]
@@ -127,11 +126,41 @@ def one_standard_error_choice(row_scores: list, complexity: list, se_multiple: f
         raise ValueError("every candidate must be scored on the same rows")
     means = [sum(r) / n for r in rows]
     best = max(range(len(rows)), key=lambda i: means[i])
-    eligible = []
-    for i, r in enumerate(rows):
+    errors = []
+    for r in rows:
         d = [b - x for b, x in zip(rows[best], r, strict=True)]
         gap = sum(d) / n
-        var = sum((x - gap) ** 2 for x in d) / max(n - 1, 1)
-        if gap <= max(se_multiple * math.sqrt(var / n), tolerance):
-            eligible.append(i)
-    return min(eligible, key=lambda i: (complexity[i], -means[i]))
+        errors.append(math.sqrt(sum((x - gap) ** 2 for x in d) / max(n - 1, 1) / n))
+    return _within_noise(means, errors, complexity, se_multiple, tolerance)
+
+
+def resampled_one_standard_error_choice(values: list, resampled: list, complexity: list,
+                                        scale: float = 1.0, se_multiple: float = 1.0,
+                                        tolerance: float = 0.0) -> int:
+    """The same rule for a statistic of all rows that is no mean of per-row scores (MAUVE, a
+    pooled perplexity gap): `values[i]` is candidate i's statistic, `resampled[i][b]` its
+    statistic on resample b of the rows (the same resamples for every candidate, so the
+    differences are paired), and the standard error of a candidate's gap to the best is the
+    standard deviation of the resampled gaps times `scale` (`report.half_sample_scale` for
+    halves of the rows, 1 for a bootstrap)."""
+    if not values or not (len(values) == len(resampled) == len(complexity)):
+        raise ValueError("one value, one resampled sequence and one complexity per candidate")
+    b = len(resampled[0])
+    if b < 2 or any(len(r) != b for r in resampled):
+        raise ValueError("every candidate needs the same resamples, at least two")
+    best = max(range(len(values)), key=lambda i: values[i])
+    errors = []
+    for r in resampled:
+        d = [x - y for x, y in zip(resampled[best], r, strict=True)]
+        mean = sum(d) / b
+        errors.append(scale * math.sqrt(sum((x - mean) ** 2 for x in d) / (b - 1)))
+    return _within_noise(values, errors, complexity, se_multiple, tolerance)
+
+
+def _within_noise(values, errors, complexity, se_multiple, tolerance) -> int:
+    """The least complex candidate whose gap to the best value is at most `se_multiple`
+    times its standard error (`errors[i]`) or `tolerance`; ties to the higher value."""
+    best = max(values)
+    eligible = [i for i, (v, e) in enumerate(zip(values, errors, strict=True))
+                if best - v <= max(se_multiple * e, tolerance)]
+    return min(eligible, key=lambda i: (complexity[i], -values[i]))

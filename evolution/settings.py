@@ -88,8 +88,8 @@ class LoopSection:
     reinforce_samples: int = 16  # reinforce: prompts the champion writes for per step
     valid_prompts: int = 64  # prompts of the valid split scoring every program
     test_prompts: int = 500  # prompts of the test split in the final report
-    # fresh valid prompts re-scoring the final front, seeds and greedy to choose the champion;
-    # 0: off
+    # fresh valid prompts re-scoring the final front, seeds and the reference decoder (greedy;
+    # text tasks: nucleus 0.95) to choose the champion; 0: off
     select_prompts: int = 500
     max_new_tokens: int = 0  # answer length cap; 0: the task's longest answer + 1 (the stop)
     bootstrap: int = 1000  # resamples for the 95% intervals of the final report
@@ -286,10 +286,8 @@ def decode_memory_mb(cfg: RunConfig) -> float:
 
 
 def _decoded_prompts(cfg: RunConfig) -> tuple[int, ...]:
-    """The prompt counts a run decodes at once: valid, test and (answer tasks only, the final
-    selection) the fresh selection prompts."""
-    select = cfg.loop.select_prompts if task_kind(cfg.task.name) == "answer" else 0
-    return cfg.loop.valid_prompts, cfg.loop.test_prompts, select
+    """The prompt counts a run decodes at once: valid, test and the fresh selection prompts."""
+    return cfg.loop.valid_prompts, cfg.loop.test_prompts, cfg.loop.select_prompts
 
 
 def _numbers(obj, where: str = ""):
@@ -459,7 +457,7 @@ TEXT_DEFAULTS = {"model": {"block_size": 192, "positions": "rope", "n_layer": 4}
                  "train": {"batch_size": 4},
                  "run": {"generations": 4},
                  "loop": {"pretrain_steps": 1200, "train_steps": 100, "test_prompts": 200,
-                          "program_lambda": 0.1}}
+                          "select_prompts": 256, "program_lambda": 0.1}}
 
 
 def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dict | None = None

@@ -32,7 +32,6 @@ continuation to the human set: |ln PPL_i - ln PPL_human| + |rep-4_i - rep-4_huma
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -49,6 +48,8 @@ from neural.text_measures import (
     perplexity,
     rep_from_counts,
 )
+
+from .report import half_sample_interval, half_samples
 
 OBJECTIVES = ("human", "mauve", "reward")
 MAUVE_SEED = 25  # mauve-text's default k-means seed: the same quantization for every program
@@ -121,20 +122,28 @@ class TextScorer:
 
     def interval(self, w: Written, resamples: int, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float, float]:
-        """(score, low, high): the objective and a percentile bootstrap interval over prompts
-        (MAUVE, a k-means per resample: at most `MAUVE_RESAMPLES` resamples)."""
-        value = self.score(w)
-        n = len(w.texts)
+        """(score, low, high): the objective and its `level` interval over prompts from
+        `resamples` random halves of them (`report.half_sample_interval`: a bootstrap's
+        repeated prompts would distort MAUVE's quantization; MAUVE, a k-means per half: at
+        most `MAUVE_RESAMPLES` halves)."""
+        return self.paired_interval(w, None, resamples, seed, level)
+
+    def paired_interval(self, w: Written, other: Written | None, resamples: int,
+                        seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+        """(difference, low, high): the objective of `w` minus that of `other` (continuations
+        of the same prompts with the same draws; None: the objective of `w` alone), with its
+        interval over the same random halves of the prompts for both."""
+        def stat(index=None):
+            return self.score(w, index) - (0.0 if other is None else self.score(other, index))
+
+        value = stat()
         if self.objective == "mauve":
             resamples = min(resamples, MAUVE_RESAMPLES)
-        if resamples <= 0 or n < 2:
+        halves = half_samples(len(w.texts), resamples, seed)
+        if not halves or len(w.texts) < 4:
             return value, value, value
-        rng = random.Random(seed)
-        vals = sorted(self.score(w, [rng.randrange(n) for _ in range(n)])
-                      for _ in range(resamples))
-        lo = int(math.floor((1 - level) / 2 * (resamples - 1)))
-        hi = int(math.ceil((1 + level) / 2 * (resamples - 1)))
-        return value, vals[lo], vals[hi]
+        return (value, *half_sample_interval(value, [stat(h) for h in halves], len(w.texts),
+                                             level))
 
 
 class TextEvaluator:

@@ -136,12 +136,16 @@ def report_lines(rep: dict) -> list[str]:
     if cg is not None:
         lines.append(f"champion vs greedy on test: {cg['diff']:+.3f} [{cg['low']:+.3f}, "
                      f"{cg['high']:+.3f}]")
+    cr = rep.get("champion_vs_reference")
+    if cr is not None:
+        lines.append(f"champion vs {cr['reference']} on test ({cr['objective']}): "
+                     f"{cr['diff']:+.3f} [{cr['low']:+.3f}, {cr['high']:+.3f}]")
     sel = rep.get("selection")
     if sel is not None and sel.get("valid") is not None:
         lines.append(f"champion chosen by the {sel['rule']} rule among {sel['candidates']} "
-                     f"programs (final front, seeds and greedy) on {sel['prompts']} fresh valid "
-                     f"prompts: valid {sel['valid']:.3f}, test {sel['test']:.3f}, valid-to-test "
-                     f"gap {sel['gap']:+.3f}")
+                     f"programs (final front, seeds and {sel.get('reference', 'greedy')}) on "
+                     f"{sel['prompts']} fresh valid prompts: valid {sel['valid']:.3f}, test "
+                     f"{sel['test']:.3f}, valid-to-test gap {sel['gap']:+.3f}")
     return lines
 
 

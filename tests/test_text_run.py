@@ -79,8 +79,17 @@ def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, te
         report = run.run()
     finally:
         run.close()
-    assert set(report["programs"]) >= {"champion", "greedy"}
-    assert report["programs"]["greedy"]["test"]["score"] < 0  # minus its gaps to human text
+    programs = report["programs"]
+    assert set(programs) >= {"champion", "greedy", "nucleus 0.95"}
+    assert programs["greedy"]["test"]["score"] < 0  # minus its gaps to human text
+    # chosen on fresh valid prompts among the front, the seeds and nucleus 0.95, which the
+    # champion is then compared with on test, paired
+    sel, vs = report["selection"], report["champion_vs_reference"]
+    assert sel["reference"] == "nucleus 0.95" and sel["prompts"] > 0 and sel["candidates"] >= 2
+    assert sel["rule"].startswith("one-standard-error")
+    assert vs["diff"] == pytest.approx(programs["champion"]["test"]["score"]
+                                       - programs["nucleus 0.95"]["test"]["score"])
+    assert vs["low"] <= vs["diff"] <= vs["high"]
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["generation"] for e in log] == [0, 1]
     assert ("reward" in log[1]["model"]) == (objective == "reinforce")

@@ -1,8 +1,9 @@
-"""Occam's choice among scored candidates (`one_standard_error_choice`)."""
+"""Occam's choice among scored candidates (`one_standard_error_choice` and its form for
+statistics without rows) and the half-sample intervals it and the text reports use."""
 
 import pytest
 
-from evolution.selection import one_standard_error_choice
+from evolution.selection import one_standard_error_choice, resampled_one_standard_error_choice
 
 
 def test_simplest_within_one_standard_error_is_chosen():
@@ -31,3 +32,42 @@ def test_rejects_mismatched_inputs():
         one_standard_error_choice([[1.0], [1.0, 2.0]], [1, 2])
     with pytest.raises(ValueError):
         one_standard_error_choice([[1.0]], [1, 2])
+
+
+def test_a_statistic_without_rows_uses_its_resampled_paired_gaps():
+    """For a statistic of all rows (MAUVE), the standard error of a gap is the spread of the
+    gap over the shared resamples, times `scale`: a deficit of 0.05 with resampled gaps
+    spread 0.1 is noise (the simpler program wins), spread 0.01 is not."""
+    values = [1.0, 0.95]
+    noisy = [[1.1, 0.9] * 10, [0.95] * 20]  # gaps 0.15 / -0.05: sd 0.103
+    steady = [[1.01, 0.99] * 10, [0.95] * 20]  # sd 0.0103
+    assert resampled_one_standard_error_choice(values, noisy, [2, 1]) == 1
+    assert resampled_one_standard_error_choice(values, steady, [2, 1]) == 0
+    # the same spread, scaled to a standard error 5 times larger: noise again
+    assert resampled_one_standard_error_choice(values, steady, [2, 1], scale=5.0) == 1
+    assert resampled_one_standard_error_choice([0.9, 0.95], steady, [2, 1]) == 1
+    with pytest.raises(ValueError):
+        resampled_one_standard_error_choice(values, [[1.0], [1.0]], [2, 1])
+
+
+def test_half_samples_give_the_standard_error_of_a_mean():
+    """Half-samples without replacement, rescaled by `half_sample_scale`, spread a mean as
+    much as its standard error S / sqrt(n) (odd n too), and hold no row twice."""
+    import random
+    import statistics
+
+    from evolution.report import half_sample_interval, half_sample_scale, half_samples
+
+    for n in (40, 41):
+        x = [random.Random(n).gauss(0, 1) for _ in range(n)]
+        halves = half_samples(n, 4000, seed=1)
+        assert all(len(h) == n // 2 == len(set(h)) for h in halves)
+        means = [sum(x[i] for i in h) / len(h) for h in halves]
+        se = statistics.stdev(x) / n ** 0.5
+        assert half_sample_scale(n) * statistics.stdev(means) == pytest.approx(se, rel=0.08)
+        point = sum(x) / n
+        lo, hi = half_sample_interval(point, means, n)
+        assert (hi - lo) / 2 == pytest.approx(1.96 * se, rel=0.12)
+    # a statistic that repeated rows would lower (the share of distinct rows) keeps its value
+    distinct = [len({i for i in h}) / len(h) for h in half_samples(10, 50)]
+    assert half_sample_interval(1.0, distinct, 10) == (1.0, 1.0)
