@@ -8,24 +8,33 @@ Settings (flags; full / --quick): run seeds 0 1 2 / 0; the shakespeare task's mo
 training (4 x 4 x 128, batch 4, 1200 pre-training steps, the judge as many) / 2 x 2 x 64,
 batch 8, 200 steps each; 2 / 1 generations of population 10 / 6 on 48 / 32 valid prompts,
 50 training steps per generation; selection and the nucleus tuning by `text.objective` =
-`mauve` (`--objective`); the table on 128 / 32 test prompts, 200 / 50 bootstrap
-resamples; scoring cost at 32 programs x 128 / 32 prompts. `--set KEY=VALUE` passes any
-other setting to the runs.
+`mauve` (`--objective`); the final choice of champion and tuned nucleus on 128 / 32 fresh
+valid prompts; the table on 128 / 32 test prompts, intervals from 200 / 50 random halves of
+them; scoring cost at 32 programs x 128 / 32 prompts. `--set KEY=VALUE` passes any other
+setting to the runs. `--out DIR` keeps the runs; a later call with the same DIR reuses the
+finished ones (their final choice made again).
 
 Per run seed: an evolution run on the `shakespeare` task without co-training
 (`loop.program_lambda = 0`) and one with it (the same pre-trained model, copied after
 generation 0: `loop.model_objective = "reinforce"`, `loop.program_lambda = 0.5`); a nucleus
 sampler (temperature, top-p) tuned by Optuna (TPE) on the valid split with the run's text
-objective and as many program evaluations as evolution made; then every decoder continues
-the same test prompts (works no model or selection saw) with the same draws, and the frozen
+objective and as many program evaluations as evolution made, its first trial nucleus 0.95.
+Both are then chosen the same way, against the winner's curse of a few noisy valid prompts:
+the run's final selection (`CoEvolution.select_champion`: the last front, the seed programs
+and nucleus 0.95 on fresh valid prompts with fresh draws, the one-standard-error rule on
+size) for the champion; as many of Optuna's best trials, with nucleus 0.95, through the same
+rule (`CoEvolution.choose_on_fresh`) for the tuned nucleus. Then every decoder continues the
+same test prompts (works no model or selection saw) with the same draws, and the frozen
 judge reads the continuations.
 Rows: greedy, pure sampling, top-k 40, nucleus 0.95, typical 0.95, min-p 0.1, the newer
 samplers (top-n-sigma, eta, mirostat, XTC, DRY), the tuned nucleus, the evolved champion
 without and with co-training, and the human continuations. Columns: judge perplexity
 (per byte) and its ratio to human, rep-4, diversity, Zipf coefficient, Self-BLEU-4, MAUVE
 (against the human continuations, judge features), loops (% of continuations that end in a
-loop); each the mean over run seeds with a 95% bootstrap interval over prompts (the same
-resamples for every row and seed, so differences are paired).
+loop); each the mean over run seeds with a 95% interval over prompts from random halves of
+them (the same halves for every row and seed, so differences are paired; halves, not a
+bootstrap: a prompt drawn twice collapses MAUVE's k-means clusters and skews the Zipf fit,
+which put the bootstrap's intervals beside their point estimates; `report.half_sample_interval`).
 
 Also measured: scoring cost against generation, P programs x N continuations of M bytes
 (goal: scoring <= 0.5x generating). The last line is, for scripts:
@@ -36,10 +45,10 @@ Also measured: scoring cost against generation, P programs x N continuations of 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
-import random
 import shutil
 import sys
 import tempfile
@@ -53,8 +62,8 @@ import torch  # noqa: E402
 
 import engine_dsl  # noqa: E402
 from engine_dsl import Type  # noqa: E402
-from evolution.bridge import to_expr  # noqa: E402
 from evolution.loop import CoEvolution  # noqa: E402
+from evolution.report import half_sample_interval, half_samples  # noqa: E402
 from evolution.rundir import RunDir  # noqa: E402
 from evolution.settings import resolve  # noqa: E402
 from evolution.text_scoring import NUCLEUS_95, OBJECTIVES, TextScorer  # noqa: E402
@@ -120,14 +129,28 @@ def run_config(args, seed: int, sets=()):
 
 
 def evolve(args, seed: int, out: Path, log):
-    """The run without co-training and the one with it (sharing generation 0)."""
+    """The run without co-training and the one with it (sharing generation 0), and the
+    number of program evaluations the plain run made. Finished runs of an earlier call with
+    the same `--out` (both directories at the last generation, and OUT/seed-K.json with
+    the count) are reused: resumed without new generations, their selection redone."""
     plain_dir, co_dir = out / f"seed-{seed}-plain", out / f"seed-{seed}-cotrained"
+    count = out / f"seed-{seed}.json"
+    select = [f"loop.select_prompts={args.select_prompts}"]
+    if count.exists() and all(_finished(d, args.generations) for d in (plain_dir, co_dir)):
+        evaluations = json.loads(count.read_text())["evaluations"]
+        log(f"seed {seed}: reusing the finished runs in {out} ({evaluations} program "
+            "evaluations by evolution)")
+        runs = {}
+        for name, d in (("plain", plain_dir), ("cotrained", co_dir)):
+            runs[name] = CountingRun.resume(RunDir(d), sets=select)
+            runs[name].close()
+        return runs, evaluations
     for d in (plain_dir, co_dir):
         shutil.rmtree(d, ignore_errors=True)
     # the plain run's loop.program_lambda = 0 would weigh the co-training loss out
     cotrain = [f"loop.program_lambda={args.cotrain_lambda}", "loop.model_objective=reinforce"]
     runs = {}
-    plain = CountingRun.start(run_config(args, seed, ["loop.program_lambda=0"]),
+    plain = CountingRun.start(run_config(args, seed, ["loop.program_lambda=0", *select]),
                               RunDir(plain_dir))
     try:
         t0 = time.perf_counter()
@@ -146,20 +169,33 @@ def evolve(args, seed: int, out: Path, log):
     finally:
         co.close()
     runs["cotrained"] = co
+    count.write_text(json.dumps({"evaluations": plain.evaluations}) + "\n")
     log(f"seed {seed}: {plain.evaluations} program evaluations by evolution "
         f"(co-trained run, after generation 0: {co.evaluations}); co-training by "
         f"{' '.join(cotrain)}")
-    return runs
+    return runs, plain.evaluations
+
+
+def _finished(path: Path, generations: int) -> bool:
+    """Whether `path` holds a run whose last generation is `generations`."""
+    try:
+        entries = RunDir(path).log_entries()
+    except Exception:  # noqa: BLE001 - no run there, or a damaged one: evolve again
+        return False
+    return bool(entries) and entries[-1]["generation"] == generations
 
 
 def tune_nucleus(run, trials: int, batch: int, seed: int):
     """Optuna's TPE over (temperature, top-p) of a nucleus sampler, `trials` evaluations on
-    the valid split with the run's objective, asked and scored `batch` at a time."""
+    the valid split with the run's objective, asked and scored `batch` at a time, the first
+    trial nucleus 0.95 at temperature 1 (as evolution starts from its seed programs).
+    Returns the distinct programs tried, best valid score first, with their scores."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial({"temperature": 1.0, "top_p": 0.95})
     ev = run._text_evaluator(run._examples("valid"), seed=run.evaluation_seed())
     done = 0
     while done < trials:
@@ -170,8 +206,22 @@ def tune_nucleus(run, trials: int, batch: int, seed: int):
         for t, (score, _) in zip(asked, ev(progs), strict=True):
             study.tell(t, score)
         done += len(asked)
-    best = study.best_params
-    return nucleus(round(best["temperature"], 4), round(best["top_p"], 4)), study.best_value
+    ranked: dict[str, float] = {}
+    for t in sorted(study.trials, key=lambda t: -t.value):
+        ranked.setdefault(nucleus(round(t.params["temperature"], 4),
+                                  round(t.params["top_p"], 4)), t.value)
+    return list(ranked.items())
+
+
+def select_tuned(run, ranked, count: int):
+    """The tuned nucleus on the footing of the evolved champion: its `count` best trials (as
+    many as the distinct programs of evolution's last front and champion) and nucleus 0.95
+    re-scored on the run's fresh selection prompts with the same draws, chosen by the same
+    one-standard-error rule (`CoEvolution.choose_on_fresh`)."""
+    exprs = [engine_dsl.read_expr(NUCLEUS_95, Type.DECODER)]
+    exprs += [engine_dsl.read_expr(src, Type.DECODER) for src, _ in ranked[:max(count, 1)]]
+    k, values, _ = run.choose_on_fresh(exprs)
+    return _source(exprs[k]), values[k], len(exprs)
 
 
 def write_rows(run, programs: dict[str, str], examples, seed: int, scorer: TextScorer):
@@ -211,40 +261,40 @@ class Measured:
                 "loops %": loop_share(texts)}
 
 
-def bootstrap(measured: dict[int, dict[str, Measured]], n: int, resamples: int, seed: int):
-    """{row: {column: (value, lo, hi)}} means over run seeds, and the paired MAUVE difference
-    champion - tuned nucleus (value, lo, hi)."""
-    rng = random.Random(seed)
+def intervals(measured: dict[int, dict[str, Measured]], n: int, resamples: int, seed: int):
+    """{row: {column: (value, lo, hi)}} means over run seeds with 95% intervals from random
+    halves of the prompts (`report.half_sample_interval`: the same halves for every row and
+    seed, so differences are paired; no prompt twice, which would distort MAUVE and the Zipf
+    fit), and the paired MAUVE difference champion - tuned nucleus (value, lo, hi)."""
+    halves = half_samples(n, resamples, seed)
     full = list(range(n))
-    draws = [[rng.randrange(n) for _ in range(n)] for _ in range(resamples)]
     rows = list(next(iter(measured.values())))
-    table, samples = {}, {r: {c: [] for c in COLUMNS} for r in rows}
+    samples = {r: {c: [] for c in COLUMNS} for r in rows}
     point = {r: {c: _mean([measured[s][r].values(full)[c] for s in measured]) for c in COLUMNS}
              for r in rows}
-    for idx in draws:
+    for idx in halves:
         for r in rows:
             per_seed = [measured[s][r].values(idx) for s in measured]
             for c in COLUMNS:
                 samples[r][c].append(_mean([v[c] for v in per_seed]))
-    for r in rows:
-        table[r] = {c: (point[r][c], *_percentiles(samples[r][c])) for c in COLUMNS}
+    table = {r: {c: (point[r][c], *_bounded(c, half_sample_interval(point[r][c], samples[r][c],
+                                                                    n)))
+                 for c in COLUMNS} for r in rows}
+    value = point[CHAMPION]["MAUVE"] - point[TUNED]["MAUVE"]
     diff = [a - b for a, b in zip(samples[CHAMPION]["MAUVE"], samples[TUNED]["MAUVE"],
                                   strict=True)]
-    return table, (point[CHAMPION]["MAUVE"] - point[TUNED]["MAUVE"], *_percentiles(diff))
+    return table, (value, *half_sample_interval(value, diff, n))
+
+
+def _bounded(column: str, interval: tuple[float, float]) -> tuple[float, float]:
+    """An interval within the range of its column's measure (MAUVE lies in [0, 1])."""
+    lo, hi = interval
+    return (min(max(lo, 0.0), 1.0), min(max(hi, 0.0), 1.0)) if column == "MAUVE" else (lo, hi)
 
 
 def _mean(xs):
     xs = [x for x in xs if not math.isnan(x)]
     return sum(xs) / len(xs) if xs else math.nan
-
-
-def _percentiles(xs, level=0.95):
-    xs = sorted(x for x in xs if not math.isnan(x))
-    if not xs:
-        return math.nan, math.nan
-    lo = int(math.floor((1 - level) / 2 * (len(xs) - 1)))
-    hi = int(math.ceil((1 + level) / 2 * (len(xs) - 1)))
-    return xs[lo], xs[hi]
 
 
 def scoring_cost(run, scorer_examples, programs: int, prompts: int, seed: int):
@@ -299,13 +349,16 @@ def main(argv=None) -> int:
     ap.add_argument("--population", type=int)
     ap.add_argument("--valid-prompts", type=int)
     ap.add_argument("--test-prompts", type=int)
-    ap.add_argument("--bootstrap", type=int)
+    ap.add_argument("--select-prompts", type=int,
+                    help="fresh valid prompts choosing the champion and the tuned nucleus")
+    ap.add_argument("--bootstrap", type=int, help="random halves of the prompts per interval")
     ap.add_argument("--self-bleu-texts", type=int, default=64,
                     help="Self-BLEU-4 of each of the first N continuations against the others")
     ap.add_argument("--cost-programs", type=int, default=32)
     ap.add_argument("--cost-prompts", type=int)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", help="run directories (default: a temporary folder)")
+    ap.add_argument("--out", help="run directories (default: a temporary folder); finished "
+                                  "runs found there are reused")
     ap.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--quick"]
@@ -315,6 +368,7 @@ def main(argv=None) -> int:
                     judge_steps=200 if quick else None, generations=1 if quick else 2,
                     population=6 if quick else 10, valid_prompts=32 if quick else 48,
                     test_prompts=32 if quick else 128, bootstrap=50 if quick else 200,
+                    select_prompts=32 if quick else 128,
                     cost_prompts=32 if quick else 128, batch_size=8 if quick else None)
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -332,24 +386,33 @@ def main(argv=None) -> int:
     resolved = run_config(args, args.seeds[0])
     args.pretrain_steps, args.batch_size = resolved.loop.pretrain_steps, resolved.train.batch_size
     args.judge_steps = resolved.text.judge_steps or resolved.loop.pretrain_steps
-    measured, programs_by_seed = {}, {}
+    measured, programs_by_seed, chosen = {}, {}, {}
     cost = None
     for seed in args.seeds:
-        runs = evolve(args, seed, out, log)
+        runs, evaluations = evolve(args, seed, out, log)
         plain, co = runs["plain"], runs["cotrained"]
-        tuned, tuned_valid = tune_nucleus(plain, plain.evaluations, args.population, seed)
-        log(f"seed {seed}: tuned nucleus {tuned} (valid objective {tuned_valid:.3f})")
+        champion, sel = plain.select_champion()
+        co_champion, _ = co.select_champion()
+        ranked = tune_nucleus(plain, evaluations, args.population, seed)
+        tuned, tuned_fresh, tuned_candidates = select_tuned(plain, ranked,
+                                                            sel.get("evolved", 1))
+        chosen[seed] = {"champion": (sel.get("valid"), sel.get("candidates")),
+                        TUNED: (tuned_fresh, tuned_candidates),
+                        "nucleus 0.95": (sel.get("valid_reference"), None)}
+        log(f"seed {seed}: champion {_source(champion)} (fresh valid {sel.get('valid')}); "
+            f"tuned nucleus {tuned} (best on valid: {ranked[0][0]} {ranked[0][1]:.3f}; "
+            f"fresh valid {tuned_fresh:.3f})")
         examples = plain.task.test[:args.test_prompts]
         scorer = TextScorer(plain.judge, [e.input for e in examples],
                             [e.output for e in examples], plain.cfg.text.objective)
         draw = seed * 1000 + 999  # fresh draws: no selection saw them
-        programs = {**BASELINES, TUNED: tuned, CHAMPION: to_expr(plain.population.champion())}
+        programs = {**BASELINES, TUNED: tuned, CHAMPION: champion}
         written = write_rows(plain, programs, examples, draw, scorer)
-        written[COTRAINED] = write_rows(co, {COTRAINED: to_expr(co.population.champion())},
-                                        examples, draw, scorer)[COTRAINED]
+        written[COTRAINED] = write_rows(co, {COTRAINED: co_champion}, examples, draw,
+                                        scorer)[COTRAINED]
         written[HUMAN] = scorer.human
-        programs_by_seed[seed] = {TUNED: tuned, CHAMPION: _source(programs[CHAMPION]),
-                                  COTRAINED: _source(to_expr(co.population.champion()))}
+        programs_by_seed[seed] = {TUNED: tuned, CHAMPION: _source(champion),
+                                  COTRAINED: _source(co_champion)}
         measured[seed] = {r: Measured(w, scorer.human, args.self_bleu_texts)
                           for r, w in written.items()}
         log(f"seed {seed}: {len(written)} rows written and read on {len(examples)} test prompts")
@@ -362,8 +425,9 @@ def main(argv=None) -> int:
         # the table over the seeds done so far, kept in OUT/report.md (a run stopped early
         # still reports its finished seeds)
         n = len(measured[args.seeds[0]][HUMAN].w.texts)
-        table, diff = bootstrap(measured, n, args.bootstrap, seed=0)
-        text = report(args, table, diff, programs_by_seed, cost, time.perf_counter() - started)
+        table, diff = intervals(measured, n, args.bootstrap, seed=0)
+        text = report(args, table, diff, programs_by_seed, chosen, cost,
+                      time.perf_counter() - started)
         (out / "report.md").write_text(text + "\n\n" + last_line(table, diff) + "\n")
         log(f"seeds {', '.join(map(str, measured))}: table in {out / 'report.md'}")
     print(text)
@@ -387,7 +451,7 @@ def last_line(table, diff) -> str:
             f"[{diff[1]:+.3f}, {diff[2]:+.3f}]")
 
 
-def report(args, table, diff, programs_by_seed, cost, elapsed) -> str:
+def report(args, table, diff, programs_by_seed, chosen, cost, elapsed) -> str:
     cmd = (f"OMP_NUM_THREADS={args.threads} .venv/bin/python bench/text.py"
            + (" --quick" if args.quick else "") + "".join(f" {a}" for a in args.argv))
     lines = ["## Open-ended text (`bench/text.py`)", "",
@@ -398,10 +462,13 @@ def report(args, table, diff, programs_by_seed, cost, elapsed) -> str:
              f"{' '.join(args.set) or 'the task defaults'}, "
              f"training batch {args.batch_size}; pre-training {args.pretrain_steps} steps, "
              f"judge {args.judge_steps} steps, {args.generations} generations x population "
-             f"{args.population} on {args.valid_prompts} valid prompts, selected (and the "
-             f"nucleus tuned) by `text.objective = {args.objective}`; the table on "
-             f"{args.test_prompts} test prompts (held-out works), the mean over run seeds with "
-             f"a 95% bootstrap interval over prompts ({args.bootstrap} resamples).", "",
+             f"{args.population} on {args.valid_prompts} valid prompts, the nucleus tuned "
+             f"on them by `text.objective = {args.objective}`; the champion and the tuned "
+             f"nucleus then chosen alike on {args.select_prompts} fresh valid prompts (the "
+             f"one-standard-error rule on the same objective, nucleus 0.95 a candidate of "
+             f"both); the table on {args.test_prompts} test prompts (held-out works), the mean "
+             f"over run seeds with a 95% interval over prompts ({args.bootstrap} random halves "
+             f"of them, the same for every row).", "",
              "| decoder | " + " | ".join(COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     for row, cols in table.items():
@@ -412,6 +479,10 @@ def report(args, table, diff, programs_by_seed, cost, elapsed) -> str:
     for seed, progs in programs_by_seed.items():
         for name, src in progs.items():
             lines.append(f"- seed {seed}, {name}: `{src}`")
+        fresh = chosen[seed]
+        lines.append(f"- seed {seed}, on the fresh valid prompts ({args.objective}): "
+                     + ", ".join(f"{name} {fmt(v)}" + (f" (of {k} candidates)" if k else "")
+                                 for name, (v, k) in fresh.items()))
     h, ch, nu = table[HUMAN], table[CHAMPION], table["nucleus 0.95"]
     closer_ppl = abs(ch["judge PPL"][0] - h["judge PPL"][0]) < \
         abs(nu["judge PPL"][0] - h["judge PPL"][0])

@@ -944,13 +944,16 @@ class CoEvolution:
         if not self.fresh_examples():
             return evolved, {"rule": "highest valid score", "prompts": 0, "valid": None}
         name, reference = self.reference_decoder()
+        found = {expr_to_scheme(e): e for e in [to_expr(i) for i in [
+            self.population.champion(), *_front(self.population)]]}
         candidates: dict[str, Expr] = {expr_to_scheme(reference): reference}
-        for expr in [to_expr(i) for i in [self.population.champion(), *_front(self.population)]
-                     ] + [d.body for d in self.seeds]:
-            candidates.setdefault(expr_to_scheme(expr), expr)
+        for key, expr in [*found.items(), *((expr_to_scheme(d.body), d.body)
+                                            for d in self.seeds)]:
+            candidates.setdefault(key, expr)
         exprs = list(candidates.values())
         k, values, info = self.choose_on_fresh(exprs)
-        return exprs[k], {**info, "candidates": len(exprs), "valid": values[k],
+        return exprs[k], {**info, "candidates": len(exprs), "evolved": len(found),
+                          "valid": values[k],
                           "reference": name, "valid_reference": values[0],
                           "evolved_champion": expr_to_scheme(evolved)}
 
