@@ -434,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["evolve", *argv]  # evolve is the default command
     args = parser.parse_args(argv)
+    for flag in ("out", "resume", "config", "model_from"):  # "" is no path, not the default
+        if getattr(args, flag, None) == "":
+            parser.error(f"--{flag.replace('_', '-')}: expected a path, found ''")
     if args.command == "evolve" and args.resume and (args.out or args.seeds or args.model_from
                                                       or args.config):
         parser.error("--resume continues a run as configured; it takes no --out, --seeds, "

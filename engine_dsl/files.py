@@ -18,6 +18,8 @@ from .registry import Limits
 def read_file(path: str | Path, limits: Limits | None = None) -> tuple[Definition, ...]:
     """Read and check a program file (`.hy` -> Hy reader). Unreadable, non-regular, oversized
     files and files without a definition raise DslError."""
+    if not str(path):  # Path("") would be the current directory
+        raise DslError("an empty file name; give a program file", "''")
     path = Path(path)
     try:
         # non-blocking, so that opening a FIFO does not wait for a writer

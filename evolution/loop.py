@@ -225,6 +225,7 @@ class CoEvolution:
         generations) or change how it searches; changing what it is (task, seed, model)
         is a ConfigError. A changed config is recorded in config.toml."""
         rundir.require_run()
+        rundir.require_layout()
         rundir.lock()
         try:
             before = recorded_config(rundir.config)
@@ -336,6 +337,8 @@ class CoEvolution:
         """Set up generation 0. restart: the run directory exists (and is held) but no
         generation was committed; begin again."""
         cfg = self.cfg
+        if "" in (seed_files or cfg.run.seeds):  # Path("") would be the current directory
+            raise RunError("seed files: an empty file name; give program files")
         files = [Path(s) for s in (seed_files or cfg.run.seeds)] or default_seed_files(
             cfg.run.mode)
         names = [f.name for f in files]
@@ -359,6 +362,9 @@ class CoEvolution:
                                   tuple(h.lora_targets)))
         elif model_from:
             source = RunDir(model_from)
+            if not source.path.is_dir():
+                what = "a file, not a" if source.path.exists() else "no such"
+                raise RunError(f"--model-from {model_from}: {what} run directory")
             if source.is_run() and not restart:
                 trained_on = resolve(str(source.config)).task.name
                 if trained_on != cfg.task.name:

@@ -168,6 +168,18 @@ class RunDir:
         if not self.is_run():
             raise RunError(f"{self.path}: not a run directory (no config.toml)")
 
+    def require_layout(self) -> None:
+        """Before a resume writes anything: RunError for a file where the run keeps a
+        directory or a directory where it keeps a file (else the error would come only when
+        the generation's work is done)."""
+        for d in (self.model, self.checkpoints, self.plots, self.seeds,
+                  self.generation_file(0).parent):
+            if d.exists() and not d.is_dir():
+                raise RunError(f"{d}: a file where the run keeps a directory; move it away")
+        for f in (self.config, self.log, self.hall_of_fame, self.lineage, self.report):
+            if f.is_dir():
+                raise RunError(f"{f}: a directory where the run keeps a file; move it away")
+
     # writing
     def write(self, path: Path, data: str | bytes) -> None:
         atomic_write(path, data)

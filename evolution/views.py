@@ -330,6 +330,8 @@ def _program_spec(spec: str, run) -> Definition:
     path, name = spec, None
     if not Path(spec).exists() and ":" in spec:
         path, name = spec.rsplit(":", 1)
+        if not path:
+            raise RunError(f"'{spec}': expected FILE or FILE:NAME, found no FILE before ':'")
     return one_definition(path, run, name)
 
 

@@ -64,6 +64,25 @@ def test_missing_file_is_a_one_line_error(tmp_path, capsys):
     assert "cannot read file" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv", [["check", ""], ["export", "", "--hf"],
+                                  ["evolve", "--seeds", "", "--generations", "0"]])
+def test_an_empty_file_name_is_refused_not_read_as_the_current_directory(argv, capsys):
+    assert run_evolution.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "an empty file name" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("flag", ["--out", "--resume", "--config", "--model-from"])
+def test_an_empty_path_flag_is_a_usage_error_not_the_default(flag, tmp_path, monkeypatch,
+                                                             capsys):
+    monkeypatch.chdir(tmp_path)  # `--out ''` once made runs/TASK-seedK here
+    with pytest.raises(SystemExit) as info:
+        run_evolution.main(["evolve", flag, ""])
+    assert info.value.code == 2
+    assert f"{flag}: expected a path, found ''" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_usage_errors_exit_2():
     proc = subprocess.run([sys.executable, str(ROOT / "run_evolution.py"), "fmt", "--to", "c"],
                           capture_output=True, text=True)

@@ -154,6 +154,11 @@ def test_a_damaged_earlier_log_line_is_named(run):
      "unreadable lineage"),
     (lambda r: (r / "checkpoint" / "latest.json").write_bytes(b"\xff\xfe"),
      "latest.json: unreadable"),
+    # found before a generation's work, not when its results are written
+    (lambda r: (shutil.rmtree(r / "model"), (r / "model").write_text("x")),
+     "model: a file where the run keeps a directory"),
+    (lambda r: (r / "report.json").unlink() or (r / "report.json").mkdir(),
+     "report.json: a directory where the run keeps a file"),
 ])
 def test_damaged_checkpoint_files_are_named_on_resume(run, damage, message):
     damage(run)
@@ -177,6 +182,21 @@ def test_a_damaged_model_is_named_by_eval(run, damage, message):
     proc = cli("eval", ROOT / "programs" / "greedy.scm", "--run", run)
     if proc.returncode != 0:  # a flipped bit may land in a weight: then it is only a weight
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_model_from_a_file_or_nothing_is_named_as_such(tmp_path):
+    for source, what in [(ROOT / "programs" / "greedy.scm", "a file, not a"),
+                         (tmp_path / "nope", "no such")]:
+        proc = cli("evolve", "--out", tmp_path / "r", "--config", TINY, "--model-from", source,
+                   check=1)
+        assert proc.stderr.strip() == f"error: --model-from {source}: {what} run directory"
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_program_spec_without_a_file_is_named(tiny_run):
+    proc = cli("compare", ":x", ROOT / "programs" / "greedy.scm", "--run", tiny_run[0], check=1)
+    assert proc.stderr.strip() == "error: ':x': expected FILE or FILE:NAME, found no FILE " \
+                                  "before ':'"
 
 
 def test_model_from_a_run_of_another_task_is_refused(tiny_run, tmp_path):
