@@ -60,6 +60,7 @@ from .settings import (
     decode_memory_mb,
     recorded_config,
     resolve,
+    text_select_prompts,
     to_dict,
 )
 from .text_scoring import NUCLEUS_95, TextEvaluator, TextScorer, text_reward
@@ -973,9 +974,11 @@ class CoEvolution:
 
     def fresh_examples(self) -> list[Example]:
         """The valid examples after those scoring every generation, at most
-        `loop.select_prompts` of them: prompts no selection has seen (at least 2, else none)."""
-        fresh = self.task.split("valid")[self.cfg.loop.valid_prompts:][
-            :self.cfg.loop.select_prompts]
+        `loop.select_prompts` of them (text tasks: `settings.text_select_prompts`): prompts no
+        selection has seen (at least 2, else none)."""
+        count = (text_select_prompts(self.cfg) if self.task.kind == "text"
+                 else self.cfg.loop.select_prompts)
+        fresh = self.task.split("valid")[self.cfg.loop.valid_prompts:][:count]
         return fresh if len(fresh) >= 2 else []
 
     @torch.no_grad()

@@ -89,7 +89,8 @@ class LoopSection:
     valid_prompts: int = 64  # prompts of the valid split scoring every program
     test_prompts: int = 500  # prompts of the test split in the final report
     # fresh valid prompts re-scoring the final front, seeds and the reference decoder (greedy;
-    # text tasks: nucleus 0.95) to choose the champion; 0: off
+    # text tasks: nucleus 0.95) to choose the champion (text tasks: at most what one decode
+    # fits in decode_memory_mb); 0: off
     select_prompts: int = 500
     max_new_tokens: int = 0  # answer length cap; 0: the task's longest answer + 1 (the stop)
     bootstrap: int = 1000  # resamples for the 95% intervals of the final report
@@ -280,14 +281,30 @@ def decode_memory_mb(cfg: RunConfig) -> float:
     """An estimate of the most memory one decode of a run takes, in MB: every row (a prompt
     times the decodes per answer, at most `max_votes` by the product cap) holds a KV cache of
     the whole block in every layer and a few rows of logits."""
+    return max(_decoded_prompts(cfg)) * _prompt_memory_mb(cfg)
+
+
+def _prompt_memory_mb(cfg: RunConfig) -> float:
+    """`decode_memory_mb` per prompt."""
     m = cfg.model
-    rows = cfg.evolution.limits.max_votes * max(_decoded_prompts(cfg))
+    rows = cfg.evolution.limits.max_votes
     return rows * (2 * m.n_layer * m.block_size * m.n_embd + 4 * m.vocab_size) * 4 / 2**20
 
 
+def text_select_prompts(cfg: RunConfig) -> int:
+    """The fresh prompts of a text task's final selection: `loop.select_prompts`, at most as
+    many as one decode fits in `loop.decode_memory_mb` (text runs recorded before their
+    selection existed hold the answer tasks' 500, which a text model's longer context may
+    not fit; the report gives the count used)."""
+    return min(cfg.loop.select_prompts,
+               int(cfg.loop.decode_memory_mb // _prompt_memory_mb(cfg)))
+
+
 def _decoded_prompts(cfg: RunConfig) -> tuple[int, ...]:
-    """The prompt counts a run decodes at once: valid, test and the fresh selection prompts."""
-    return cfg.loop.valid_prompts, cfg.loop.test_prompts, cfg.loop.select_prompts
+    """The prompt counts a run decodes at once: valid, test and (answer tasks; text tasks'
+    `text_select_prompts` fits by construction) the fresh selection prompts."""
+    select = cfg.loop.select_prompts if task_kind(cfg.task.name) == "answer" else 0
+    return cfg.loop.valid_prompts, cfg.loop.test_prompts, select
 
 
 def _numbers(obj, where: str = ""):

@@ -51,6 +51,20 @@ def test_a_text_run_recorded_before_model_positions_keeps_its_learned_table(tmp_
     assert resolve(str(path)).model.positions == "rope"
 
 
+def test_a_text_selection_takes_the_fresh_prompts_one_decode_fits():
+    """A text task's final selection decodes at most what `loop.decode_memory_mb` holds: the
+    shakespeare model (4 layers x 128, block 192, 16 votes at most) takes 16 x (2 x 4 x 192 x
+    128 + 4 x 256) x 4 bytes = 12.06 MB a prompt, so 4096 MB fit 339 of them; a run recorded
+    with the answer tasks' 500 still reads (and selects on 339), 256 stay 256."""
+    from evolution.settings import text_select_prompts
+
+    assert text_select_prompts(resolve(None, ["task.name=shakespeare"])) == 256
+    old = resolve(None, ["task.name=shakespeare", "loop.select_prompts=500"])
+    assert text_select_prompts(old) == 339
+    assert text_select_prompts(resolve(None, ["task.name=shakespeare", "loop.select_prompts=500",
+                                              "loop.decode_memory_mb=8192"])) == 500
+
+
 @pytest.fixture
 def text_file(tmp_path):
     path = tmp_path / "story.txt"
