@@ -31,6 +31,8 @@ def read_file(path: str | Path, limits: Limits | None = None) -> tuple[Definitio
             data = f.read(4 * MAX_CHARS + 1)
     except OSError as e:
         raise DslError(f"cannot read file: {e.strerror or e}", str(path)) from None
+    except ValueError:  # a NUL byte in the name (from a config file's run.seeds)
+        raise DslError("cannot read file: a NUL byte in its name", repr(str(path))) from None
     if len(data) > 4 * MAX_CHARS:
         raise DslError(f"file larger than {4 * MAX_CHARS} bytes exceeds the reading cap",
                        str(path))

@@ -20,6 +20,7 @@ same numbers.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -461,7 +462,7 @@ class CoEvolution:
 
             try:
                 self._pool = (RayMap(loop.ray_address) if loop.ray_address
-                              else ProcessMap(loop.workers))
+                              else ProcessMap(min(loop.workers, os.cpu_count() or 1)))
             except ImportError as e:
                 raise RunError(f"loop.ray_address needs Ray ({e})") from None
             except Exception as e:  # Ray's connection errors have no common type

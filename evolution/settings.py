@@ -30,6 +30,7 @@ from neural.device import DeviceError, check_device_name
 from neural.hf import TRAIN_MODES
 from neural.model import POSITIONS, GPTConfig
 from neural.tasks import (
+    BUILTIN_TASKS,
     DEFAULT_CONTINUATION_BYTES,
     DEFAULT_PROMPT_BYTES,
     regex_problem,
@@ -94,7 +95,8 @@ class LoopSection:
     select_prompts: int = 500
     max_new_tokens: int = 0  # answer length cap; 0: the task's longest answer + 1 (the stop)
     bootstrap: int = 1000  # resamples for the 95% intervals of the final report
-    workers: int = 0  # tune new programs in this many worker processes (0: in-process)
+    # tune new programs in this many worker processes (0: in-process; at most the cores)
+    workers: int = 0
     ray_address: str = ""  # tune on a Ray cluster instead ("auto", "ray://host:port")
     phased_model_generations: int = 1  # mode=phased: generations training the model alone
     phased_program_generations: int = 2  # ... then evolving programs with the model frozen
@@ -160,6 +162,10 @@ class RunConfig:
                 and self.loop.pretrain_steps == 0:
             raise ConfigError("text.judge_steps = 0 means as many as loop.pretrain_steps, which "
                               "is 0: give the judge its own steps")
+        if self.task.curriculum and self.task.name not in BUILTIN_TASKS:
+            raise ConfigError(f"task.curriculum = true moves a built-in task's difficulty "
+                              f"({', '.join(BUILTIN_TASKS)}); task.name is "
+                              f"'{self.task.name}'")
         problem = regex_problem(self.task.answer_regex) if self.task.answer_regex else None
         if problem:
             raise ConfigError(f"task.answer_regex: not a regular expression ({problem}), found "
@@ -428,9 +434,11 @@ def load_toml(path: str | Path) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config file is not valid UTF-8") from None
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text.removeprefix("\ufeff"))  # an editor's byte order mark
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
 
 
 def apply_set(data: dict, assignment: str) -> None:
@@ -443,12 +451,14 @@ def apply_set(data: dict, assignment: str) -> None:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise ConfigError(f"--set {key}: a value nested too deeply") from None
     *parents, leaf = key.split(".")
     node = data
-    for p in parents:
+    for k, p in enumerate(parents):
         node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: '{p}' is not a table")
+        if not isinstance(node, dict):  # given so by a config file or an earlier --set
+            raise ConfigError(f"{'.'.join(parents[:k + 1])} must be a table, found {node!r}")
     node[leaf] = value
 
 

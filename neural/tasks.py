@@ -281,11 +281,15 @@ def generate(name: str, difficulty: int, size: int, seed: int) -> list[Example]:
 def _read_text(path: str) -> str:
     """The UTF-8 text of a data file (a leading byte order mark dropped); DataError naming
     the line of the first byte that is not UTF-8."""
+    if not path:
+        raise DataError("no file name: give jsonl:PATH or text:PATH")
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise DataError(f"cannot read file: {e.strerror}", path) from None
+    except ValueError:  # a NUL byte in the name
+        raise DataError("cannot read file: a NUL byte in its name", repr(path)) from None
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:

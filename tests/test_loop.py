@@ -86,6 +86,9 @@ def test_nested_defaults_survive_partial_sections():
     ("task.answer_regex=" + "(" * 5000 + ")" * 5000, "not a regular expression (nested too "
                                                      "deeply), found '(((("),
     ("run..seed=1", "--set expects section.key=value, found 'run..seed=1'"),
+    ("task.curriculum=true", "task.curriculum = true moves a built-in task's difficulty "
+                             "(addition, running-sum, reverse, sort, copy); task.name is "
+                             "'jsonl:d.jsonl'"),
     ("task.dry_breakers=['\\n', '']", "task.dry_breakers: each breaker must be 1 to 40 bytes"),
     # every number in its domain, up front (issue 16, item 7)
     ("loop.program_lambda=nan", "loop.program_lambda must be finite, found nan"),
@@ -117,7 +120,49 @@ def test_nested_defaults_survive_partial_sections():
 ])
 def test_settings_out_of_range_name_section_and_key(setting, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        resolve(None, [setting])
+        resolve(None, [setting, "task.name=jsonl:d.jsonl"] if "curriculum" in setting
+                else [setting])
+
+
+def test_tuning_workers_are_at_most_the_cores(monkeypatch):
+    """loop.workers = 1024 on a small machine once spawned 1024 torch processes (killed for
+    memory); the pool has at most one per core, which changes no result."""
+    import evolution.evaluation
+    from evolution.loop import CoEvolution
+
+    monkeypatch.setattr(evolution.evaluation, "ProcessMap", lambda n: ("pool", n))
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    run = CoEvolution.__new__(CoEvolution)
+    run.cfg = resolve(None, ["loop.workers=1024"])
+    assert run._map == ("pool", 3)
+    run._pool, run.cfg = None, resolve(None, ["loop.workers=2"])
+    assert run._map == ("pool", 2)
+
+@pytest.mark.parametrize("text, message", [
+    ("[[run]]\ngenerations = 1\n", "run must be a table, found [{'generations': 1}]"),
+    ("a = " + "[" * 5000 + "]" * 5000 + "\n", "c.toml: arrays or tables nested too deeply"),
+    ("[task]\nname = \"jsonl:a\\u0000b\"\n", "'a\\x00b': cannot read file: a NUL byte in its "
+                                             "name"),
+    ("[task]\nname = \"jsonl:\"\n", "no file name: give jsonl:PATH or text:PATH"),
+])
+def test_a_config_file_of_any_shape_is_one_line(tmp_path, text, message):
+    """A config file an editor or a script could write is read or refused in one line
+    (`--set` applies after the file: a section the file made a list is named as such)."""
+    from conftest import cli
+
+    (tmp_path / "c.toml").write_text(text)
+    proc = cli("evolve", "--out", tmp_path / "r", "--config", tmp_path / "c.toml",
+               "--set", "run.generations=0", check=1)
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_byte_order_mark_before_a_config_file_is_read_past(tmp_path):
+    (tmp_path / "c.toml").write_bytes(b"\xef\xbb\xbf[run]\ngenerations = 7\n")
+    assert resolve(str(tmp_path / "c.toml")).run.generations == 7
+    with pytest.raises(ConfigError, match="--set run.seeds: a value nested too deeply"):
+        resolve(None, ["run.seeds=" + "[" * 5000 + "]" * 5000])
+
 
 def _generation_1(path, sets, held_out=None, monkeypatch=None):
     """The model's weights and the log entry after generation 1 of a tiny run; `held_out`:
