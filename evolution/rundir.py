@@ -145,7 +145,11 @@ class RunDir:
             (tmp / self.checkpoints.name).mkdir()  # gone later: removed by hand, not by us
             atomic_write(tmp / self.config.name, config)
 
-        self.replace_dir(self.path, build)
+        try:
+            self.replace_dir(self.path, build)
+        except OSError as e:  # named by the directory asked for, not its temp sibling
+            raise RunError(f"{self.path}: cannot create the run directory: "
+                           f"{e.strerror or e}") from None
         self.created = True
 
     def discard(self) -> bool:
@@ -322,7 +326,11 @@ class RunDir:
     def lock(self) -> None:
         """Hold this run directory for this process until it ends (or `unlock`); a RunError
         saying who holds it if another process does."""
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunError(f"{self.path}: cannot take the run's lock ({e.strerror}); "
+                           "continuing a run writes into its directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

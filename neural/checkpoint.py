@@ -83,6 +83,10 @@ def _read_json(path: str) -> dict:
 def _read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: missing")
+    try:  # the file system's refusal (permissions, a directory) is not damage
+        open(path, "rb").close()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
     try:
         with safe_open(path, framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})

@@ -184,6 +184,28 @@ def test_a_damaged_model_is_named_by_eval(run, damage, message):
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_what_the_file_system_refuses_is_named_by_the_path_asked_for(run, tmp_path):
+    """A file system's refusal (here: directories where files belong, or a file where a
+    directory belongs; read-only run directories and permissions behave alike) names the
+    run directory or file given, and says what could not be done; nothing is changed."""
+    (tmp_path / "file").write_text("x")
+    proc = cli("evolve", "--out", tmp_path / "file" / "r", "--config", TINY, check=1)
+    assert proc.stderr.strip() == (f"error: {tmp_path / 'file' / 'r'}: cannot create the run "
+                                   "directory: Not a directory")
+    (run / ".lock").unlink()
+    (run / ".lock").mkdir()
+    before = snapshot(run)
+    proc = cli("evolve", "--resume", run, "--generations", "3", check=1)
+    assert proc.stderr.strip() == (f"error: {run}: cannot take the run's lock (Is a directory);"
+                                   " continuing a run writes into its directory")
+    assert snapshot(run) == before
+    weights = run / "model" / "model.safetensors"
+    weights.unlink()
+    weights.mkdir()
+    proc = cli("eval", ROOT / "programs" / "greedy.scm", "--run", run, check=1)
+    assert proc.stderr.strip() == f"error: {weights}: cannot read: Is a directory"
+
+
 def test_model_from_a_file_or_nothing_is_named_as_such(tmp_path):
     for source, what in [(ROOT / "programs" / "greedy.scm", "a file, not a"),
                          (tmp_path / "nope", "no such")]:
