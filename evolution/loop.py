@@ -378,8 +378,7 @@ class CoEvolution:
         else:
             model = GPT(cfg.model).to(self.device)
         self._check_task(model)
-        seeds = [fit_to_model(d, model.n_layer, model.n_head, unavailable_inputs(model))
-                 for d in seeds]
+        seeds = self._fit_seeds(seeds, model, files)
         if not restart:
             cfg.run.seeds = [str(f) for f in files]
             cfg.run.model_from = str(model_from or "")
@@ -415,8 +414,7 @@ class CoEvolution:
                                        extra_loss=self.champion_loss, tokenizer=self.tokenizer,
                                        device=self.device)
         model = self.trainer.model
-        self.seeds = [fit_to_model(d, model.n_layer, model.n_head, unavailable_inputs(model))
-                      for d in seeds]
+        self.seeds = self._fit_seeds(seeds, model, [Path(f) for f in self.cfg.run.seeds])
         self.rng = random.Random()
         self.rng.setstate(state.rng)
         self.population = None
@@ -429,6 +427,28 @@ class CoEvolution:
                                f"({type(e).__name__}: {e})") from None
         self.next_generation = state.next_generation
         self.dir.truncate_log(state.log_lines, state.log_entry)
+
+    def _fit_seeds(self, seeds: list[Definition], model, files: list[Path]
+                   ) -> list[Definition]:
+        """The seeds adapted to the model (`fit_to_model`). Where they are the shipped seed
+        files (`programs/`), those a smaller model cannot run (a `(layer k)` beyond its
+        blocks, an input it cannot give) are left out with a note: a valid model setting runs
+        with the seeds the project ships. A user's own seed that does not fit is an error."""
+        shipped = all(f.resolve().parent == PROGRAMS_DIR for f in files)
+        fitted = []
+        for d in seeds:
+            try:
+                fitted.append(fit_to_model(d, model.n_layer, model.n_head,
+                                           unavailable_inputs(model)))
+            except DslError as e:
+                if not shipped:
+                    raise
+                if self.console is not None:
+                    self.console.print(f"note: shipped seed {d.name} left out: {e.message}",
+                                       soft_wrap=True, markup=False)
+        if not fitted:
+            raise RunError("no seed program fits the model; give seed files (--seeds)")
+        return fitted
 
     def _seed_copies(self) -> list[Path]:
         """The run's own copies of its seed files, in the order they were given."""

@@ -259,3 +259,20 @@ def test_a_run_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="a file, not a run directory"):
         RunDir(a_file).require_run()
     assert a_file.read_text() == "mine\n"
+
+
+def test_shipped_seeds_a_smaller_model_cannot_run_are_left_out(tmp_path):
+    """With the shipped seeds (no --seeds), a one-block model runs: the seeds reading a block
+    it lacks are left out with a note; a user's own such seed stays an error at its place."""
+    from conftest import cli
+
+    sets = ["--set", "model.n_layer=1", "--set", "run.generations=0", "--set", "run.seeds=[]"]
+    proc = cli("evolve", "--out", tmp_path / "run", "--config", TINY, *sets, check=0)
+    assert "note: shipped seed layer-blend left out: (layer 2) but the model has 1 blocks" \
+        in proc.stdout + proc.stderr
+    mine = tmp_path / "deep.scm"
+    mine.write_text("(define deep (greedy (layer 2)))\n")
+    proc = cli("evolve", "--out", tmp_path / "mine", "--config", TINY, *sets[:4],
+               "--seeds", mine, check=1)
+    assert proc.stderr.strip() == f"{mine}:1:22: error: (layer 2) but the model has 1 blocks"
+    assert not (tmp_path / "mine").exists()
