@@ -197,20 +197,18 @@ def tune_nucleus(run, trials: int, batch: int, seed: int):
                                 sampler=optuna.samplers.TPESampler(seed=seed))
     study.enqueue_trial({"temperature": 1.0, "top_p": 0.95})
     ev = run._text_evaluator(run._examples("valid"), seed=run.evaluation_seed())
+    best: dict[str, float] = {}  # program -> its best valid score
     done = 0
     while done < trials:
         asked = [study.ask() for _ in range(min(batch, trials - done))]
-        progs = [engine_dsl.read_expr(nucleus(round(t.suggest_float("temperature", 0.3, 1.5), 4),
-                                              round(t.suggest_float("top_p", 0.3, 0.999), 4)),
-                                      Type.DECODER) for t in asked]
-        for t, (score, _) in zip(asked, ev(progs), strict=True):
+        sources = [nucleus(round(t.suggest_float("temperature", 0.3, 1.5), 4),
+                           round(t.suggest_float("top_p", 0.3, 0.999), 4)) for t in asked]
+        scores = ev([engine_dsl.read_expr(src, Type.DECODER) for src in sources])
+        for t, src, (score, _) in zip(asked, sources, scores, strict=True):
             study.tell(t, score)
+            best[src] = max(score, best.get(src, -math.inf))
         done += len(asked)
-    ranked: dict[str, float] = {}
-    for t in sorted(study.trials, key=lambda t: -t.value):
-        ranked.setdefault(nucleus(round(t.params["temperature"], 4),
-                                  round(t.params["top_p"], 4)), t.value)
-    return list(ranked.items())
+    return sorted(best.items(), key=lambda item: -item[1])
 
 
 def select_tuned(run, ranked, count: int):
