@@ -266,20 +266,46 @@ class DecodeEvaluator:
     """
 
     def __init__(self, model, prompts: Sequence[Sequence[int]], references: Sequence,
-                 score_fn=None, seed: int = 0, **decode_options):
+                 score_fn=None, seed: int = 0, max_rows: int | None = None, **decode_options):
         self.model, self.prompts, self.references = model, list(prompts), list(references)
         self.score_fn = score_fn or exact_match
         self.seed = seed
+        self.max_rows = max_rows
         self.decode_options = decode_options
 
     @torch.no_grad()
     def __call__(self, decoders: Sequence[Expr]) -> list[tuple[float, float]]:
+        return [(float(self.score_fn(a, self.references)),
+                 sum(d.cost for d in a) / max(len(a), 1)) for a in self.decode(decoders)]
+
+    @torch.no_grad()
+    def decode(self, decoders: Sequence[Expr]) -> list[list]:
+        """answers[p][i] (`engine_dsl.Decoding`) of every program on every prompt, decoded in
+        consecutive groups of programs holding at most `max_rows` rows together (prompts x
+        `forward_cost`; None: one decode), so one decode's caches fit its memory. A row's
+        draws are keyed by its prompt, sample and step, not by its batch: the grouping
+        changes the memory, not the answers."""
         import engine_dsl
 
-        answers = engine_dsl.decode(self.model, list(decoders), self.prompts, seed=self.seed,
-                                    **self.decode_options)
-        return [(float(self.score_fn(a, self.references)),
-                 sum(d.cost for d in a) / max(len(a), 1)) for a in answers]
+        decoders = list(decoders)
+        limit = None if self.max_rows is None else self.max_rows / max(len(self.prompts), 1)
+        answers = []
+        for group in program_groups([forward_cost(d) for d in decoders], limit):
+            answers += engine_dsl.decode(self.model, decoders[group.start:group.stop],
+                                         self.prompts, seed=self.seed, **self.decode_options)
+        return answers
+
+
+def program_groups(rows: Sequence[float], limit: float | None) -> list[range]:
+    """Consecutive groups of indexes of `rows` whose rows sum to at most `limit` each (a
+    single item above it alone), each as long as the next item allows; None: one group."""
+    groups, start, total = [], 0, 0.0
+    for i, r in enumerate(rows):
+        if limit is not None and i > start and total + r > limit:
+            groups.append(range(start, i))
+            start, total = i, 0.0
+        total += r
+    return groups + [range(start, len(rows))] if rows else groups
 
 
 def exact_match(answers: Sequence, references: Sequence) -> float:

@@ -61,6 +61,7 @@ from .settings import (
     decode_memory_mb,
     recorded_config,
     resolve,
+    row_memory_mb,
     text_select_prompts,
     to_dict,
 )
@@ -323,16 +324,30 @@ class CoEvolution:
             raise ConfigError(f"{where}{key}: the task's longest prompt ({prompt} tokens) and "
                               f"answer cap ({self.answer_cap()} tokens) exceed {size} = {block}")
         if self.cfg.hf.path:  # the settings' estimate knew only the GPT's sizes
-            c = model.config
-            sized = replace(self.cfg, model=replace(self.cfg.model, n_layer=c.n_layer,
-                                                    n_embd=c.n_embd, vocab_size=c.vocab_size,
-                                                    block_size=prompt + self.answer_cap()))
-            need = decode_memory_mb(sized)
+            need = decode_memory_mb(self._sized(model, prompt))
             if need > self.cfg.loop.decode_memory_mb:
                 raise ConfigError(
                     f"loop.decode_memory_mb = {self.cfg.loop.decode_memory_mb}: decoding up to "
                     f"evolution.limits.max_votes answers for each prompt on this model takes "
                     f"about {need:.0f} MB; raise it, or lower the cap or the prompts")
+
+    def _sized(self, model, prompt: int) -> RunConfig:
+        """The run's settings with the model's own sizes (a model from `hf.path`; the
+        settings describe only the GPT) and a decoded row's length, `prompt` + the answer
+        cap, as its block."""
+        if not self.cfg.hf.path:
+            return self.cfg
+        c = model.config
+        return replace(self.cfg, model=replace(self.cfg.model, n_layer=c.n_layer,
+                                               n_embd=c.n_embd, vocab_size=c.vocab_size,
+                                               block_size=prompt + self.answer_cap()))
+
+    def _decode_rows(self, prompts: list[list[int]]) -> int:
+        """Rows one decode of `prompts` may hold: `loop.decode_memory_mb` over one row's
+        memory (`settings.row_memory_mb`, as the settings' check sizes it: a cache of the
+        whole block); `DecodeEvaluator` decodes programs in groups that fit."""
+        sized = self._sized(self.model, max(map(len, prompts)))
+        return max(1, int(self.cfg.loop.decode_memory_mb // row_memory_mb(sized)))
 
     def _begin(self, seed_files: list[str] | None, model_from: str | None,
                restart: bool) -> None:
@@ -613,13 +628,15 @@ class CoEvolution:
     def _answer_evaluator(self, examples: list[Example], seed: int) -> DecodeEvaluator:
         refs = [e.output for e in examples]
         tok, task = self.tokenizer, self.task
+        prompts = self._prompts(examples)
 
         def score(answers, references):
             return sum(task.is_correct(tok.decode(a.tokens), r)
                        for a, r in zip(answers, references, strict=True)) / len(answers)
 
-        return DecodeEvaluator(self.model, self._prompts(examples), refs, score_fn=score,
-                               seed=seed, max_new_tokens=self.answer_cap(),
+        return DecodeEvaluator(self.model, prompts, refs, score_fn=score, seed=seed,
+                               max_rows=self._decode_rows(prompts),
+                               max_new_tokens=self.answer_cap(),
                                stop_token=tok.eos_id, pad_token=tok.pad_id,
                                breakers=self.breakers, answer_key=self.answer_key)
 
@@ -1030,8 +1047,7 @@ class CoEvolution:
                                "prompts": len(fresh)}
         ev = self._answer_evaluator(fresh, seed=seed)
         with self._progress(label):
-            decoded = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
-                                        **ev.decode_options)
+            decoded = ev.decode(exprs)
         rows = [[float(self.task.is_correct(self.tokenizer.decode(a.tokens), e.output))
                  for a, e in zip(ans, fresh, strict=True)] for ans in decoded]
         k = one_standard_error_choice(rows, sizes)
@@ -1078,9 +1094,7 @@ class CoEvolution:
             written = ev.write(exprs)
             return ([ev.scorer.rewards(w).tolist() for w, _ in written],
                     [cost for _, cost in written], [w.texts for w, _ in written])
-        ev = self._answer_evaluator(examples, seed=self.evaluation_seed())
-        decoded = engine_dsl.decode(self.model, exprs, ev.prompts, seed=ev.seed,
-                                    **ev.decode_options)
+        decoded = self._answer_evaluator(examples, seed=self.evaluation_seed()).decode(exprs)
         answers = [[self.tokenizer.decode(a.tokens) for a in ans] for ans in decoded]
         scores = [[float(self.task.is_correct(a, e.output))
                    for a, e in zip(ans, examples, strict=True)] for ans in answers]

@@ -292,9 +292,14 @@ def decode_memory_mb(cfg: RunConfig) -> float:
 
 def _prompt_memory_mb(cfg: RunConfig) -> float:
     """`decode_memory_mb` per prompt."""
+    return cfg.evolution.limits.max_votes * row_memory_mb(cfg)
+
+
+def row_memory_mb(cfg: RunConfig) -> float:
+    """The memory of one decoding row in MB: a float32 KV cache of the whole block in every
+    layer and a few rows of logits."""
     m = cfg.model
-    rows = cfg.evolution.limits.max_votes
-    return rows * (2 * m.n_layer * m.block_size * m.n_embd + 4 * m.vocab_size) * 4 / 2**20
+    return (2 * m.n_layer * m.block_size * m.n_embd + 4 * m.vocab_size) * 4 / 2**20
 
 
 def text_select_prompts(cfg: RunConfig) -> int:

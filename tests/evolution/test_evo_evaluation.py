@@ -7,6 +7,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import engine_dsl
 from engine_dsl import Type
@@ -20,6 +22,7 @@ from evolution.evaluation import (
     cache_rows,
     forward_cost,
     mean_kl,
+    program_groups,
 )
 from evolution.population import build_toolbox, evolve_generation, initial_population
 from evolution.tuner import LikelihoodTuner
@@ -133,6 +136,57 @@ def test_generations_over_a_batched_decode():
     assert len(calls) == 3  # generation 0, then one call per generation
     assert all(i.fitness.valid and i.fitness.values[1] > 0 for i in pop)
     assert all(0.0 <= i.fitness.values[0] <= 1.0 for i in pop)
+
+
+def test_program_groups_by_hand():
+    """Rows 16, 1, 5, 16, 3 under a limit of 21: 16 + 1 (a 5 more is 22), 5 + 16, 3."""
+    assert program_groups([16, 1, 5, 16, 3], 21) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert program_groups([30, 2], 21) == [range(0, 1), range(1, 2)]  # too big: alone
+    assert program_groups([16, 1, 5], None) == [range(0, 3)]
+    assert program_groups([], 21) == []
+
+
+@given(st.lists(st.integers(1, 40), max_size=30), st.integers(1, 60))
+def test_program_groups_cover_in_order_fit_and_are_full(rows, limit):
+    """Groups are consecutive and cover every program once, in order; each fits the limit
+    or is one program; none could have taken the next program."""
+    groups = program_groups(rows, limit)
+    assert [i for g in groups for i in g] == list(range(len(rows)))
+    for k, g in enumerate(groups):
+        total = sum(rows[i] for i in g)
+        assert total <= limit or len(g) == 1
+        if k + 1 < len(groups):
+            assert total + rows[g.stop] > limit
+
+
+def test_decoding_in_groups_of_programs_gives_the_same_answers(monkeypatch):
+    """A decode split into groups of programs (a row budget of 8 rows per prompt) answers
+    exactly as one decode of them all: tokens, cost, log-likelihood and scores, prompt by
+    prompt (the draws are keyed by prompt, sample and step)."""
+    model = _tiny_model()
+    prompts = [[256, 49, 50], [256, 51], [256, 52, 43, 53], [256, 54, 55]]
+    refs = [[50], [52], [53], [55]]
+    progs = [_d(s) for s in (
+        "(vote 4 (sample (temperature logits 1.5)))", "(greedy logits)",
+        "(sample (top-k (temperature logits 2.0) 5))", "(vote 6 (sample logits))",
+        "(best-of 2 (sample (top-p logits 0.9)))", "(vote 4 (sample (temperature logits 1.5)))",
+        "(sample (temperature logits 1.2))")]
+    calls = []
+    real = engine_dsl.decode
+
+    def counting(model, programs, *a, **kw):
+        calls.append(len(programs))
+        return real(model, programs, *a, **kw)
+
+    monkeypatch.setattr(engine_dsl, "decode", counting)
+    whole = DecodeEvaluator(model, prompts, refs, seed=7, max_new_tokens=5)
+    grouped = DecodeEvaluator(model, prompts, refs, seed=7, max_rows=8 * len(prompts),
+                              max_new_tokens=5)
+    one, split = whole.decode(progs), grouped.decode(progs)
+    assert calls == [7, 3, 2, 2]  # rows per prompt 4 1 1 | 6 2 | 4 1 (each next one: > 8)
+    assert [[(d.tokens, d.stopped, d.cost, d.log_likelihood) for d in a] for a in one] == \
+        [[(d.tokens, d.stopped, d.cost, d.log_likelihood) for d in a] for a in split]
+    assert whole(progs) == grouped(progs)
 
 
 def test_process_map_matches_the_serial_map():
