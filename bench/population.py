@@ -26,20 +26,45 @@ machine runs; on a quiet machine the two agree).
     .venv/bin/python bench/population.py            # P=64, N=256, one thread
     .venv/bin/python bench/population.py --programs 8 --prompts 32 --repeats 1   # quick
     .venv/bin/python bench/population.py --device cuda    # on a GPU (--device auto: if any)
+
+Against an earlier commit (`--against CHECKOUT`, e.g. a `git worktree add` of main): the
+batched decode of the same workload by this checkout and by that one, each in a fresh
+process (`--worker`), in alternating rounds (`--repeats`); reports after / before with a
+95% bootstrap interval over the rounds (`--clock cpu` on a shared machine) and whether both
+wrote the same answers (tokens and log-likelihoods, bit for bit; exit 1 if not).
+
+`--run DIR` takes the workload from a trained run instead: its model, its task's test
+prompts, its answer cap as the tokens per answer (unless --tokens), its stop token, and
+bench/text.py's fixed decoders (greedy, pure sampling, top-k 40, nucleus 0.95, ...) as the
+programs (the first --programs of them):
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/population.py --run runs/text-0 --programs 8 \
+        --prompts 128 --against /tmp/main-before --repeats 3 --clock cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+def _import_root() -> str:
+    """The checkout whose packages this process imports: a worker's --root (the code to
+    time), else the one this file is in."""
+    if "--root" in sys.argv[:-1]:
+        return os.path.abspath(sys.argv[sys.argv.index("--root") + 1])
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+sys.path.insert(0, _import_root())
 
 import torch  # noqa: E402
 
@@ -118,11 +143,95 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
+def run_workload(args, device):
+    """(model, prompts, programs, decode keywords) of a trained run (--run) or of a fresh
+    default GPT on addition prompts."""
+    if args.run:
+        from text import BASELINES  # bench/text.py, beside this file
+
+        from evolution.loop import CoEvolution
+        from evolution.rundir import RunDir
+
+        run = CoEvolution.open(RunDir(args.run), device=str(device))
+        tok = run.tokenizer
+        prompts = [tok.encode(e.input, bos=True) for e in run.task.test[: args.prompts]]
+        progs = [engine_dsl.read_expr(p, engine_dsl.Type.DECODER)
+                 for p in list(BASELINES.values())[: args.programs]]
+        kw = dict(max_new_tokens=args.tokens or run.answer_cap(), stop_token=tok.eos_id,
+                  seed=0, pad_token=tok.pad_id, breakers=run.breakers)
+        return run.model, prompts, progs, kw
+    torch.manual_seed(0)
+    model = GPT(GPTConfig()).to(device).eval()
+    tok = ByteTokenizer()
+    examples = get_task("addition", difficulty=3, size=4 * args.prompts).train[: args.prompts]
+    prompts = [tok.encode(e.input, bos=True) for e in examples]
+    kw = dict(max_new_tokens=args.tokens or 8, stop_token=None, seed=0, pad_token=tok.pad_id)
+    return model, prompts, programs(args.programs, model), kw
+
+
+def worker(args, device) -> int:
+    """Time one batched decode of the workload with the code under --root; print its JSON:
+    wall and CPU seconds and a digest of every answer's tokens and log-likelihood."""
+    model, prompts, progs, kw = run_workload(args, device)
+    engine_dsl.decode(model, progs[:2], prompts[:4], **kw)  # warm-up
+    out = []
+    wall, cpu = timed(lambda: out.append(engine_dsl.decode(model, progs, prompts, **kw)))
+    digest = hashlib.sha256(json.dumps([[[a.tokens, a.log_likelihood.hex()] for a in ans]
+                                        for ans in out[0]]).encode()).hexdigest()
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "digest": digest}))
+    return 0
+
+
+def against(args) -> int:
+    """This checkout's batched decode against --against's, alternating fresh processes."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    before = os.path.abspath(args.against)
+    if not os.path.isdir(os.path.join(before, "engine_dsl")):
+        print(f"error: --against {args.against}: not a checkout of this project (no "
+              "engine_dsl/)", file=sys.stderr)
+        return 1
+    flags = ["--programs", str(args.programs), "--prompts", str(args.prompts),
+             "--threads", str(args.threads), "--device", args.device,
+             *(["--tokens", str(args.tokens)] if args.tokens else []),
+             *(["--run", args.run] if args.run else [])]
+    times: dict[str, list[dict]] = {"before": [], "after": []}
+    load_before = os.getloadavg()[0]
+    for _ in range(args.repeats):
+        for name, root in (("before", before), ("after", here)):
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
+                                   "--root", root, *flags], capture_output=True, text=True)
+            if done.returncode:
+                print(f"error: the {name} worker failed:\n{done.stderr.strip()}",
+                      file=sys.stderr)
+                return 1
+            times[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    from primitives import ratio_interval  # bench/primitives.py, beside this file
+
+    clock = f"{args.clock}_s"
+    a, b = ([t[clock] for t in times[k]] for k in ("after", "before"))
+    lo, hi = ratio_interval(a, b)
+    same = len({t["digest"] for ts in times.values() for t in ts}) == 1
+    res = {"programs": args.programs, "prompts": args.prompts, "run": args.run,
+           "threads": args.threads, "clock": args.clock, "load_before": load_before,
+           "before_s": [round(x, 2) for x in b], "after_s": [round(x, 2) for x in a],
+           "after_over_before": round(statistics.median(a) / statistics.median(b), 3),
+           "ci95": [round(lo, 3), round(hi, 3)], "same_answers": same,
+           "load_after": os.getloadavg()[0]}
+    print(json.dumps(res))
+    print(f"after / before = {res['after_over_before']} [{lo:.3f}, {hi:.3f}] "
+          f"({args.clock} time, median of {args.repeats}); answers "
+          + ("identical" if same else "DIFFER"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0 if same else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--programs", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=256)
-    ap.add_argument("--tokens", type=int, default=8, help="new tokens per answer")
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="new tokens per answer (default 8; with --run, the run's answer cap)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: stable timings on a shared machine)")
@@ -132,7 +241,15 @@ def main(argv=None) -> int:
                          "other jobs on a shared machine when --threads is 1)")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    ap.add_argument("--run", help="a trained run's directory: its model, test prompts, "
+                                  "answer cap and bench/text.py's fixed decoders")
+    ap.add_argument("--against", metavar="CHECKOUT",
+                    help="time this checkout's batched decode against that one's")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)  # read before the imports
     args = ap.parse_args(argv)
+    if args.against:
+        return against(args)
     try:
         device = resolve_device(args.device)
     except DeviceError as e:
@@ -140,20 +257,18 @@ def main(argv=None) -> int:
         return 1
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig()).to(device).eval()
-    tok = ByteTokenizer()
-    examples = get_task("addition", difficulty=3, size=4 * args.prompts).train[: args.prompts]
-    prompts = [tok.encode(e.input, bos=True) for e in examples]
-    progs = programs(args.programs, model)
-    kw = dict(max_new_tokens=args.tokens, stop_token=None, seed=0, pad_token=tok.pad_id)
+    if args.worker:
+        return worker(args, device)
+    model, prompts, progs, kw = run_workload(args, device)
+    tokens = kw["max_new_tokens"]
 
     engine_dsl.decode(model, progs[:2], prompts[:4], **kw)  # warm-up
     streams = sum(plan(p).module.n_gated for p in progs)
-    runs = {"floor": lambda: floor_decode(model, prompts, len(progs), args.tokens,
-                                          tok.pad_id, streams, device),
-            "bare_floor": lambda: floor_decode(model, prompts, len(progs), args.tokens,
-                                               tok.pad_id, device=device),
+    pad = kw["pad_token"]
+    runs = {"floor": lambda: floor_decode(model, prompts, len(progs), tokens, pad, streams,
+                                          device),
+            "bare_floor": lambda: floor_decode(model, prompts, len(progs), tokens, pad,
+                                               device=device),
             "batched": lambda: engine_dsl.decode(model, progs, prompts, **kw)}
     if not args.skip_naive:
         runs["naive"] = lambda: decode_each(model, progs, prompts, **kw)
@@ -163,7 +278,7 @@ def main(argv=None) -> int:
         for k, fn in runs.items():
             times[k].append(timed(fn))
     clock = 1 if args.clock == "cpu" else 0
-    res = {"programs": len(progs), "prompts": len(prompts), "tokens": args.tokens,
+    res = {"programs": len(progs), "prompts": len(prompts), "tokens": tokens,
            "threads": args.threads, "device": device_name(device),
            "rows": len(progs) * len(prompts),
            "gated_stream_rows": streams * len(prompts), "load_before": load_before,

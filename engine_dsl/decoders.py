@@ -31,7 +31,8 @@ cache made only of tensors / lists / tuples / dicts / dataclasses whose tensors 
 batch on dim 0), each distinct (prompt, gates) prefix is run once and its cache copied to all
 rows that start with it, and rows that finished (stop token or length cap) are dropped from
 the batch (each chunk's cache re-indexed on its own) once at least a quarter of it has
-finished. Otherwise every row runs from the start and finished rows keep running (their
+finished. Each copy is told how many positions its rows will still append (`room`, where
+the model's `select_cache` takes it), so the steps grow the cache in place. Otherwise every row runs from the start and finished rows keep running (their
 outputs are ignored). `share=False` also turns off the merging of identical programs.
 
 Common random numbers. `sample` draws by inverse CDF with u = uniform(seed, prompt i,
@@ -185,22 +186,30 @@ def _select(obj: Any, index: torch.Tensor) -> Any:
     return obj
 
 
+def _takes(method, keyword: str) -> bool:
+    """Whether `method` takes `keyword` (an optional part of `protocol.LanguageModel`)."""
+    try:
+        return keyword in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
+
+
 def _last_only(model) -> dict:
     """`forward_step`'s keyword for a prefill whose last position alone is read, where the
-    model takes it (`protocol.LanguageModel`)."""
-    try:
-        takes = "last_only" in inspect.signature(model.forward_step).parameters
-    except (TypeError, ValueError):  # no signature to read
-        takes = False
-    return {"last_only": True} if takes else {}
+    model takes it."""
+    return {"last_only": True} if _takes(model.forward_step, "last_only") else {}
 
 
 def _cache_selector(model, cache, batch: int):
-    """A function (cache, index) -> cache, or None if this cache cannot be re-indexed."""
+    """A function (cache, index, room) -> cache, or None if this cache cannot be re-indexed.
+    `room`: how many positions the rows will still append, passed on where the model's
+    `select_cache` takes it (so that the decoding steps never copy the cache again)."""
     if hasattr(model, "select_cache"):
-        return model.select_cache
+        if _takes(model.select_cache, "room"):
+            return model.select_cache
+        return lambda cache, index, room: model.select_cache(cache, index)
     if _tensors_batched(cache, batch):
-        return _select
+        return lambda cache, index, room: _select(cache, index)
     return None
 
 
@@ -448,7 +457,8 @@ def _prefill(model, lay: _Layout, prompt_ids, prompt_mask, device, share: bool, 
     spans = [(c0, min(c0 + chunk, R)) for c0 in range(0, R, chunk)]
     if select is not None:
         k_dev = (lay.gate_t * N + lay.prompt_t).to(device)
-        parts = [[c1 - c0, select(out.cache, k_dev[c0:c1])] for c0, c1 in spans]
+        parts = [[c1 - c0, select(out.cache, k_dev[c0:c1], max_new_tokens - 1)]
+                 for c0, c1 in spans]
         logits = out.logits[:, -1].index_select(0, k_dev)
         residuals = [h[:, -1].index_select(0, k_dev) for h in out.residuals]
     else:  # run every row's prompt itself
@@ -613,7 +623,8 @@ def _advance(t: int, chosen, live_t, all_live: bool, st: _Rows, lay: _Layout, mo
             if mine.numel() == n:
                 kept_parts.append([n, part_cache])
             elif mine.numel():
-                kept_parts.append([mine.numel(), select(part_cache, mine)])
+                kept_parts.append([mine.numel(),
+                                   select(part_cache, mine, max_new_tokens - 1 - t)])
             c0 += n
         st.parts = kept_parts
         st.mask = st.mask.index_select(0, k_dev)

@@ -42,6 +42,8 @@ class LanguageModel(Protocol):
     Optional: `select_cache(cache, index) -> cache`, the cache of rows `index` (a LongTensor).
     Decoders use it to share a prompt's prefix across programs and to drop finished rows; a
     cache made only of batch-first tensors works without it (see engine_dsl.decoders).
+    Optional: a `room` keyword of `select_cache`: how many more positions the rows will
+    append (decoders pass it, so a cache can make room once instead of growing).
     Optional: a `last_only` keyword of `forward_step`: True asks for the last position's
     logits only, (B, 1, V); decoders pass it to prefills (their other positions go unused).
     """

@@ -24,10 +24,10 @@ class GrowingKV:
 
     @classmethod
     def _empty(cls, keys: torch.Tensor, values: torch.Tensor, rows: int, length: int,
-               extra: int) -> GrowingKV:
+               extra: int, slack: bool = True) -> GrowingKV:
         """Buffers like keys/values for `rows` rows of `length` positions (to be filled),
-        with room for `extra` more and then some."""
-        room = length + extra + max(32, (length + extra) // 4)
+        with room for `extra` more, and then some where `slack`."""
+        room = length + extra + (max(32, (length + extra) // 4) if slack else 0)
         H = keys.size(1)
         k = keys.new_empty((rows, H, room, keys.size(-1)))
         v = values.new_empty((rows, values.size(1), room, values.size(-1)))
@@ -71,12 +71,24 @@ class GrowingKV:
         """The first `length` positions (sharing the buffers)."""
         return GrowingKV(self._k, self._v, self._frontier, max(0, min(length, self.length)))
 
-    def select(self, index: torch.Tensor) -> GrowingKV:
-        """The rows `index` (in buffers of their own, written in one pass)."""
-        new = GrowingKV._empty(self._k, self._v, index.numel(), self.length, 0)
-        torch.index_select(self.keys, 0, index, out=new.keys)
-        torch.index_select(self.values, 0, index, out=new.values)
-        return new
+    def select(self, index: torch.Tensor, room: int | None = None) -> GrowingKV:
+        """The rows `index` (in buffers of their own, written in one pass), with room for
+        exactly `room` more positions (None: a few)."""
+        return select(self.keys, self.values, index, room)
+
+
+def select(keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
+           room: int | None = None) -> GrowingKV:
+    """The rows `index` of keys and values (B, H, S, hs) as a `GrowingKV` with room for
+    exactly `room` more positions (None: a few): where the caller knows how many positions
+    will follow, appending them never copies the cache again."""
+    if torch.is_grad_enabled() and (keys.requires_grad or values.requires_grad):
+        return GrowingKV.wrap(keys.index_select(0, index), values.index_select(0, index))
+    new = GrowingKV._empty(keys, values, index.numel(), keys.size(2), room or 0,
+                           slack=room is None)
+    torch.index_select(keys, 0, index, out=new.keys)
+    torch.index_select(values, 0, index, out=new.values)
+    return new
 
 
 def grow(past, k: torch.Tensor, v: torch.Tensor) -> GrowingKV:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from .kv import GrowingKV, grow
+from .kv import GrowingKV, grow, select
 from .tokenizer import ByteTokenizer
 
 IGNORE_INDEX = -100  # target value that the training loss skips
@@ -51,18 +51,18 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
 
     def forward(self, x, attn_mask=None, past=None, gates=None, rope=None):
-        """x (B, T, C); attn_mask None (plain causal) or (B, 1, T, S) bool, True = may attend;
-        past None, (k, v) each (B, H, S_past, hs) or a `GrowingKV`; gates None or (B or 1, H);
-        rope None or the (cos, sin) of the new positions, each (B or 1, 1, T, hs/2): queries
-        and keys are turned by them (the cache holds turned keys).
+        """x (B, T, C); attn_mask None (plain causal) or (B, 1, T, S): bool, True = may
+        attend, or additive (0 = may attend, -inf); past None, (k, v) each (B, H, S_past, hs)
+        or a `GrowingKV`; gates None or (B or 1, H); rope None or the (cos, sin) of the new
+        positions, each (B or 1, 1, T, hs/2): queries and keys are turned by them (the cache
+        holds turned keys).
         Returns y and this layer's cache: (k, v) without a past, else a `GrowingKV`."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
-        if rope is not None:
-            q, k = rotate(q, *rope), rotate(k, *rope)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, H, T, hs)
+        q, k, v = qkv.unbind(0)  # (B, H, T, hs) each
+        if rope is not None:  # queries and keys in one turn
+            q, k = rotate(qkv[:2], *rope).unbind(0)
         kv = (k, v)
         if past is not None:  # grown in place, not by a torch.cat of the whole cache
             kv = grow(past, k, v)
@@ -142,8 +142,8 @@ class StepOutput:
 @dataclass
 class KVCache:
     """Keys and values of every past position, and which of them are real tokens. A layer's
-    are a (keys, values) pair (B, H, S, hs) after a prefill, a `GrowingKV` once decoding
-    steps have grown it."""
+    are a (keys, values) pair (B, H, S, hs) after a prefill, a `GrowingKV` once selected or
+    grown by decoding steps."""
 
     layers: list[tuple[torch.Tensor, torch.Tensor] | GrowingKV] = field(default_factory=list)
     mask: torch.Tensor | None = None  # (B, S) bool, True = real token
@@ -152,11 +152,11 @@ class KVCache:
     def length(self) -> int:
         return 0 if self.mask is None else self.mask.size(1)
 
-    def select(self, index: torch.Tensor) -> KVCache:
-        """The cache of rows `index` (a copy)."""
-        return KVCache([kv.select(index) if isinstance(kv, GrowingKV) else
-                        (kv[0].index_select(0, index), kv[1].index_select(0, index))
-                        for kv in self.layers],
+    def select(self, index: torch.Tensor, room: int | None = None) -> KVCache:
+        """The cache of rows `index` (a copy), with room for exactly `room` more positions
+        (None: a few) that decoding steps then fill in place."""
+        return KVCache([kv.select(index, room) if isinstance(kv, GrowingKV) else
+                        select(*kv, index, room) for kv in self.layers],
                        None if self.mask is None else self.mask.index_select(0, index))
 
 
@@ -250,9 +250,11 @@ class GPT(nn.Module):
                                    ignore_index=IGNORE_INDEX)
         return logits, loss
 
-    def select_cache(self, cache: KVCache, index: torch.Tensor) -> KVCache:
-        """The cache of rows `index` (a copy; `cache` is left as it was)."""
-        return cache.select(index)
+    def select_cache(self, cache: KVCache, index: torch.Tensor,
+                     room: int | None = None) -> KVCache:
+        """The cache of rows `index` (a copy; `cache` is left as it was), with room for
+        exactly `room` more positions (None: a few)."""
+        return cache.select(index, room)
 
     def forward_step(self, ids, *, attention_mask=None, cache=None, head_gates=None,
                      residuals=True, last_only=False) -> StepOutput:
@@ -287,8 +289,11 @@ class GPT(nn.Module):
             k_idx = torch.arange(S, device=ids.device)[None, :]  # (1, S)
             causal = k_idx <= q_idx  # (T, S)
             # a query may always see itself, so a pad query row is never empty (no NaN)
-            attn_mask = (causal & mask[:, None, :]) | (k_idx == q_idx)  # (B, T, S)
-            attn_mask = attn_mask.unsqueeze(1)  # (B, 1, T, S)
+            allowed = (causal & mask[:, None, :]) | (k_idx == q_idx)  # (B, T, S)
+            # additive, as scaled_dot_product_attention would make it in every block: once
+            attn_mask = torch.zeros(B, 1, T, S, dtype=self.lm_head.weight.dtype,
+                                    device=ids.device)
+            attn_mask.masked_fill_(~allowed.unsqueeze(1), float("-inf"))  # (B, 1, T, S)
 
         gates = None if head_gates is None else step_gates(head_gates, self.n_layer,
                                                            self.n_head)

@@ -207,3 +207,56 @@ def test_rope_model_has_no_position_table():
         GPT(GPTConfig(**{**shape, "n_embd": 6}, positions="rope"))
     with pytest.raises(ValueError, match="positions must be one of learned, rope"):
         GPT(GPTConfig(**shape, positions="alibi"))
+
+
+@torch.no_grad()  # (under autograd a cache is never written in place)
+def test_a_cache_selected_with_room_grows_in_place(model):
+    """`select_cache(cache, index, room=n)` makes room once: n decoding steps then write
+    into the same buffers, with the logits of the cache selected without room."""
+    ids, index = ids_of(2, 10), torch.tensor([1, 0, 1])
+    out = model.forward_step(ids[:, :6])
+    roomy = model.select_cache(out.cache, index, room=4)
+    plain = model.select_cache(out.cache, index)
+    buffers = [kv.keys.data_ptr() for kv in roomy.layers]
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    for t in range(6, 10):
+        mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.bool)], 1)
+        a = model.forward_step(ids[index, t:t + 1], attention_mask=mask, cache=roomy)
+        b = model.forward_step(ids[index, t:t + 1], attention_mask=mask, cache=plain)
+        assert torch.equal(a.logits, b.logits)
+        roomy, plain = a.cache, b.cache
+    assert [kv.keys.data_ptr() for kv in roomy.layers] == buffers
+    assert roomy.length == 10
+
+
+def test_decoding_never_copies_the_cache_again(model, monkeypatch):
+    """`decode` gives the model the room its rows will use, at the shared prefill and when
+    finished rows are dropped: no decoding step copies a cache to grow it."""
+    import engine_dsl
+    from neural.kv import GrowingKV
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("a decoding step copied the cache")
+
+    prompts = [list(range(3, 9)), [7, 8], [5, 6, 7, 8]]
+    programs = ["(greedy logits)", "(sample logits)", "(sample (top-k logits 3))"]
+    kw = dict(max_new_tokens=12, seed=3)
+    unstopped = engine_dsl.decode(model, programs, prompts, share=False, **kw)
+    early = [t for p in unstopped for a in p for t in a.tokens[:6]]
+    kw["stop_token"] = max(set(early), key=early.count)  # stops a few rows early
+    expected = engine_dsl.decode(model, programs, prompts, share=False, **kw)
+    final_lengths, select = [], model.select_cache
+
+    def recording(cache, index, room=None):
+        final_lengths.append(cache.length + room)
+        return select(cache, index, room)
+
+    monkeypatch.setattr(model, "select_cache", recording)
+    monkeypatch.setattr(GrowingKV, "of", no_copy)
+    answers = engine_dsl.decode(model, programs, prompts, **kw)
+    assert [[a.tokens for a in p] for p in answers] == [[a.tokens for a in p] for p in expected]
+    # the prefill, then finished rows dropped (a quarter of the 9 rows stopped early) ...
+    assert sum(a.stopped and len(a.tokens) < 11 for p in answers for a in p) >= 3
+    assert len(final_lengths) >= 2
+    # ... each with room up to the longest answer's last fed token: prompt 6 + 12 - 1
+    assert set(final_lengths) == {17}
