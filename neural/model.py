@@ -58,11 +58,12 @@ class CausalSelfAttention(nn.Module):
         holds turned keys).
         Returns y and this layer's cache: (k, v) without a past, else a `GrowingKV`."""
         B, T, C = x.size()
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, H, T, hs)
-        q, k, v = qkv.unbind(0)  # (B, H, T, hs) each
-        if rope is not None:  # queries and keys in one turn
-            q, k = rotate(qkv[:2], *rope).unbind(0)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, hs)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         kv = (k, v)
         if past is not None:  # grown in place, not by a torch.cat of the whole cache
             kv = grow(past, k, v)
