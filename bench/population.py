@@ -69,7 +69,13 @@ sys.path.insert(0, _import_root())
 import torch  # noqa: E402
 
 import engine_dsl  # noqa: E402
-from engine_dsl.decoders import _row_bytes, _select, chunk_rows, decode_each, plan  # noqa: E402
+from engine_dsl.decoders import (  # noqa: E402
+    _cache_selector,
+    _row_bytes,
+    chunk_rows,
+    decode_each,
+    plan,
+)
 from engine_dsl.primitives.decoders import rewrap  # noqa: E402
 from evolution.bridge import SearchSpace, to_expr  # noqa: E402
 from evolution.random_trees import ConstantSampler, random_individual  # noqa: E402
@@ -113,18 +119,19 @@ def floor_decode(model, prompts: list[list[int]], copies: int, tokens: int, pad:
                  streams: int = 0, device="cpu"):
     """Bare KV-cached greedy decoding of (copies + streams) x len(prompts) rows on `decode`'s
     schedule: the prompts prefilled once plain and once per stream, each cache copied to its
-    rows, rows in chunks."""
+    rows with room for the steps to come, rows in chunks."""
     N = len(prompts)
     device = torch.device(device)
     ids, mask = (t.to(device) for t in _left_padded(prompts, pad))
     units = torch.arange(N, device=device).repeat(1 + streams)
     out = model.forward_step(ids[units], attention_mask=mask[units])
+    select = _cache_selector(model, out.cache, units.numel())
     rows = torch.cat([torch.arange(N).repeat(copies), N + torch.arange(N * streams)]).to(device)
     chunk = chunk_rows(device, _row_bytes(model, ids.size(1) + tokens)) or rows.numel()
     chunks = []  # [cache, mask, next ids] per chunk of rows; steps outer, chunks inner
     for c0 in range(0, rows.numel(), chunk):
         r = rows[c0:c0 + chunk]
-        chunks.append([_select(out.cache, r), mask[units][r],
+        chunks.append([select(out.cache, r, tokens - 1), mask[units][r],
                        out.logits[r, -1].argmax(-1, keepdim=True)])
     for _ in range(tokens - 1):
         for c in chunks:
