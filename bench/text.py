@@ -10,9 +10,10 @@ batch 8, 200 steps each; 2 / 1 generations of population 10 / 6 on 48 / 32 valid
 50 training steps per generation; selection and the nucleus tuning by `text.objective` =
 `mauve` (`--objective`); the final choice of champion and tuned nucleus on 128 / 32 fresh
 valid prompts; the table on 128 / 32 test prompts, intervals from 200 / 50 random halves of
-them; scoring cost at 32 programs x 128 / 32 prompts. `--set KEY=VALUE` passes any other
-setting to the runs. `--out DIR` keeps the runs; a later call with the same DIR reuses the
-finished ones (their final choice made again).
+them (MAUVE: the mean over 5 k-means quantizations, on 50 halves); the last line's pair on
+1,024 / 32 test prompts; scoring cost at 32 programs x 128 / 32 prompts. `--set KEY=VALUE`
+passes any other setting to the runs. `--out DIR` keeps the runs; a later call with the same
+DIR reuses the finished ones (their final choice made again).
 
 Per run seed: an evolution run on the `shakespeare` task without co-training
 (`loop.program_lambda = 0`) and one with it (the same pre-trained model, copied after
@@ -39,7 +40,9 @@ which put the bootstrap's intervals beside their point estimates; `report.half_s
 Also measured: scoring cost against generation, P programs x N continuations of M bytes
 (goal: scoring <= 0.5x generating). The last line is, for scripts:
 `text: champion MAUVE 0.812 vs tuned nucleus 0.790, paired difference +0.022 [+0.004, +0.041]`
-(the champion without co-training, on the same model and draws as the tuned nucleus).
+(the champion without co-training, on the same model and draws as the tuned nucleus, on
+`--headline-prompts` test prompts: on 128, MAUVE cannot tell decoders within about 0.12
+apart, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -66,7 +69,14 @@ from evolution.loop import CoEvolution  # noqa: E402
 from evolution.report import half_sample_interval, half_samples  # noqa: E402
 from evolution.rundir import RunDir  # noqa: E402
 from evolution.settings import resolve  # noqa: E402
-from evolution.text_scoring import NUCLEUS_95, OBJECTIVES, TextScorer  # noqa: E402
+from evolution.text_scoring import (  # noqa: E402
+    MAUVE_RESAMPLES,
+    MAUVE_SEED,
+    MAUVE_SEEDS,
+    NUCLEUS_95,
+    OBJECTIVES,
+    TextScorer,
+)
 from neural.text_measures import (  # noqa: E402
     diversity,
     loop_share,
@@ -247,7 +257,7 @@ class Measured:
         k = min(len(written.texts), self_bleu_texts)
         self.bleu = self_bleu_per_text(written.texts[:k]) + [math.nan] * (len(written.texts) - k)
 
-    def values(self, idx) -> dict[str, float]:
+    def values(self, idx, with_mauve: bool = True) -> dict[str, float]:
         w, h = self.w, self.h
         texts = [w.texts[i] for i in idx]
         ppl, ppl_h = perplexity(w.judge.subset(idx)), perplexity(h.judge.subset(idx))
@@ -255,7 +265,9 @@ class Measured:
         return {"judge PPL": ppl, "PPL / human": ppl / ppl_h, "rep-4": rep_n(texts, 4),
                 "diversity": diversity(texts), "Zipf": zipf_coefficient(texts),
                 "Self-BLEU-4": sum(bleu) / len(bleu) if bleu else math.nan,
-                "MAUVE": mauve_score(w.judge.features[idx], h.judge.features[idx]),
+                "MAUVE": (mauve_score(w.judge.features[idx], h.judge.features[idx],
+                                      seed=MAUVE_SEED, seeds=MAUVE_SEEDS)
+                          if with_mauve else math.nan),
                 "loops %": loop_share(texts)}
 
 
@@ -263,25 +275,39 @@ def intervals(measured: dict[int, dict[str, Measured]], n: int, resamples: int, 
     """{row: {column: (value, lo, hi)}} means over run seeds with 95% intervals from random
     halves of the prompts (`report.half_sample_interval`: the same halves for every row and
     seed, so differences are paired; no prompt twice, which would distort MAUVE and the Zipf
-    fit), and the paired MAUVE difference champion - tuned nucleus (value, lo, hi)."""
+    fit; MAUVE, MAUVE_SEEDS k-means runs a time, on the first `MAUVE_RESAMPLES` of them)."""
     halves = half_samples(n, resamples, seed)
     full = list(range(n))
     rows = list(next(iter(measured.values())))
     samples = {r: {c: [] for c in COLUMNS} for r in rows}
     point = {r: {c: _mean([measured[s][r].values(full)[c] for s in measured]) for c in COLUMNS}
              for r in rows}
-    for idx in halves:
+    for j, idx in enumerate(halves):
         for r in rows:
-            per_seed = [measured[s][r].values(idx) for s in measured]
+            per_seed = [measured[s][r].values(idx, j < MAUVE_RESAMPLES) for s in measured]
             for c in COLUMNS:
                 samples[r][c].append(_mean([v[c] for v in per_seed]))
-    table = {r: {c: (point[r][c], *_bounded(c, half_sample_interval(point[r][c], samples[r][c],
-                                                                    n)))
-                 for c in COLUMNS} for r in rows}
-    value = point[CHAMPION]["MAUVE"] - point[TUNED]["MAUVE"]
-    diff = [a - b for a, b in zip(samples[CHAMPION]["MAUVE"], samples[TUNED]["MAUVE"],
-                                  strict=True)]
-    return table, (value, *half_sample_interval(value, diff, n))
+    return {r: {c: (point[r][c], *_bounded(c, half_sample_interval(point[r][c], samples[r][c],
+                                                                   n)))
+                for c in COLUMNS} for r in rows}
+
+
+def headline(pairs: dict, resamples: int) -> dict:
+    """The last line's measure: MAUVE of the champion and of the tuned nucleus on the
+    headline prompts (means over run seeds), and their paired difference with a 95% interval
+    from random halves of the prompts (the same halves for every seed)."""
+    scorers = [p[0] for p in pairs.values()]
+    n = len(scorers[0].prompts)
+    halves = half_samples(n, scorers[0].resamples(resamples), seed=0)
+
+    def means(idx=None):
+        return (_mean([scorer.score(ch, idx) for scorer, ch, _ in pairs.values()]),
+                _mean([scorer.score(tu, idx) for scorer, _, tu in pairs.values()]))
+
+    champion, tuned = means()
+    diffs = [a - b for a, b in map(means, halves)]
+    return {"champion": champion, "tuned": tuned, "prompts": n,
+            "diff": (champion - tuned, *half_sample_interval(champion - tuned, diffs, n))}
 
 
 def _bounded(column: str, interval: tuple[float, float]) -> tuple[float, float]:
@@ -347,6 +373,9 @@ def main(argv=None) -> int:
     ap.add_argument("--population", type=int)
     ap.add_argument("--valid-prompts", type=int)
     ap.add_argument("--test-prompts", type=int)
+    ap.add_argument("--headline-prompts", type=int,
+                    help="test prompts of the last line's pair, champion vs tuned nucleus "
+                         "(MAUVE separates decoders only on many prompts)")
     ap.add_argument("--select-prompts", type=int,
                     help="fresh valid prompts choosing the champion and the tuned nucleus")
     ap.add_argument("--bootstrap", type=int, help="random halves of the prompts per interval")
@@ -366,6 +395,7 @@ def main(argv=None) -> int:
                     judge_steps=200 if quick else None, generations=1 if quick else 2,
                     population=6 if quick else 10, valid_prompts=32 if quick else 48,
                     test_prompts=32 if quick else 128, bootstrap=50 if quick else 200,
+                    headline_prompts=32 if quick else 1024,
                     select_prompts=32 if quick else 128,
                     cost_prompts=32 if quick else 128, batch_size=8 if quick else None)
     for k, v in defaults.items():
@@ -384,7 +414,7 @@ def main(argv=None) -> int:
     resolved = run_config(args, args.seeds[0])
     args.pretrain_steps, args.batch_size = resolved.loop.pretrain_steps, resolved.train.batch_size
     args.judge_steps = resolved.text.judge_steps or resolved.loop.pretrain_steps
-    measured, programs_by_seed, chosen = {}, {}, {}
+    measured, programs_by_seed, chosen, pairs = {}, {}, {}, {}
     cost = None
     for seed in args.seeds:
         runs, evaluations = evolve(args, seed, out, log)
@@ -414,6 +444,12 @@ def main(argv=None) -> int:
         measured[seed] = {r: Measured(w, scorer.human, args.self_bleu_texts)
                           for r, w in written.items()}
         log(f"seed {seed}: {len(written)} rows written and read on {len(examples)} test prompts")
+        wide = plain.task.test[:args.headline_prompts]
+        wide_scorer = TextScorer(plain.judge, [e.input for e in wide],
+                                 [e.output for e in wide], "mauve")
+        pair = write_rows(plain, {CHAMPION: champion, TUNED: tuned}, wide, draw, wide_scorer)
+        pairs[seed] = (wide_scorer, pair[CHAMPION], pair[TUNED])
+        log(f"seed {seed}: champion and tuned nucleus on {len(wide)} test prompts")
         if cost is None:
             gen_s, score_s, p = scoring_cost(plain, plain.task.test, args.cost_programs,
                                              args.cost_prompts, draw)
@@ -423,17 +459,18 @@ def main(argv=None) -> int:
         # the table over the seeds done so far, kept in OUT/report.md (a run stopped early
         # still reports its finished seeds)
         n = len(measured[args.seeds[0]][HUMAN].w.texts)
-        table, diff = intervals(measured, n, args.bootstrap, seed=0)
-        text = report(args, table, diff, programs_by_seed, chosen, cost,
+        table = intervals(measured, n, args.bootstrap, seed=0)
+        head = headline(pairs, args.bootstrap)
+        text = report(args, table, head, programs_by_seed, chosen, cost,
                       time.perf_counter() - started)
-        (out / "report.md").write_text(text + "\n\n" + last_line(table, diff) + "\n")
+        (out / "report.md").write_text(text + "\n\n" + last_line(head) + "\n")
         log(f"seeds {', '.join(map(str, measured))}: table in {out / 'report.md'}")
     print(text)
     if args.write:
         from primitives import write_section
 
-        write_section(text + "\n\n" + last_line(table, diff) + "\n")
-    print(last_line(table, diff))
+        write_section(text + "\n\n" + last_line(head) + "\n")
+    print(last_line(head))
     return 0
 
 
@@ -443,13 +480,14 @@ def _source(expr) -> str:
     return expr_to_scheme(expr)
 
 
-def last_line(table, diff) -> str:
-    return (f"text: champion MAUVE {table[CHAMPION]['MAUVE'][0]:.3f} vs tuned nucleus "
-            f"{table[TUNED]['MAUVE'][0]:.3f}, paired difference {diff[0]:+.3f} "
+def last_line(head) -> str:
+    diff = head["diff"]
+    return (f"text: champion MAUVE {head['champion']:.3f} vs tuned nucleus "
+            f"{head['tuned']:.3f}, paired difference {diff[0]:+.3f} "
             f"[{diff[1]:+.3f}, {diff[2]:+.3f}]")
 
 
-def report(args, table, diff, programs_by_seed, chosen, cost, elapsed) -> str:
+def report(args, table, head, programs_by_seed, chosen, cost, elapsed) -> str:
     cmd = (f"OMP_NUM_THREADS={args.threads} .venv/bin/python bench/text.py"
            + (" --quick" if args.quick else "") + "".join(f" {a}" for a in args.argv))
     lines = ["## Open-ended text (`bench/text.py`)", "",
@@ -466,7 +504,9 @@ def report(args, table, diff, programs_by_seed, chosen, cost, elapsed) -> str:
              f"one-standard-error rule on the same objective, nucleus 0.95 a candidate of "
              f"both); the table on {args.test_prompts} test prompts (held-out works), the mean "
              f"over run seeds with a 95% interval over prompts ({args.bootstrap} random halves "
-             f"of them, the same for every row).", "",
+             f"of them, the same for every row; MAUVE the mean over {MAUVE_SEEDS} k-means "
+             f"quantizations, on the first {MAUVE_RESAMPLES} halves); the last line's pair on "
+             f"the first {head['prompts']} test prompts.", "",
              "| decoder | " + " | ".join(COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     for row, cols in table.items():
@@ -485,10 +525,11 @@ def report(args, table, diff, programs_by_seed, chosen, cost, elapsed) -> str:
     closer_ppl = abs(ch["judge PPL"][0] - h["judge PPL"][0]) < \
         abs(nu["judge PPL"][0] - h["judge PPL"][0])
     closer_rep = abs(ch["rep-4"][0] - h["rep-4"][0]) < abs(nu["rep-4"][0] - h["rep-4"][0])
-    g, pure = table["greedy"], table["pure sampling"]
+    g, pure, diff = table["greedy"], table["pure sampling"], head["diff"]
     lines += ["", "Goals:",
-              f"- champion MAUVE above the tuned nucleus (interval of the paired difference "
-              f"above 0): {'met' if diff[1] > 0 else 'MISSED'} ({diff[0]:+.3f} "
+              f"- champion MAUVE above the tuned nucleus on {head['prompts']} test prompts "
+              f"(interval of the paired difference above 0): "
+              f"{'met' if diff[1] > 0 else 'MISSED'} ({diff[0]:+.3f} "
               f"[{diff[1]:+.3f}, {diff[2]:+.3f}])",
               f"- champion closer to human than nucleus 0.95 on judge perplexity: "
               f"{'met' if closer_ppl else 'MISSED'} ({ch['judge PPL'][0]:.3f} vs "

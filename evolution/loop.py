@@ -1026,7 +1026,8 @@ class CoEvolution:
         Answer tasks: exact match per prompt, the paired differences' standard error.
         Text tasks: the text objective of all continuations (`TextScorer.score`), the
         standard error of the paired differences from its values on `SELECTION_HALVES`
-        random halves of the prompts (`report.half_samples`: MAUVE has no per-prompt form)."""
+        (MAUVE: `text_scoring.MAUVE_RESAMPLES`) random halves of the prompts
+        (`report.half_samples`: MAUVE has no per-prompt form)."""
         from .selection import one_standard_error_choice, resampled_one_standard_error_choice
 
         fresh = self.fresh_examples()
@@ -1037,7 +1038,8 @@ class CoEvolution:
             ev = self._text_evaluator(fresh, seed=seed)
             with self._progress(label):
                 written = [w for w, _ in ev.write(exprs)]
-                halves = report.half_samples(len(fresh), SELECTION_HALVES, seed=self.cfg.run.seed)
+                halves = report.half_samples(len(fresh), ev.scorer.resamples(SELECTION_HALVES),
+                                             seed=self.cfg.run.seed)
                 values = [ev.scorer.score(w) for w in written]
                 resampled = [[ev.scorer.score(w, h) for h in halves] for w in written]
             k = resampled_one_standard_error_choice(

@@ -11,7 +11,8 @@ Objectives (`text.objective`; higher is better), of a set of continuations:
   |ln PPL - ln PPL_human| + |rep-4 - rep-4_human| / 100, with PPL the judge's pooled
   perplexity (per byte) and rep-4 SimCTG's (percent).
 * `mauve`: MAUVE (`mauve-text`) between the judge features of the continuations and those of
-  the human ones.
+  the human ones, the mean over `MAUVE_SEEDS` k-means quantizations (one quantization's
+  noise is a third of a paired difference's spread on 1,024 prompts).
 * `reward`: the seeds' reward, the mean over continuations of
   -PPL_i / 100 - 0.1 |len_i - len_human_i| / len_human_i + 0.1 distinct-1_i, with PPL_i the
   judge's per-byte perplexity of continuation i, lengths in bytes, distinct-1 over its words.
@@ -53,8 +54,10 @@ from .report import half_sample_interval, half_samples
 
 OBJECTIVES = ("human", "mauve", "reward")
 MAUVE_SEED = 25  # mauve-text's default k-means seed: the same quantization for every program
+MAUVE_SEEDS = 5  # MAUVE is the mean over this many k-means quantizations (seeds 25, 26, ...)
 NUCLEUS_95 = "(sample (top-p logits 0.95))"  # Holtzman et al.'s closest-to-human decoder
-MAUVE_RESAMPLES = 200  # bootstrap resamples of a MAUVE score (each one a k-means)
+MAUVE_RESAMPLES = 50  # at most this many random halves for a MAUVE interval (each half
+# costs MAUVE_SEEDS k-means runs)
 
 
 @dataclass
@@ -97,7 +100,7 @@ class TextScorer:
         h = self.human
         if self.objective == "mauve":
             return mauve_score(w.judge.features[index], h.judge.features[index],
-                               seed=MAUVE_SEED)
+                               seed=MAUVE_SEED, seeds=MAUVE_SEEDS)
         rep, rep_human = (rep_from_counts([x.rep4[i] for i in index]) for x in (w, h))
         return -(abs(math.log(perplexity(w.judge.subset(index)))
                      - math.log(perplexity(h.judge.subset(index))))
@@ -120,6 +123,11 @@ class TextScorer:
         reps = torch.tensor([rep_from_counts([w.rep4[i]]) for i in index])
         return -((log_ppl - human_log_ppl).abs() + (reps - human_rep).abs() / 100.0)
 
+    def resamples(self, wanted: int) -> int:
+        """How many random halves of the prompts to use where `wanted` are asked for: at
+        most `MAUVE_RESAMPLES` for MAUVE (a k-means per quantization per half)."""
+        return min(wanted, MAUVE_RESAMPLES) if self.objective == "mauve" else wanted
+
     def interval(self, w: Written, resamples: int, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float, float]:
         """(score, low, high): the objective and its `level` interval over prompts from
@@ -137,9 +145,7 @@ class TextScorer:
             return self.score(w, index) - (0.0 if other is None else self.score(other, index))
 
         value = stat()
-        if self.objective == "mauve":
-            resamples = min(resamples, MAUVE_RESAMPLES)
-        halves = half_samples(len(w.texts), resamples, seed)
+        halves = half_samples(len(w.texts), self.resamples(resamples), seed)
         if not halves or len(w.texts) < 4:
             return value, value, value
         return (value, *half_sample_interval(value, [stat(h) for h in halves], len(w.texts),

@@ -164,19 +164,26 @@ def self_bleu_per_text(texts: Sequence[str]) -> list[float]:
     return [bleu.sentence_score(h, docs[:i] + docs[i + 1:]).score for i, h in enumerate(docs)]
 
 
-def mauve_score(p_features, q_features, *, seed: int = 25, buckets: int | str = "auto") -> float:
+def mauve_score(p_features, q_features, *, seed: int = 25, seeds: int = 1,
+                buckets: int | str = "auto") -> float:
     """MAUVE (Pillutla et al. 2021, the `mauve-text` package) between two feature sets (n, d):
-    k-means quantization (`buckets` clusters; "auto" = n / 10), scaling constant 5."""
+    k-means quantization (`buckets` clusters; "auto" = n / 10), scaling constant 5; the mean
+    over `seeds` quantizations (k-means seeds `seed`, `seed` + 1, ...): on 1,024 points one
+    quantization moves MAUVE by about 0.02 (standard deviation over k-means seeds), so a mean
+    over 5 halves the interval of a paired difference (docs/BENCHMARKS.md, issue 12)."""
     import mauve
     import numpy as np
 
     p = np.asarray(p_features, dtype=np.float32)
     q = np.asarray(q_features, dtype=np.float32)
+    total = 0.0
     with _quiet_stderr():  # faiss warns on stderr whenever points per cluster are few
-        out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=buckets, seed=seed,
-                                  kmeans_num_redo=1, kmeans_max_iter=100, verbose=False,
-                                  device_id=-1)
-    return float(out.mauve)
+        for s in range(seed, seed + seeds):
+            out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=buckets, seed=s,
+                                      kmeans_num_redo=1, kmeans_max_iter=100, verbose=False,
+                                      device_id=-1)
+            total += float(out.mauve)
+    return total / seeds
 
 
 @contextlib.contextmanager

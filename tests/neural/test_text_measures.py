@@ -96,6 +96,14 @@ def test_mauve_same_and_apart():
     assert mauve_score(p, p + 50.0) < 0.05
 
 
+def test_mauve_over_seeds_is_the_mean_of_each_quantization():
+    g = torch.Generator().manual_seed(1)
+    p, q = torch.randn(80, 8, generator=g), torch.randn(80, 8, generator=g) + 0.5
+    each = [mauve_score(p, q, seed=s) for s in (7, 8, 9)]
+    assert len(set(each)) > 1  # the quantizations differ
+    assert mauve_score(p, q, seed=7, seeds=3) == pytest.approx(sum(each) / 3)
+
+
 def test_perplexity_pools_tokens():
     s = JudgeScores(torch.tensor([2.0, 4.0]), torch.tensor([1, 3]), torch.zeros(2, 1))
     assert perplexity(s) == pytest.approx(math.exp(1.5))
