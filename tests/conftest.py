@@ -10,10 +10,13 @@ from pathlib import Path
 # a busy machine slow down in proportion instead of stalling (issue 16, item 17)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # judges of text tasks are cached here, never in the user's cache (neural.text_measures)
-if "ECHO_FORGE_CACHE" not in os.environ:
+if "ECHO_FORGE_CACHE" not in os.environ:  # made once (xdist's workers inherit it), removed at exit
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["ECHO_FORGE_CACHE"] = tempfile.mkdtemp(prefix="echo-forge-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["ECHO_FORGE_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
