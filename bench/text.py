@@ -12,8 +12,11 @@ batch 8, 200 steps each; 2 / 1 generations of population 10 / 6 on 48 / 32 valid
 valid prompts; the table on 128 / 32 test prompts, intervals from 200 / 50 random halves of
 them (MAUVE: the mean over 5 k-means quantizations, on 50 halves); the last line's pair on
 1,024 / 32 test prompts; scoring cost at 32 programs x 128 / 32 prompts. `--set KEY=VALUE`
-passes any other setting to the runs. `--out DIR` keeps the runs; a later call with the same
-DIR reuses the finished ones (their final choice made again).
+passes any other setting to the runs. `--out DIR` keeps the runs, and each seed's choices
+and continuations (OUT/seed-K-rows.json); a later call with the same DIR reuses the finished
+runs (their final choice made again where the settings of the choice changed) and the
+continuations, so seeds can run in parallel processes (`--seeds K`) and one last call with
+all the seeds pools them.
 
 Per run seed: an evolution run on the `shakespeare` task without co-training
 (`loop.program_lambda = 0`) and one with it (the same pre-trained model, copied after
@@ -232,9 +235,61 @@ def select_tuned(run, ranked, count: int):
     return _source(exprs[k]), values[k], len(exprs)
 
 
-def write_rows(run, programs: dict[str, str], examples, seed: int, scorer: TextScorer):
-    """Each program's continuations of the examples' prompts (one batched decode, the same
-    draws), read by the judge."""
+def seed_rows(args, seed: int, out: Path, log):
+    """(done, run): one run seed's choices and continuations, and its plain run. `done`
+    holds the programs, their scores on the fresh valid prompts, each table row's
+    continuations of the test prompts and the last line's pair's of the headline prompts
+    (texts and whether each stopped), and the scoring cost where this seed measured it. Kept
+    in OUT/seed-K-rows.json and reused by a later call with the same settings, so seeds can
+    run in separate processes and one last call pools them."""
+    path = out / f"seed-{seed}-rows.json"
+    key = {"test_prompts": args.test_prompts, "headline_prompts": args.headline_prompts,
+           "select_prompts": args.select_prompts, "objective": args.objective,
+           "mauve_seeds": MAUVE_SEEDS, "cost": [args.cost_programs, args.cost_prompts]}
+    runs, evaluations = evolve(args, seed, out, log)
+    plain, co = runs["plain"], runs["cotrained"]
+    if path.exists():
+        done = json.loads(path.read_text())
+        if done.get("key") == key:
+            log(f"seed {seed}: choices and continuations reused from {path}")
+            return done, plain
+    champion, sel = plain.select_champion()
+    co_champion, _ = co.select_champion()
+    ranked = tune_nucleus(plain, evaluations, args.population, seed)
+    tuned, tuned_fresh, tuned_candidates = select_tuned(plain, ranked, sel.get("evolved", 1))
+    log(f"seed {seed}: champion {_source(champion)} (fresh valid {sel.get('valid')}); "
+        f"tuned nucleus {tuned} (best on valid: {ranked[0][0]} {ranked[0][1]:.3f}; "
+        f"fresh valid {tuned_fresh:.3f})")
+    draw = seed * 1000 + 999  # fresh draws: no selection saw them
+    examples = plain.task.test[:args.test_prompts]
+    rows = decode_rows(plain, {**BASELINES, TUNED: tuned, CHAMPION: champion}, examples, draw)
+    rows |= decode_rows(co, {COTRAINED: co_champion}, examples, draw)
+    log(f"seed {seed}: {len(rows)} rows written on {len(examples)} test prompts")
+    wide = plain.task.test[:args.headline_prompts]
+    done = {"key": key,
+            "programs": {TUNED: tuned, CHAMPION: _source(champion),
+                         COTRAINED: _source(co_champion)},
+            "chosen": {"champion": (sel.get("valid"), sel.get("candidates")),
+                       TUNED: (tuned_fresh, tuned_candidates),
+                       "nucleus 0.95": (sel.get("valid_reference"), None)},
+            "rows": rows,
+            "pair": decode_rows(plain, {CHAMPION: champion, TUNED: tuned}, wide, draw)}
+    log(f"seed {seed}: champion and tuned nucleus on {len(wide)} test prompts")
+    if seed == args.seeds[0]:
+        gen_s, score_s, p = scoring_cost(plain, plain.task.test, args.cost_programs,
+                                         args.cost_prompts, draw)
+        done["cost"] = (gen_s, score_s, p, min(args.cost_prompts, len(plain.task.test)),
+                        plain.answer_cap(), os.getloadavg()[0])
+        log(f"scoring cost: generate {gen_s:.1f} s, score {score_s:.1f} s")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(done) + "\n")
+    tmp.replace(path)
+    return done, plain
+
+
+def decode_rows(run, programs: dict, examples, seed: int) -> dict:
+    """{name: (texts, stopped)}: each program's continuations of the examples' prompts (one
+    batched decode, the same draws)."""
     tok = run.tokenizer
     exprs = [engine_dsl.read_expr(p, Type.DECODER) if isinstance(p, str) else p
              for p in programs.values()]
@@ -243,7 +298,7 @@ def write_rows(run, programs: dict[str, str], examples, seed: int, scorer: TextS
                                 seed=seed, max_new_tokens=run.answer_cap(),
                                 stop_token=tok.eos_id, pad_token=tok.pad_id,
                                 breakers=run.breakers)
-    return {name: scorer.read([tok.decode(a.tokens) for a in ans], [a.stopped for a in ans])
+    return {name: ([tok.decode(a.tokens) for a in ans], [a.stopped for a in ans])
             for name, ans in zip(programs, decoded, strict=True)}
 
 
@@ -385,7 +440,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cost-prompts", type=int)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="run directories (default: a temporary folder); finished "
-                                  "runs found there are reused")
+                                  "runs and continuations found there are reused")
     ap.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--quick"]
@@ -417,45 +472,21 @@ def main(argv=None) -> int:
     measured, programs_by_seed, chosen, pairs = {}, {}, {}, {}
     cost = None
     for seed in args.seeds:
-        runs, evaluations = evolve(args, seed, out, log)
-        plain, co = runs["plain"], runs["cotrained"]
-        champion, sel = plain.select_champion()
-        co_champion, _ = co.select_champion()
-        ranked = tune_nucleus(plain, evaluations, args.population, seed)
-        tuned, tuned_fresh, tuned_candidates = select_tuned(plain, ranked,
-                                                            sel.get("evolved", 1))
-        chosen[seed] = {"champion": (sel.get("valid"), sel.get("candidates")),
-                        TUNED: (tuned_fresh, tuned_candidates),
-                        "nucleus 0.95": (sel.get("valid_reference"), None)}
-        log(f"seed {seed}: champion {_source(champion)} (fresh valid {sel.get('valid')}); "
-            f"tuned nucleus {tuned} (best on valid: {ranked[0][0]} {ranked[0][1]:.3f}; "
-            f"fresh valid {tuned_fresh:.3f})")
+        done, plain = seed_rows(args, seed, out, log)
+        programs_by_seed[seed], chosen[seed] = done["programs"], done["chosen"]
+        cost = cost or done.get("cost")
         examples = plain.task.test[:args.test_prompts]
         scorer = TextScorer(plain.judge, [e.input for e in examples],
                             [e.output for e in examples], plain.cfg.text.objective)
-        draw = seed * 1000 + 999  # fresh draws: no selection saw them
-        programs = {**BASELINES, TUNED: tuned, CHAMPION: champion}
-        written = write_rows(plain, programs, examples, draw, scorer)
-        written[COTRAINED] = write_rows(co, {COTRAINED: co_champion}, examples, draw,
-                                        scorer)[COTRAINED]
+        written = {row: scorer.read(*texts) for row, texts in done["rows"].items()}
         written[HUMAN] = scorer.human
-        programs_by_seed[seed] = {TUNED: tuned, CHAMPION: _source(champion),
-                                  COTRAINED: _source(co_champion)}
         measured[seed] = {r: Measured(w, scorer.human, args.self_bleu_texts)
                           for r, w in written.items()}
-        log(f"seed {seed}: {len(written)} rows written and read on {len(examples)} test prompts")
         wide = plain.task.test[:args.headline_prompts]
         wide_scorer = TextScorer(plain.judge, [e.input for e in wide],
                                  [e.output for e in wide], "mauve")
-        pair = write_rows(plain, {CHAMPION: champion, TUNED: tuned}, wide, draw, wide_scorer)
-        pairs[seed] = (wide_scorer, pair[CHAMPION], pair[TUNED])
-        log(f"seed {seed}: champion and tuned nucleus on {len(wide)} test prompts")
-        if cost is None:
-            gen_s, score_s, p = scoring_cost(plain, plain.task.test, args.cost_programs,
-                                             args.cost_prompts, draw)
-            cost = (gen_s, score_s, p, min(args.cost_prompts, len(plain.task.test)),
-                    plain.answer_cap(), os.getloadavg()[0])
-            log(f"scoring cost: generate {gen_s:.1f} s, score {score_s:.1f} s")
+        pairs[seed] = (wide_scorer, *(wide_scorer.read(*done["pair"][r])
+                                      for r in (CHAMPION, TUNED)))
         # the table over the seeds done so far, kept in OUT/report.md (a run stopped early
         # still reports its finished seeds)
         n = len(measured[args.seeds[0]][HUMAN].w.texts)
