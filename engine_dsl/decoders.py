@@ -32,8 +32,9 @@ batch on dim 0), each distinct (prompt, gates) prefix is run once and its cache 
 rows that start with it, and rows that finished (stop token or length cap) are dropped from
 the batch (each chunk's cache re-indexed on its own) once at least a quarter of it has
 finished. Each copy is told how many positions its rows will still append (`room`, where
-the model's `select_cache` takes it), so the steps grow the cache in place. Otherwise every row runs from the start and finished rows keep running (their
-outputs are ignored). `share=False` also turns off the merging of identical programs.
+the model's `select_cache` takes it), so the steps grow the cache in place. Otherwise every
+row runs from the start and finished rows keep running (their outputs are ignored).
+`share=False` also turns off the merging of identical programs.
 
 Common random numbers. `sample` draws by inverse CDF with u = uniform(seed, prompt i,
 sample j, step t), a splitmix64 hash of those four integers computed in int64 torch ops: the
