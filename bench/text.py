@@ -67,6 +67,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import torch  # noqa: E402
 
 import engine_dsl  # noqa: E402
+from bench.tuned import select_tuned, tpe_ranked  # noqa: E402
 from engine_dsl import Type  # noqa: E402
 from evolution.loop import CoEvolution  # noqa: E402
 from evolution.report import half_sample_interval, half_samples  # noqa: E402
@@ -202,37 +203,18 @@ def tune_nucleus(run, trials: int, batch: int, seed: int):
     """Optuna's TPE over (temperature, top-p) of a nucleus sampler, `trials` evaluations on
     the valid split with the run's objective, asked and scored `batch` at a time, the first
     trial nucleus 0.95 at temperature 1 (as evolution starts from its seed programs).
-    Returns the distinct programs tried, best valid score first, with their scores."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed))
-    study.enqueue_trial({"temperature": 1.0, "top_p": 0.95})
+    Returns the distinct programs tried, best valid score first, with their scores
+    (`tuned.tpe_ranked`)."""
     ev = run._text_evaluator(run._examples("valid"), seed=run.evaluation_seed())
-    best: dict[str, float] = {}  # program -> its best valid score
-    done = 0
-    while done < trials:
-        asked = [study.ask() for _ in range(min(batch, trials - done))]
-        sources = [nucleus(round(t.suggest_float("temperature", 0.3, 1.5), 4),
-                           round(t.suggest_float("top_p", 0.3, 0.999), 4)) for t in asked]
-        scores = ev([engine_dsl.read_expr(src, Type.DECODER) for src in sources])
-        for t, src, (score, _) in zip(asked, sources, scores, strict=True):
-            study.tell(t, score)
-            best[src] = max(score, best.get(src, -math.inf))
-        done += len(asked)
-    return sorted(best.items(), key=lambda item: -item[1])
 
+    def propose(trial) -> str:
+        return nucleus(round(trial.suggest_float("temperature", 0.3, 1.5), 4),
+                       round(trial.suggest_float("top_p", 0.3, 0.999), 4))
 
-def select_tuned(run, ranked, count: int):
-    """The tuned nucleus on the footing of the evolved champion: its `count` best trials (as
-    many as the distinct programs of evolution's last front and champion) and nucleus 0.95
-    re-scored on the run's fresh selection prompts with the same draws, chosen by the same
-    one-standard-error rule (`CoEvolution.choose_on_fresh`)."""
-    exprs = [engine_dsl.read_expr(NUCLEUS_95, Type.DECODER)]
-    exprs += [engine_dsl.read_expr(src, Type.DECODER) for src, _ in ranked[:max(count, 1)]]
-    k, values, _ = run.choose_on_fresh(exprs)
-    return _source(exprs[k]), values[k], len(exprs)
+    def score(sources):
+        return [s for s, _ in ev([engine_dsl.read_expr(src, Type.DECODER) for src in sources])]
+
+    return tpe_ranked(propose, score, trials, batch, seed, {"temperature": 1.0, "top_p": 0.95})
 
 
 def seed_rows(args, seed: int, out: Path, log):
