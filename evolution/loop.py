@@ -651,9 +651,10 @@ class CoEvolution:
         against their human continuations by the judge (`text_scoring`)."""
         scorer = TextScorer(self.judge, [e.input for e in examples],
                             [e.output for e in examples], self.cfg.text.objective)
-        tok = self.tokenizer
-        return TextEvaluator(self.model, scorer, self._prompts(examples), tok.decode,
-                             seed=seed, max_new_tokens=self.answer_cap(),
+        tok, prompts = self.tokenizer, self._prompts(examples)
+        return TextEvaluator(self.model, scorer, prompts, tok.decode, seed=seed,
+                             max_rows=self._decode_rows(prompts),
+                             max_new_tokens=self.answer_cap(),
                              stop_token=tok.eos_id, pad_token=tok.pad_id,
                              breakers=self.breakers)
 

@@ -50,6 +50,7 @@ from neural.text_measures import (
     rep_from_counts,
 )
 
+from .evaluation import DecodeEvaluator
 from .report import half_sample_interval, half_samples
 
 OBJECTIVES = ("human", "mauve", "reward")
@@ -153,23 +154,23 @@ class TextScorer:
 
 
 class TextEvaluator:
-    """Text-task scores of many programs from one batched decode of every program x valid
-    prompt (`engine_dsl.decode`, common random numbers), each program's continuations then
-    read by the judge and measured (`TextScorer.score`); cost = mean forward positions per
-    continuation."""
+    """Text-task scores of many programs from batched decodes of every program x valid
+    prompt (`DecodeEvaluator.decode`: groups of programs that fit `max_rows` rows, common
+    random numbers), each program's continuations then read by the judge and measured
+    (`TextScorer.score`); cost = mean forward positions per continuation."""
 
     def __init__(self, model, scorer: TextScorer, prompts: Sequence[Sequence[int]],
-                 to_text: Callable[[Sequence[int]], str], seed: int = 0, **decode_options):
-        self.model, self.scorer, self.prompts = model, scorer, list(prompts)
-        self.to_text, self.seed, self.decode_options = to_text, seed, decode_options
+                 to_text: Callable[[Sequence[int]], str], seed: int = 0,
+                 max_rows: int | None = None, **decode_options):
+        self.scorer, self.to_text = scorer, to_text
+        # the decode in groups of programs that fit `max_rows` rows, as answer tasks do
+        self.decoder = DecodeEvaluator(model, prompts, [], seed=seed, max_rows=max_rows,
+                                       **decode_options)
 
     @torch.no_grad()
     def write(self, decoders: Sequence[Expr]) -> list[tuple[Written, float]]:
         """Each program's continuations (read by the judge) and mean cost."""
-        import engine_dsl
-
-        answers = engine_dsl.decode(self.model, list(decoders), self.prompts, seed=self.seed,
-                                    **self.decode_options)
+        answers = self.decoder.decode(decoders)
         out = []
         for ans in answers:
             w = self.scorer.read([self.to_text(a.tokens) for a in ans],

@@ -99,6 +99,13 @@ def test_programs_are_scored_on_common_draws():
     alone = [ev([p])[0] for p in progs]
     for (a, ca), (b, cb) in zip(together, alone, strict=True):
         assert a == pytest.approx(b, abs=1e-6) and ca == cb
+    # decoded in groups of programs that fit a row budget: the same continuations
+    grouped = TextEvaluator(model, s, [TOK.encode(p, bos=True) for p in prompts], TOK.decode,
+                            seed=7, max_rows=len(prompts), max_new_tokens=12,
+                            stop_token=TOK.eos_id, pad_token=TOK.pad_id)
+    whole, split = ev.write(progs), grouped.write(progs)
+    assert [w.texts for w, _ in whole] == [w.texts for w, _ in split]
+    assert [c for _, c in whole] == [c for _, c in split]
 
 
 def test_a_text_run_selects_on_what_programs_write(tmp_path):
