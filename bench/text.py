@@ -218,7 +218,8 @@ def tune_nucleus(run, trials: int, batch: int, seed: int):
 
 
 def seed_rows(args, seed: int, out: Path, log):
-    """(done, run): one run seed's choices and continuations, and its plain run. `done`
+    """(done, run, reused): one run seed's choices and continuations, its plain run, and
+    whether `done` came from an earlier call. `done`
     holds the programs, their scores on the fresh valid prompts, each table row's
     continuations of the test prompts and the last line's pair's of the headline prompts
     (texts and whether each stopped), and the scoring cost where this seed measured it. Kept
@@ -234,7 +235,7 @@ def seed_rows(args, seed: int, out: Path, log):
         done = json.loads(path.read_text())
         if done.get("key") == key:
             log(f"seed {seed}: choices and continuations reused from {path}")
-            return done, plain
+            return done, plain, True
     champion, sel = plain.select_champion()
     co_champion, _ = co.select_champion()
     ranked = tune_nucleus(plain, evaluations, args.population, seed)
@@ -266,7 +267,7 @@ def seed_rows(args, seed: int, out: Path, log):
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(done) + "\n")
     tmp.replace(path)
-    return done, plain
+    return done, plain, False
 
 
 def decode_rows(run, programs: dict, examples, seed: int) -> dict:
@@ -454,7 +455,7 @@ def main(argv=None) -> int:
     measured, programs_by_seed, chosen, pairs = {}, {}, {}, {}
     cost = None
     for seed in args.seeds:
-        done, plain = seed_rows(args, seed, out, log)
+        done, plain, reused = seed_rows(args, seed, out, log)
         programs_by_seed[seed], chosen[seed] = done["programs"], done["chosen"]
         cost = cost or done.get("cost")
         examples = plain.task.test[:args.test_prompts]
@@ -469,6 +470,8 @@ def main(argv=None) -> int:
                                  [e.output for e in wide], "mauve")
         pairs[seed] = (wide_scorer, *(wide_scorer.read(*done["pair"][r])
                                       for r in (CHAMPION, TUNED)))
+        if reused and seed != args.seeds[-1]:
+            continue
         # the table over the seeds done so far, kept in OUT/report.md (a run stopped early
         # still reports its finished seeds)
         n = len(measured[args.seeds[0]][HUMAN].w.texts)
