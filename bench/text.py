@@ -271,16 +271,12 @@ def seed_rows(args, seed: int, out: Path, log):
 
 
 def decode_rows(run, programs: dict, examples, seed: int) -> dict:
-    """{name: (texts, stopped)}: each program's continuations of the examples' prompts (one
-    batched decode, the same draws)."""
+    """{name: (texts, stopped)}: each program's continuations of the examples' prompts (the
+    run's batched decode, the same draws)."""
     tok = run.tokenizer
     exprs = [engine_dsl.read_expr(p, Type.DECODER) if isinstance(p, str) else p
              for p in programs.values()]
-    decoded = engine_dsl.decode(run.model, exprs, [tok.encode(e.input, bos=True)
-                                                   for e in examples],
-                                seed=seed, max_new_tokens=run.answer_cap(),
-                                stop_token=tok.eos_id, pad_token=tok.pad_id,
-                                breakers=run.breakers)
+    decoded = run.decode(exprs, examples, seed)
     return {name: ([tok.decode(a.tokens) for a in ans], [a.stopped for a in ans])
             for name, ans in zip(programs, decoded, strict=True)}
 
@@ -370,11 +366,7 @@ def scoring_cost(run, scorer_examples, programs: int, prompts: int, seed: int):
     exprs = [engine_dsl.read_expr(g, Type.DECODER) for g in grid]
     tok = run.tokenizer
     t0 = time.perf_counter()
-    decoded = engine_dsl.decode(run.model, exprs, [tok.encode(e.input, bos=True)
-                                                   for e in examples],
-                                seed=seed, max_new_tokens=run.answer_cap(),
-                                stop_token=tok.eos_id, pad_token=tok.pad_id,
-                                breakers=run.breakers)
+    decoded = run.decode(exprs, examples, seed)
     t1 = time.perf_counter()
     for ans in decoded:
         scorer.score(scorer.read([tok.decode(a.tokens) for a in ans],

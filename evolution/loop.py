@@ -625,6 +625,22 @@ class CoEvolution:
     def _prompts(self, examples: list[Example]) -> list[list[int]]:
         return [self.tokenizer.encode(e.input, bos=True) for e in examples]
 
+    def _decode_options(self, prompts: list[list[int]]) -> dict:
+        """The run's decode settings for `prompts` (the evaluators' keywords): the answer
+        cap, stop and pad tokens, repetition breakers, and the rows one decode may hold."""
+        tok = self.tokenizer
+        return {"max_rows": self._decode_rows(prompts), "max_new_tokens": self.answer_cap(),
+                "stop_token": tok.eos_id, "pad_token": tok.pad_id, "breakers": self.breakers}
+
+    def decode(self, exprs: list[Expr], examples: list[Example], seed: int) -> list[list]:
+        """answers[p][i] (`engine_dsl.Decoding`) of each program on each example's prompt,
+        with the run's decode settings and draws `seed` (in groups that fit memory; answer
+        tasks' votes count the extracted answers, `answer_key`)."""
+        prompts = self._prompts(examples)
+        key = {"answer_key": self.answer_key} if self.task.kind == "answer" else {}
+        return DecodeEvaluator(self.model, prompts, [], seed=seed, **key,
+                               **self._decode_options(prompts)).decode(exprs)
+
     def _answer_evaluator(self, examples: list[Example], seed: int) -> DecodeEvaluator:
         refs = [e.output for e in examples]
         tok, task = self.tokenizer, self.task
@@ -635,10 +651,7 @@ class CoEvolution:
                        for a, r in zip(answers, references, strict=True)) / len(answers)
 
         return DecodeEvaluator(self.model, prompts, refs, score_fn=score, seed=seed,
-                               max_rows=self._decode_rows(prompts),
-                               max_new_tokens=self.answer_cap(),
-                               stop_token=tok.eos_id, pad_token=tok.pad_id,
-                               breakers=self.breakers, answer_key=self.answer_key)
+                               answer_key=self.answer_key, **self._decode_options(prompts))
 
     def answer_key(self, tokens: list[int]):
         """What `vote` counts: the final answer the task extracts from an answer's text, or,
@@ -651,12 +664,9 @@ class CoEvolution:
         against their human continuations by the judge (`text_scoring`)."""
         scorer = TextScorer(self.judge, [e.input for e in examples],
                             [e.output for e in examples], self.cfg.text.objective)
-        tok, prompts = self.tokenizer, self._prompts(examples)
-        return TextEvaluator(self.model, scorer, prompts, tok.decode, seed=seed,
-                             max_rows=self._decode_rows(prompts),
-                             max_new_tokens=self.answer_cap(),
-                             stop_token=tok.eos_id, pad_token=tok.pad_id,
-                             breakers=self.breakers)
+        prompts = self._prompts(examples)
+        return TextEvaluator(self.model, scorer, prompts, self.tokenizer.decode, seed=seed,
+                             **self._decode_options(prompts))
 
     @property
     def judge(self) -> Judge:
@@ -1048,9 +1058,8 @@ class CoEvolution:
             return k, values, {"rule": f"one-standard-error (size; {self.cfg.text.objective}, "
                                        f"{SELECTION_HALVES} half-samples)",
                                "prompts": len(fresh)}
-        ev = self._answer_evaluator(fresh, seed=seed)
         with self._progress(label):
-            decoded = ev.decode(exprs)
+            decoded = self.decode(exprs, fresh, seed)
         rows = [[float(self.task.is_correct(self.tokenizer.decode(a.tokens), e.output))
                  for a, e in zip(ans, fresh, strict=True)] for ans in decoded]
         k = one_standard_error_choice(rows, sizes)
@@ -1097,7 +1106,7 @@ class CoEvolution:
             written = ev.write(exprs)
             return ([ev.scorer.rewards(w).tolist() for w, _ in written],
                     [cost for _, cost in written], [w.texts for w, _ in written])
-        decoded = self._answer_evaluator(examples, seed=self.evaluation_seed()).decode(exprs)
+        decoded = self.decode(exprs, examples, self.evaluation_seed())
         answers = [[self.tokenizer.decode(a.tokens) for a in ans] for ans in decoded]
         scores = [[float(self.task.is_correct(a, e.output))
                    for a, e in zip(ans, examples, strict=True)] for ans in answers]
