@@ -9,8 +9,9 @@ training (4 x 4 x 128, batch 4, 1200 pre-training steps, the judge as many) / 2 
 batch 8, 200 steps each; 2 / 1 generations of population 10 / 6 on 48 / 32 valid prompts,
 50 training steps per generation; selection and the nucleus tuning by `text.objective` =
 `mauve` (`--objective`); the final choice of champion and tuned nucleus on 128 / 32 fresh
-valid prompts; the table on 128 / 32 test prompts, intervals from 200 / 50 random halves of
-them (MAUVE: the mean over 5 k-means quantizations, on 50 halves); the last line's pair on
+valid prompts, then a race: the candidates within 2 standard errors of the best (at most 4,
+and nucleus 0.95) on 1,024 / 64 more (`text.race_prompts`); the table on 128 / 32 test
+prompts, intervals from 200 / 50 random halves of them (MAUVE: the mean over 5 k-means quantizations, on 50 halves); the last line's pair on
 1,024 / 32 test prompts; scoring cost at 32 programs x 128 / 32 prompts. `--set KEY=VALUE`
 passes any other setting to the runs. `--out DIR` keeps the runs, and each seed's choices
 and continuations (OUT/seed-K-rows.json); a later call with the same DIR reuses the finished
@@ -26,10 +27,10 @@ objective and as many program evaluations as evolution made, its first trial nuc
 Both are then chosen the same way, against the winner's curse of a few noisy valid prompts:
 the run's final selection (`CoEvolution.select_champion`: the last front, the seed programs
 and nucleus 0.95 on fresh valid prompts with fresh draws, the one-standard-error rule on
-size) for the champion; as many of Optuna's best trials, with nucleus 0.95, through the same
-rule (`CoEvolution.choose_on_fresh`) for the tuned nucleus. Then every decoder continues the
-same test prompts (works no model or selection saw) with the same draws, and the frozen
-judge reads the continuations.
+size, and the race on more prompts) for the champion; as many of Optuna's best trials, with
+nucleus 0.95, through the same rule (`CoEvolution.choose_on_fresh`) for the tuned nucleus.
+Then every decoder continues the same test prompts (works no model or selection saw) with
+the same draws, and the frozen judge reads the continuations.
 Rows: greedy, pure sampling, top-k 40, nucleus 0.95, typical 0.95, min-p 0.1, the newer
 samplers (top-n-sigma, eta, mirostat, XTC, DRY), the tuned nucleus, the evolved champion
 without and with co-training, and the human continuations. Columns: judge perplexity
@@ -149,7 +150,8 @@ def evolve(args, seed: int, out: Path, log):
     the count) are reused: resumed without new generations, their selection redone."""
     plain_dir, co_dir = out / f"seed-{seed}-plain", out / f"seed-{seed}-cotrained"
     count = out / f"seed-{seed}.json"
-    select = [f"loop.select_prompts={args.select_prompts}"]
+    select = [f"loop.select_prompts={args.select_prompts}",
+              f"text.race_prompts={args.race_prompts}"]
     if count.exists() and all(_finished(d, args.generations) for d in (plain_dir, co_dir)):
         evaluations = json.loads(count.read_text())["evaluations"]
         log(f"seed {seed}: reusing the finished runs in {out} ({evaluations} program "
@@ -227,7 +229,8 @@ def seed_rows(args, seed: int, out: Path, log):
     run in separate processes and one last call pools them."""
     path = out / f"seed-{seed}-rows.json"
     key = {"test_prompts": args.test_prompts, "headline_prompts": args.headline_prompts,
-           "select_prompts": args.select_prompts, "objective": args.objective,
+           "select_prompts": args.select_prompts, "race_prompts": args.race_prompts,
+           "objective": args.objective,
            "mauve_seeds": MAUVE_SEEDS, "cost": [args.cost_programs, args.cost_prompts]}
     runs, evaluations = evolve(args, seed, out, log)
     plain, co = runs["plain"], runs["cotrained"]
@@ -408,6 +411,9 @@ def main(argv=None) -> int:
                          "(MAUVE separates decoders only on many prompts)")
     ap.add_argument("--select-prompts", type=int,
                     help="fresh valid prompts choosing the champion and the tuned nucleus")
+    ap.add_argument("--race-prompts", type=int,
+                    help="more fresh valid prompts for the choice's second stage "
+                         "(text.race_prompts: the candidates within 2 SE of the best)")
     ap.add_argument("--bootstrap", type=int, help="random halves of the prompts per interval")
     ap.add_argument("--self-bleu-texts", type=int, default=64,
                     help="Self-BLEU-4 of each of the first N continuations against the others")
@@ -426,7 +432,7 @@ def main(argv=None) -> int:
                     population=6 if quick else 10, valid_prompts=32 if quick else 48,
                     test_prompts=32 if quick else 128, bootstrap=50 if quick else 200,
                     headline_prompts=32 if quick else 1024,
-                    select_prompts=32 if quick else 128,
+                    select_prompts=32 if quick else 128, race_prompts=64 if quick else 1024,
                     cost_prompts=32 if quick else 128, batch_size=8 if quick else None)
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -508,9 +514,11 @@ def report(args, table, head, programs_by_seed, chosen, cost, elapsed) -> str:
              f"judge {args.judge_steps} steps, {args.generations} generations x population "
              f"{args.population} on {args.valid_prompts} valid prompts, the nucleus tuned "
              f"on them by `text.objective = {args.objective}`; the champion and the tuned "
-             f"nucleus then chosen alike on {args.select_prompts} fresh valid prompts (the "
-             f"one-standard-error rule on the same objective, nucleus 0.95 a candidate of "
-             f"both); the table on {args.test_prompts} test prompts (held-out works), the mean "
+             f"nucleus then chosen alike on {args.select_prompts} fresh valid prompts, "
+             f"those within 2 standard errors of the best (at most 4, and nucleus 0.95) on "
+             f"{args.race_prompts} more (the one-standard-error rule on the same objective, "
+             f"nucleus 0.95 a candidate of both); the table on {args.test_prompts} test "
+             f"prompts (held-out works), the mean "
              f"over run seeds with a 95% interval over prompts ({args.bootstrap} random halves "
              f"of them, the same for every row; MAUVE the mean over {MAUVE_SEEDS} k-means "
              f"quantizations, on the first {MAUVE_RESAMPLES} halves); the last line's pair on "

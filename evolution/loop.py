@@ -86,6 +86,8 @@ TUNE_EXAMPLES = 256  # train examples whose answer tokens tune constants each ge
 SAMPLES = 5  # test answers of champion and greedy kept in report.json
 SELECTION_DRAWS = 1 << 32  # offset of the final selection's draws from the evaluation seed
 SELECTION_HALVES = 100  # text tasks' final selection: random halves of its prompts
+RACE_DRAWS = 1 << 33  # offset of the final selection's second stage's draws
+RACE_PROGRAMS = 4  # most programs (besides the reference) in that second stage
 
 
 def default_seed_files(mode: str) -> list[Path]:
@@ -1030,6 +1032,16 @@ class CoEvolution:
         fresh = self.task.split("valid")[self.cfg.loop.valid_prompts:][:count]
         return fresh if len(fresh) >= 2 else []
 
+    def race_examples(self) -> list[Example]:
+        """Text tasks' second stage of the final selection: the `text.race_prompts` valid
+        examples after the fresh ones (`fresh_examples`), none a selection has seen (at least
+        2, else none)."""
+        if self.task.kind != "text" or not self.cfg.text.race_prompts:
+            return []
+        start = self.cfg.loop.valid_prompts + len(self.fresh_examples())
+        race = self.task.split("valid")[start:start + self.cfg.text.race_prompts]
+        return race if len(race) >= 2 else []
+
     @torch.no_grad()
     def choose_on_fresh(self, exprs: list[Expr]) -> tuple[int, list[float], dict]:
         """(index, scores, how): the one-standard-error choice among `exprs` (complexity =
@@ -1038,26 +1050,38 @@ class CoEvolution:
         Text tasks: the text objective of all continuations (`TextScorer.score`), the
         standard error of the paired differences from its values on `SELECTION_HALVES`
         (MAUVE: `text_scoring.MAUVE_RESAMPLES`) random halves of the prompts
-        (`report.half_samples`: MAUVE has no per-prompt form)."""
-        from .selection import one_standard_error_choice, resampled_one_standard_error_choice
+        (`report.half_samples`: MAUVE has no per-prompt form); then a race
+        (`race_examples`): the programs within 2 standard errors of the best (at most
+        `RACE_PROGRAMS`, and the first, the callers' reference) are scored again on
+        `text.race_prompts` more fresh prompts with their own draws, where the rule chooses
+        among them (MAUVE on a hundred prompts cannot tell decoders a few points apart; on
+        a thousand it can). `scores` are each program's at the last stage it ran."""
+        from .selection import one_standard_error_choice, race_survivors, within_noise
 
         fresh = self.fresh_examples()
         seed = self.evaluation_seed() + SELECTION_DRAWS
         sizes = [engine_dsl.size(e) for e in exprs]
         label = f"final selection: {len(exprs)} programs on {len(fresh)} fresh valid prompts"
         if self.task.kind == "text":
-            ev = self._text_evaluator(fresh, seed=seed)
             with self._progress(label):
-                written = [w for w, _ in ev.write(exprs)]
-                halves = report.half_samples(len(fresh), ev.scorer.resamples(SELECTION_HALVES),
-                                             seed=self.cfg.run.seed)
-                values = [ev.scorer.score(w) for w in written]
-                resampled = [[ev.scorer.score(w, h) for h in halves] for w in written]
-            k = resampled_one_standard_error_choice(
-                values, resampled, sizes, scale=report.half_sample_scale(len(fresh)))
-            return k, values, {"rule": f"one-standard-error (size; {self.cfg.text.objective}, "
-                                       f"{SELECTION_HALVES} half-samples)",
-                               "prompts": len(fresh)}
+                values, errors = self._text_stage(exprs, [fresh], seed)
+            how = {"rule": f"one-standard-error (size; {self.cfg.text.objective}, "
+                           f"{SELECTION_HALVES} half-samples)", "prompts": len(fresh)}
+            race = self.race_examples()
+            if race and len(exprs) > 1:
+                ran = race_survivors(values, errors, RACE_PROGRAMS, keep=0)
+                blocks = [race[i:i + len(fresh)] for i in range(0, len(race), len(fresh))]
+                with self._progress(f"final selection, second stage: {len(ran)} programs on "
+                                    f"{len(race)} more fresh valid prompts"):
+                    raced, errors = self._text_stage([exprs[i] for i in ran], blocks,
+                                                     seed + RACE_DRAWS)
+                for i, v in zip(ran, raced, strict=True):
+                    values[i] = v
+                how["race"] = {"prompts": len(race), "programs": len(ran)}
+            else:
+                ran = list(range(len(exprs)))
+            k = ran[within_noise([values[i] for i in ran], errors, [sizes[i] for i in ran])]
+            return k, values, how
         with self._progress(label):
             decoded = self.decode(exprs, fresh, seed)
         rows = [[float(self.task.is_correct(self.tokenizer.decode(a.tokens), e.output))
@@ -1065,6 +1089,30 @@ class CoEvolution:
         k = one_standard_error_choice(rows, sizes)
         return k, [sum(r) / len(r) for r in rows], {"rule": "one-standard-error (size)",
                                                      "prompts": len(fresh)}
+
+    def _text_stage(self, exprs: list[Expr], blocks: list[list[Example]],
+                    seed: int) -> tuple[list[float], list[float]]:
+        """(values, errors): each program's text objective on all the blocks' prompts
+        together and the standard error of its gap to the best (`resampled_gap_errors`
+        over random halves of the prompts). Each block is one decode of every program
+        (`seed` + its index: a block fits `loop.decode_memory_mb` as the fresh prompts do)."""
+        from .selection import resampled_gap_errors
+
+        examples = [e for b in blocks for e in b]
+        scorer = TextScorer(self.judge, [e.input for e in examples],
+                            [e.output for e in examples], self.cfg.text.objective)
+        texts, stopped = [[] for _ in exprs], [[] for _ in exprs]
+        for j, block in enumerate(blocks):
+            for p, ans in enumerate(self.decode(exprs, block, seed + j)):
+                texts[p] += [self.tokenizer.decode(a.tokens) for a in ans]
+                stopped[p] += [a.stopped for a in ans]
+        written = [scorer.read(t, s) for t, s in zip(texts, stopped, strict=True)]
+        halves = report.half_samples(len(examples), scorer.resamples(SELECTION_HALVES),
+                                     seed=self.cfg.run.seed)
+        values = [scorer.score(w) for w in written]
+        resampled = [[scorer.score(w, h) for h in halves] for w in written]
+        return values, resampled_gap_errors(values, resampled,
+                                            scale=report.half_sample_scale(len(examples)))
 
     def score(self, programs: dict[str, Expr], split: str) -> dict[str, dict]:
         """{name: {score, ci95, cost, n}} of Decoder programs on a split, with a 95% interval

@@ -131,7 +131,7 @@ def one_standard_error_choice(row_scores: list, complexity: list, se_multiple: f
         d = [b - x for b, x in zip(rows[best], r, strict=True)]
         gap = sum(d) / n
         errors.append(math.sqrt(sum((x - gap) ** 2 for x in d) / max(n - 1, 1) / n))
-    return _within_noise(means, errors, complexity, se_multiple, tolerance)
+    return within_noise(means, errors, complexity, se_multiple, tolerance)
 
 
 def resampled_one_standard_error_choice(values: list, resampled: list, complexity: list,
@@ -143,8 +143,18 @@ def resampled_one_standard_error_choice(values: list, resampled: list, complexit
     differences are paired), and the standard error of a candidate's gap to the best is the
     standard deviation of the resampled gaps times `scale` (`report.half_sample_scale` for
     halves of the rows, 1 for a bootstrap)."""
-    if not values or not (len(values) == len(resampled) == len(complexity)):
+    if len(values) != len(complexity):
         raise ValueError("one value, one resampled sequence and one complexity per candidate")
+    errors = resampled_gap_errors(values, resampled, scale)
+    return within_noise(values, errors, complexity, se_multiple, tolerance)
+
+
+def resampled_gap_errors(values: list, resampled: list, scale: float = 1.0) -> list[float]:
+    """The standard error of each candidate's gap to the best value (0 for the best): the
+    standard deviation of its resampled gaps times `scale` (see
+    `resampled_one_standard_error_choice`)."""
+    if not values or len(values) != len(resampled):
+        raise ValueError("one resampled sequence per value")
     b = len(resampled[0])
     if b < 2 or any(len(r) != b for r in resampled):
         raise ValueError("every candidate needs the same resamples, at least two")
@@ -154,10 +164,29 @@ def resampled_one_standard_error_choice(values: list, resampled: list, complexit
         d = [x - y for x, y in zip(resampled[best], r, strict=True)]
         mean = sum(d) / b
         errors.append(scale * math.sqrt(sum((x - mean) ** 2 for x in d) / (b - 1)))
-    return _within_noise(values, errors, complexity, se_multiple, tolerance)
+    return errors
 
 
-def _within_noise(values, errors, complexity, se_multiple, tolerance) -> int:
+def race_survivors(values: list, errors: list, most: int, keep: int | None = None,
+                   se_multiple: float = 2.0) -> list[int]:
+    """The candidates a race's next stage scores again (indexes, in their order): those
+    whose gap to the best value is at most `se_multiple` standard errors (`errors[i]`, of
+    the paired gap), the `most` highest-valued of them, and `keep` (the reference a report
+    compares against) in any case. A candidate worse than the best by more than its noise
+    leaves the race; the survivors are few enough to score on many more prompts."""
+    if len(values) != len(errors) or most < 1:
+        raise ValueError("one error per value, and at least one survivor")
+    best = max(values)
+    close = [i for i, (v, e) in enumerate(zip(values, errors, strict=True))
+             if best - v <= se_multiple * e]
+    chosen = set(sorted(close, key=lambda i: -values[i])[:most])
+    if keep is not None:
+        chosen.add(keep)
+    return sorted(chosen)
+
+
+def within_noise(values, errors, complexity, se_multiple: float = 1.0,
+                 tolerance: float = 0.0) -> int:
     """The least complex candidate whose gap to the best value is at most `se_multiple`
     times its standard error (`errors[i]`) or `tolerance`; ties to the higher value."""
     best = max(values)

@@ -110,6 +110,7 @@ TEXT_OBJECTIVES = ("human", "mauve", "reward")  # evolution.text_scoring.OBJECTI
 class TextSection:
     objective: str = "human"  # text tasks select on: human (gaps to human) | mauve | reward
     judge_steps: int = 0  # training steps of the frozen judge; 0: as many as loop.pretrain_steps
+    race_prompts: int = 1024  # final selection's second stage: more fresh valid prompts; 0: none
 
 
 @dataclass
@@ -272,6 +273,7 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "train.extra_lambda": (0.0, 1e6, False),
     "train.seed": (0, 2**32 - 1, False),
     "text.judge_steps": (0, BIG, False),
+    "text.race_prompts": (0, BIG, False),
     "evolution.population_size": (1, BIG, False),
     "evolution.offspring_size": (1, BIG, False),
     "evolution.constant_sigma": (0.0, 1e6, False),

@@ -101,6 +101,8 @@ def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, te
     sel, vs = report["selection"], report["champion_vs_reference"]
     assert sel["reference"] == "nucleus 0.95" and sel["prompts"] > 0 and sel["candidates"] >= 2
     assert sel["rule"].startswith("one-standard-error")
+    # then a race: the candidates close to the best (and nucleus 0.95) on more fresh prompts
+    assert sel["race"]["prompts"] > 0 and 1 <= sel["race"]["programs"] <= 5
     assert vs["diff"] == pytest.approx(programs["champion"]["test"]["score"]
                                        - programs["nucleus 0.95"]["test"]["score"])
     assert vs["low"] <= vs["diff"] <= vs["high"]

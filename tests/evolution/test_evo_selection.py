@@ -3,7 +3,11 @@ statistics without rows) and the half-sample intervals it and the text reports u
 
 import pytest
 
-from evolution.selection import one_standard_error_choice, resampled_one_standard_error_choice
+from evolution.selection import (
+    one_standard_error_choice,
+    race_survivors,
+    resampled_one_standard_error_choice,
+)
 
 
 def test_simplest_within_one_standard_error_is_chosen():
@@ -48,6 +52,20 @@ def test_a_statistic_without_rows_uses_its_resampled_paired_gaps():
     assert resampled_one_standard_error_choice([0.9, 0.95], steady, [2, 1]) == 1
     with pytest.raises(ValueError):
         resampled_one_standard_error_choice(values, [[1.0], [1.0]], [2, 1])
+
+
+def test_a_race_keeps_the_candidates_within_two_standard_errors_and_the_reference():
+    """Gaps to the best 0.10 (error 0.04: 2.5 errors out), 0.05 (0.03: in), 0.02 (0.001: 20
+    errors out), 0 (the best): survivors 1 and 3, with the reference 0 kept in any case;
+    at most `most` of the closest, best first; every survivor where noise is wide."""
+    values, errors = [0.70, 0.75, 0.78, 0.80], [0.04, 0.03, 0.001, 0.0]
+    assert race_survivors(values, errors, most=4) == [1, 3]
+    assert race_survivors(values, errors, most=4, keep=0) == [0, 1, 3]
+    assert race_survivors(values, errors, most=1, keep=0) == [0, 3]
+    assert race_survivors(values, [0.1] * 4, most=4) == [0, 1, 2, 3]
+    assert race_survivors(values, [0.1] * 4, most=2) == [2, 3]
+    with pytest.raises(ValueError):
+        race_survivors(values, errors[:2], most=2)
 
 
 def test_half_samples_give_the_standard_error_of_a_mean():
