@@ -358,14 +358,20 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else math.nan
 
 
+def cost_programs(programs: int) -> list[str]:
+    """The scoring cost's programs: the first `programs` of a nucleus grid (8 temperatures x
+    4 top-p)."""
+    return [nucleus(t, p) for t in (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+            for p in (0.8, 0.9, 0.95, 0.99)][:programs]
+
+
 def scoring_cost(run, scorer_examples, programs: int, prompts: int, seed: int):
     """Seconds to generate `programs` x `prompts` continuations (one batched decode) and to
     score them (judge read + objective of each program)."""
     examples = scorer_examples[:prompts]
     scorer = TextScorer(run.judge, [e.input for e in examples], [e.output for e in examples],
                         run.cfg.text.objective)
-    grid = [nucleus(t, p) for t in (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
-            for p in (0.8, 0.9, 0.95, 0.99)][:programs]
+    grid = cost_programs(programs)
     exprs = [engine_dsl.read_expr(g, Type.DECODER) for g in grid]
     tok = run.tokenizer
     t0 = time.perf_counter()

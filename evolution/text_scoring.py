@@ -84,12 +84,12 @@ class TextScorer:
                              f"{', '.join(OBJECTIVES)}")
         self.judge, self.objective = judge, objective
         self.prompts, self.references = list(prompts), list(references)
+        self.reader = judge.reader(self.prompts)  # each prompt read once, for every read
         self.human = self.read(self.references, [False] * len(self.references))
 
     def read(self, texts: Sequence[str], stopped: Sequence[bool]) -> Written:
         """The judge's reading of continuations of the scorer's prompts."""
-        return Written(list(texts), list(stopped),
-                       self.judge.score(self.prompts, texts, stopped))
+        return Written(list(texts), list(stopped), self.reader.score(texts, stopped))
 
     def score(self, w: Written, index: Sequence[int] | None = None) -> float:
         """The objective of continuations `w` (only the prompts at `index`, if given: a

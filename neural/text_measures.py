@@ -16,6 +16,7 @@ bigram of nothing). Every measure takes a list of continuations, one per prompt:
 | `self_bleu(texts)` | Texygen's Self-BLEU-4: mean sacrebleu sentence BLEU of each text |
 | | against all the others (0-100) |
 | `Judge.score` | judge NLL, token counts and features of continuations given their prompts |
+| | (`Judge.reader`: the same, each prompt read once for many sets of continuations) |
 | `perplexity(scores)` | exp(total judge NLL / total tokens), pooled over texts |
 | `mauve_score(p, q)` | MAUVE (`mauve-text`) between two sets of judge features |
 
@@ -49,7 +50,7 @@ import torch
 
 from .checkpoint import load_model, save_model
 from .corpus import cache_dir
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, KVCache
 from .tasks import Example, TextCorpus
 from .tokenizer import ByteTokenizer
 from .train import TrainConfig, Trainer
@@ -288,6 +289,11 @@ class Judge:
                    step=config.train.steps)
         return judge
 
+    def reader(self, prompts: Sequence[str], batch_rows: int = 64) -> PromptReader:
+        """A reader of continuations of these prompts that reads each prompt once
+        (`PromptReader`): for many sets of continuations of the same prompts."""
+        return PromptReader(self, prompts, batch_rows)
+
     @torch.no_grad()
     def score(self, prompts: Sequence[str], continuations: Sequence[str],
               stopped: Sequence[bool] | None = None, batch_rows: int = 64) -> JudgeScores:
@@ -296,7 +302,8 @@ class Judge:
         start of its prompt). NLL counts the continuation's tokens (bytes, and the EOS);
         features mean the final hidden state over the positions that predict them (the
         prompt's last position through the continuation's last-but-one token; an empty
-        continuation: the prompt's last position)."""
+        continuation: the prompt's last position). Each row is read whole; `reader` reads
+        the prompts once for many calls."""
         if len(prompts) != len(continuations):
             raise ValueError("one prompt per continuation")
         stopped = [False] * len(prompts) if stopped is None else list(stopped)
@@ -328,3 +335,105 @@ class Judge:
             w = pooled.float()
             feats.append((hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True))
         return JudgeScores(torch.cat(nll), torch.cat(count), torch.cat(feats))
+
+
+class PromptReader:
+    """`Judge.score` of continuations of fixed prompts, with each prompt read once.
+
+    The prompts `BOS prompt` are read once (right-padded, in batches): their keys and values
+    are kept (KV cache), with the log-probabilities and final hidden state of each prompt's
+    last position (which predicts the continuation's first token). `score` then reads only
+    each continuation's tokens but the last after its prompt's cache, at the positions it
+    has in the whole row (the prompt's padding masked out). The scores are `Judge.score`'s
+    up to float rounding (a masked attention over the cache in place of a causal one over
+    the row; tests/neural/test_text_measures.py: NLL to 1e-5 relative, features to 1e-5).
+    A row that `Judge.score` would cut to the last block_size + 1 tokens (it loses the start
+    of its prompt, so its prompt's cache does not apply) is read whole by `Judge.score`.
+    Memory: the cache holds n_layer x 2 x n_embd floats per prompt token."""
+
+    def __init__(self, judge: Judge, prompts: Sequence[str], batch_rows: int = 64):
+        self.judge, self.batch_rows = judge, batch_rows
+        self.prompts = list(prompts)
+        tok, model = judge.tokenizer, judge.model
+        self.ids = [tok.encode(p, bos=True) for p in self.prompts]
+        block = model.config.block_size
+        # each prompt's row in the cache; -1: longer than a block, never cached
+        self.slot = [-1] * len(self.ids)
+        cached = [i for i, r in enumerate(self.ids) if len(r) <= block]
+        for k, i in enumerate(cached):
+            self.slot[i] = k
+        self.cache, self.last_logp, self.last_hidden = None, None, None
+        if not cached:
+            return
+        width = max(len(self.ids[i]) for i in cached)
+        layers, logp, hidden, masks = [], [], [], []
+        with torch.no_grad():
+            for start in range(0, len(cached), batch_rows):
+                chunk = cached[start:start + batch_rows]
+                ids = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
+                mask = torch.zeros(len(chunk), width, dtype=torch.bool)
+                for j, i in enumerate(chunk):
+                    ids[j, :len(self.ids[i])] = torch.tensor(self.ids[i])
+                    mask[j, :len(self.ids[i])] = True
+                out = model.forward_step(ids, attention_mask=mask)
+                last = torch.tensor([len(self.ids[i]) - 1 for i in chunk])
+                rows = torch.arange(len(chunk))
+                logp.append(torch.log_softmax(out.logits[rows, last].float(), dim=-1))
+                hidden.append(model.transformer.ln_f(out.residuals[-1][rows, last]).float())
+                layers.append(out.cache.layers)
+                masks.append(mask)
+        self.cache = KVCache([tuple(torch.cat([c[n][m] for c in layers]) for m in (0, 1))
+                              for n in range(model.config.n_layer)], torch.cat(masks))
+        self.last_logp, self.last_hidden = torch.cat(logp), torch.cat(hidden)  # (N, V), (N, C)
+
+    @torch.no_grad()
+    def score(self, continuations: Sequence[str],
+              stopped: Sequence[bool] | None = None) -> JudgeScores:
+        """`Judge.score(prompts, continuations, stopped)`, one continuation per prompt."""
+        if len(continuations) != len(self.prompts):
+            raise ValueError("one prompt per continuation")
+        stopped = [False] * len(self.prompts) if stopped is None else list(stopped)
+        judge, tok = self.judge, self.judge.tokenizer
+        model, block = judge.model, judge.model.config.block_size
+        tails = [tok.encode(c, eos=bool(s)) for c, s in zip(continuations, stopped,
+                                                            strict=True)]
+        n = len(tails)
+        nll, count = torch.zeros(n), torch.zeros(n, dtype=torch.long)
+        feats = torch.zeros(n, model.config.n_embd)
+        fits = [self.slot[i] >= 0 and len(self.ids[i]) + len(tails[i]) - 1 <= block
+                for i in range(n)]
+        whole = [i for i in range(n) if not fits[i]]
+        if whole:
+            s = judge.score([self.prompts[i] for i in whole], [continuations[i] for i in whole],
+                            [stopped[i] for i in whole], self.batch_rows)
+            nll[whole], count[whole], feats[whole] = s.nll, s.tokens, s.features
+        # longest first: rows of a batch of similar length (less padding)
+        cached = sorted((i for i in range(n) if fits[i]), key=lambda i: -len(tails[i]))
+        for start in range(0, len(cached), self.batch_rows):
+            chunk = cached[start:start + self.batch_rows]
+            slots = torch.tensor([self.slot[i] for i in chunk])
+            first = torch.tensor([tails[i][0] if tails[i] else 0 for i in chunk])
+            has = torch.tensor([len(tails[i]) > 0 for i in chunk])
+            lp = self.last_logp[slots].gather(1, first[:, None]).squeeze(1)  # (B,)
+            total = -(lp * has)
+            pooled = self.last_hidden[slots].clone()  # (B, C)
+            width = max(len(tails[i]) for i in chunk) - 1  # continuation tokens read
+            if width > 0:
+                ids = torch.full((len(chunk), width + 1), tok.pad_id, dtype=torch.long)
+                for j, i in enumerate(chunk):
+                    ids[j, :len(tails[i])] = torch.tensor(tails[i])
+                read = torch.arange(width)[None, :] < torch.tensor(
+                    [len(tails[i]) - 1 for i in chunk])[:, None]  # (B, T) at t: t + 1 scored
+                cache = self.cache.select(slots, room=width)
+                out = model.forward_step(ids[:, :width], cache=cache,
+                                         attention_mask=torch.cat((cache.mask, read), dim=1))
+                logp = torch.log_softmax(out.logits.float(), dim=-1)
+                target_lp = logp.gather(2, ids[:, 1:, None]).squeeze(2)
+                total = total - (target_lp * read).sum(1)
+                hidden = model.transformer.ln_f(out.residuals[-1]).float()  # (B, T, C)
+                pooled = pooled + (hidden * read[..., None]).sum(1)
+            idx = torch.tensor(chunk)
+            count[idx] = torch.tensor([len(tails[i]) for i in chunk])
+            nll[idx] = total
+            feats[idx] = pooled / count[idx].clamp(min=1)[:, None]
+        return JudgeScores(nll, count, feats)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neural import GPT, GPTConfig, TrainConfig
@@ -140,6 +140,56 @@ def test_judge_keeps_the_last_block_of_long_rows():
     assert s.tokens.tolist() == [10]
     s = judge.score(["p"], ["q" * 40])
     assert s.tokens.tolist() == [24]  # the model reads 24 tokens, each predicting a byte
+
+
+def sharp_judge(positions: str):
+    """A 2-layer judge of block 24 with weights large enough that positions and every
+    earlier token move its reading."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=24, n_layer=2, n_head=2, n_embd=8, positions=positions))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    return Judge(model)
+
+
+ROW = st.tuples(st.text(alphabet="ab \n\u00e9", max_size=30),  # prompt: some past the block
+                st.text(alphabet="ab \n\u00e9", max_size=30),  # continuation
+                st.booleans())  # stopped
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+@settings(max_examples=50)  # each example reads its rows three times
+@given(rows=st.lists(ROW, min_size=1, max_size=9), batch_rows=st.integers(1, 4))
+def test_reader_reads_as_score_does(positions, rows, batch_rows):
+    """`Judge.reader(prompts).score` (each prompt read once, continuations read after its
+    cache) equals `Judge.score` (each row read whole) to float rounding: rows that fit the
+    block and rows cut to it (prompts longer than the block, continuations that push the
+    start of the prompt out), stopped or not, empty continuations, any batching."""
+    judge = sharp_judge(positions)
+    prompts, conts, stopped = (list(x) for x in zip(*rows, strict=True))
+    want = judge.score(prompts, conts, stopped, batch_rows)
+    reader = judge.reader(prompts, batch_rows)
+    for _ in range(2):  # the cache is left as it was by a reading
+        got = reader.score(conts, stopped)
+        assert torch.equal(got.tokens, want.tokens)
+        assert got.nll.tolist() == pytest.approx(want.nll.tolist(), rel=1e-5, abs=1e-6)
+        assert torch.allclose(got.features, want.features, rtol=0, atol=1e-5)
+
+
+def test_reader_uses_its_cache_where_rows_fit():
+    """Rows that fit the block are read after the prompt's cache (so a cache altered on
+    purpose changes their reading); a row cut to the block is read whole (unchanged)."""
+    judge = sharp_judge("rope")  # block 24
+    prompts, conts = ["ab a", "b" * 10], ["ba b", "a" * 20]  # 5 + 4 - 1 fits; 11 + 20 - 1 not
+    reader = judge.reader(prompts)
+    want = reader.score(conts)
+    reader.cache.layers = [(k + 1.0, v) for k, v in reader.cache.layers]
+    got = reader.score(conts)
+    assert float(got.nll[0]) != pytest.approx(float(want.nll[0]), rel=1e-3)
+    assert float(got.nll[1]) == float(want.nll[1])
+    with pytest.raises(ValueError, match="one prompt per continuation"):
+        reader.score(conts[:1])
 
 
 def test_judge_is_cached_by_data_and_settings(tmp_path):
