@@ -416,7 +416,7 @@ class PromptReader:
             has = torch.tensor([len(tails[i]) > 0 for i in chunk])
             lp = self.last_logp[slots].gather(1, first[:, None]).squeeze(1)  # (B,)
             total = -(lp * has)
-            pooled = self.last_hidden[slots].clone()  # (B, C)
+            pooled = self.last_hidden[slots]  # (B, C)
             width = max(len(tails[i]) for i in chunk) - 1  # continuation tokens read
             if width > 0:
                 ids = torch.full((len(chunk), width + 1), tok.pad_id, dtype=torch.long)
