@@ -356,12 +356,8 @@ class PromptReader:
         self.prompts = list(prompts)
         tok, model = judge.tokenizer, judge.model
         self.ids = [tok.encode(p, bos=True) for p in self.prompts]
-        block = model.config.block_size
-        # each prompt's row in the cache; -1: longer than a block, never cached
-        self.slot = [-1] * len(self.ids)
-        cached = [i for i, r in enumerate(self.ids) if len(r) <= block]
-        for k, i in enumerate(cached):
-            self.slot[i] = k
+        cached = [i for i, r in enumerate(self.ids) if len(r) <= model.config.block_size]
+        self.slot = {i: k for k, i in enumerate(cached)}  # prompt -> its row in the cache
         self.cache, self.last_logp, self.last_hidden = None, None, None
         if not cached:
             return
@@ -400,7 +396,7 @@ class PromptReader:
         n = len(tails)
         nll, count = torch.zeros(n), torch.zeros(n, dtype=torch.long)
         feats = torch.zeros(n, model.config.n_embd)
-        fits = [self.slot[i] >= 0 and len(self.ids[i]) + len(tails[i]) - 1 <= block
+        fits = [i in self.slot and len(self.ids[i]) + len(tails[i]) - 1 <= block
                 for i in range(n)]
         whole = [i for i in range(n) if not fits[i]]
         if whole:
