@@ -14,10 +14,10 @@ and nucleus 0.95) on 1,024 / 64 more (`text.race_prompts`); the table on 128 / 3
 prompts, intervals from 200 / 50 random halves of them (MAUVE: the mean over 5 k-means
 quantizations, on 50 halves); the last line's pair on 1,024 / 32 test prompts; scoring cost
 at 32 programs x 128 / 32 prompts. `--set KEY=VALUE` passes any other setting to the runs.
-`--out DIR` keeps the runs, and each seed's choices and continuations (OUT/seed-K-
-rows.json); a later call with the same DIR reuses the finished runs (their final choice made
-again where the settings of the choice changed) and the continuations, so seeds can run in
-parallel processes (`--seeds K`) and one last call with all the seeds pools them.
+`--out DIR` keeps the runs, and each seed's choices and continuations
+(OUT/seed-K-rows.json); a later call with the same DIR reuses the finished runs (their final
+choice made again where the settings of the choice changed) and the continuations, so seeds
+can run in parallel processes (`--seeds K`) and one last call with all the seeds pools them.
 
 Per run seed: an evolution run on the `shakespeare` task without co-training
 (`loop.program_lambda = 0`) and one with it (the same pre-trained model, copied after
