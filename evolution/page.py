@@ -250,11 +250,7 @@ def _samples(run, champion) -> list[str]:
     """The champion beside greedy on the first valid prompts (same draws as its score)."""
     examples = run._examples("valid")[:SAMPLES]
     tok = run.tokenizer
-    prompts = [tok.encode(e.input, bos=True) for e in examples]
-    decoded = engine_dsl.decode(run.model, [champion.body, GREEDY], prompts,
-                                seed=run.evaluation_seed(), max_new_tokens=run.answer_cap(),
-                                stop_token=tok.eos_id, pad_token=tok.pad_id,
-                                breakers=run.breakers, answer_key=run.answer_key)
+    decoded = run.decode([champion.body, GREEDY], examples, run.evaluation_seed())
 
     def cell(text: str) -> str:
         """The whole text and, where the task extracts a final answer from it, that answer."""

@@ -164,11 +164,7 @@ def side_by_side(run, champion: Definition) -> list[str]:
                                                                            Type.DECODER),
                 f"champion {champion.name}": champion.body}
     tok = run.tokenizer
-    decoded = engine_dsl.decode(run.model, list(programs.values()),
-                                [tok.encode(example.input, bos=True)],
-                                seed=run.evaluation_seed(), max_new_tokens=run.answer_cap(),
-                                stop_token=tok.eos_id, pad_token=tok.pad_id,
-                                breakers=run.breakers)
+    decoded = run.decode(list(programs.values()), [example], run.evaluation_seed())
     columns = {name: tok.decode(ans[0].tokens) for name, ans in zip(programs, decoded,
                                                                      strict=True)}
     columns["human"] = example.output
