@@ -222,6 +222,9 @@ class RunDir:
                 format(sel["prompts"], "d")
                 format(sel["candidates"], "d")
                 str(sel["rule"])
+                if sel.get("race") is not None:
+                    format(sel["race"]["prompts"], "d")
+                    format(sel["race"]["programs"], "d")
             for x in rep.get("samples") or []:
                 for key in ("prompt", "reference", "reference_answer", "champion",
                             "champion_answer", "greedy", "greedy_answer"):

@@ -144,9 +144,16 @@ def report_lines(rep: dict) -> list[str]:
     if sel is not None and sel.get("valid") is not None:
         lines.append(f"champion chosen by the {sel['rule']} rule among {sel['candidates']} "
                      f"programs (final front, seeds and {sel.get('reference', 'greedy')}) on "
-                     f"{sel['prompts']} fresh valid prompts: valid {sel['valid']:.3f}, test "
+                     f"{sel['prompts']} fresh valid prompts{_race(sel)}: valid "
+                     f"{sel['valid']:.3f}, test "
                      f"{sel['test']:.3f}, valid-to-test gap {sel['gap']:+.3f}")
     return lines
+
+
+def _race(selection: dict) -> str:
+    """The second stage of a text selection, as report lines say it ("" where none ran)."""
+    race = selection.get("race")
+    return (f", then {race['programs']} of them on {race['prompts']} more" if race else "")
 
 
 SHOW_WIDTH = 30  # characters per column of `side_by_side`

@@ -103,6 +103,9 @@ def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, te
     assert sel["rule"].startswith("one-standard-error")
     # then a race: the candidates close to the best (and nucleus 0.95) on more fresh prompts
     assert sel["race"]["prompts"] > 0 and 1 <= sel["race"]["programs"] <= 5
+    shown = cli("show", tmp_path / "run", check=0).stdout
+    assert (f"fresh valid prompts, then {sel['race']['programs']} of them on "
+            f"{sel['race']['prompts']} more: valid {sel['valid']:.3f}") in shown
     assert vs["diff"] == pytest.approx(programs["champion"]["test"]["score"]
                                        - programs["nucleus 0.95"]["test"]["score"])
     assert vs["low"] <= vs["diff"] <= vs["high"]
