@@ -367,16 +367,18 @@ def cost_programs(programs: int) -> list[str]:
 
 def scoring_cost(run, scorer_examples, programs: int, prompts: int, seed: int):
     """Seconds to generate `programs` x `prompts` continuations (one batched decode) and to
-    score them (judge read + objective of each program)."""
+    score them (the scorer built: its prompts and the human continuations read; then the
+    judge's reading and the objective of each program)."""
     examples = scorer_examples[:prompts]
-    scorer = TextScorer(run.judge, [e.input for e in examples], [e.output for e in examples],
-                        run.cfg.text.objective)
+    judge = run.judge  # loaded (or trained) outside the timing
     grid = cost_programs(programs)
     exprs = [engine_dsl.read_expr(g, Type.DECODER) for g in grid]
     tok = run.tokenizer
     t0 = time.perf_counter()
     decoded = run.decode(exprs, examples, seed)
     t1 = time.perf_counter()
+    scorer = TextScorer(judge, [e.input for e in examples], [e.output for e in examples],
+                        run.cfg.text.objective)
     for ans in decoded:
         scorer.score(scorer.read([tok.decode(a.tokens) for a in ans],
                                  [a.stopped for a in ans]))
