@@ -91,6 +91,14 @@ def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, te
         assert run.task.kind == "text" and isinstance(run.trainer.data, TextCorpus)
         assert run.answer_cap() == 12  # the continuation's bytes; no stop token
         report = run.run()
+        # the race's prompts: valid prompts after those of every generation and the first
+        # stage, none twice; none where text.race_prompts = 0
+        fresh, race = run.fresh_examples(), run.race_examples()
+        seen = run.task.split("valid")[:cfg.loop.valid_prompts] + fresh
+        assert race and not {id(e) for e in race} & {id(e) for e in seen}
+        assert run.task.split("valid")[:len(seen) + len(race)] == seen + race
+        run.cfg.text.race_prompts = 0
+        assert run.race_examples() == []
     finally:
         run.close()
     programs = report["programs"]
@@ -102,7 +110,7 @@ def test_a_text_run_trains_on_running_text_and_scores_continuations(tmp_path, te
     assert sel["reference"] == "nucleus 0.95" and sel["prompts"] > 0 and sel["candidates"] >= 2
     assert sel["rule"].startswith("one-standard-error")
     # then a race: the candidates close to the best (and nucleus 0.95) on more fresh prompts
-    assert sel["race"]["prompts"] > 0 and 1 <= sel["race"]["programs"] <= 5
+    assert sel["race"]["prompts"] == len(race) and 1 <= sel["race"]["programs"] <= 5
     shown = cli("show", tmp_path / "run", check=0).stdout
     assert (f"fresh valid prompts, then {sel['race']['programs']} of them on "
             f"{sel['race']['prompts']} more: valid {sel['valid']:.3f}") in shown
