@@ -134,25 +134,14 @@ def one_standard_error_choice(row_scores: list, complexity: list, se_multiple: f
     return within_noise(means, errors, complexity, se_multiple, tolerance)
 
 
-def resampled_one_standard_error_choice(values: list, resampled: list, complexity: list,
-                                        scale: float = 1.0, se_multiple: float = 1.0,
-                                        tolerance: float = 0.0) -> int:
-    """The same rule for a statistic of all rows that is no mean of per-row scores (MAUVE, a
-    pooled perplexity gap): `values[i]` is candidate i's statistic, `resampled[i][b]` its
-    statistic on resample b of the rows (the same resamples for every candidate, so the
-    differences are paired), and the standard error of a candidate's gap to the best is the
-    standard deviation of the resampled gaps times `scale` (`report.half_sample_scale` for
-    halves of the rows, 1 for a bootstrap)."""
-    if len(values) != len(complexity):
-        raise ValueError("one value, one resampled sequence and one complexity per candidate")
-    errors = resampled_gap_errors(values, resampled, scale)
-    return within_noise(values, errors, complexity, se_multiple, tolerance)
-
-
 def resampled_gap_errors(values: list, resampled: list, scale: float = 1.0) -> list[float]:
-    """The standard error of each candidate's gap to the best value (0 for the best): the
-    standard deviation of its resampled gaps times `scale` (see
-    `resampled_one_standard_error_choice`)."""
+    """For a statistic of all rows that is no mean of per-row scores (MAUVE, a pooled
+    perplexity gap), the standard error of each candidate's gap to the best value (0 for the
+    best), the errors `within_noise` (the one-standard-error rule) and `race_survivors`
+    take: `values[i]` is candidate i's statistic, `resampled[i][b]` its statistic on
+    resample b of the rows (the same resamples for every candidate, so the differences are
+    paired), and the error is the standard deviation of the resampled gaps times `scale`
+    (`report.half_sample_scale` for halves of the rows, 1 for a bootstrap)."""
     if not values or len(values) != len(resampled):
         raise ValueError("one resampled sequence per value")
     b = len(resampled[0])

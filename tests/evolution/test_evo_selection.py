@@ -6,8 +6,15 @@ import pytest
 from evolution.selection import (
     one_standard_error_choice,
     race_survivors,
-    resampled_one_standard_error_choice,
+    resampled_gap_errors,
+    within_noise,
 )
+
+
+def resampled_one_standard_error_choice(values, resampled, complexity, scale=1.0):
+    """The text selection's rule (`CoEvolution.choose_on_fresh`): `within_noise` over the
+    errors of `resampled_gap_errors`."""
+    return within_noise(values, resampled_gap_errors(values, resampled, scale), complexity)
 
 
 def test_simplest_within_one_standard_error_is_chosen():
