@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     examples = run.task.test[:args.prompts]
     prompts = [e.input for e in examples]
     judge = run.judge
-    scorer = TextScorer(judge, prompts, [e.output for e in examples], run.cfg.text.objective)
+    scorer = TextScorer.of(judge, examples, run.cfg.text.objective)
     scorer.score(scorer.human)  # the objective's imports (mauve-text, faiss) before timing
     exprs = [engine_dsl.read_expr(s, Type.DECODER) for s in cost_programs(args.programs)]
     start = clock()

@@ -377,8 +377,7 @@ def scoring_cost(run, scorer_examples, programs: int, prompts: int, seed: int):
     t0 = time.perf_counter()
     decoded = run.decode(exprs, examples, seed)
     t1 = time.perf_counter()
-    scorer = TextScorer(judge, [e.input for e in examples], [e.output for e in examples],
-                        run.cfg.text.objective)
+    scorer = TextScorer.of(judge, examples, run.cfg.text.objective)
     for ans in decoded:
         scorer.score(scorer.read([tok.decode(a.tokens) for a in ans],
                                  [a.stopped for a in ans]))
@@ -465,15 +464,13 @@ def main(argv=None) -> int:
         programs_by_seed[seed], chosen[seed] = done["programs"], done["chosen"]
         cost = cost or done.get("cost")
         examples = plain.task.test[:args.test_prompts]
-        scorer = TextScorer(plain.judge, [e.input for e in examples],
-                            [e.output for e in examples], plain.cfg.text.objective)
+        scorer = TextScorer.of(plain.judge, examples, plain.cfg.text.objective)
         written = {row: scorer.read(*texts) for row, texts in done["rows"].items()}
         written[HUMAN] = scorer.human
         measured[seed] = {r: Measured(w, scorer.human, args.self_bleu_texts)
                           for r, w in written.items()}
         wide = plain.task.test[:args.headline_prompts]
-        wide_scorer = TextScorer(plain.judge, [e.input for e in wide],
-                                 [e.output for e in wide], "mauve")
+        wide_scorer = TextScorer.of(plain.judge, wide, "mauve")
         pairs[seed] = (wide_scorer, *(wide_scorer.read(*done["pair"][r])
                                       for r in (CHAMPION, TUNED)))
         if reused and seed != args.seeds[-1]:

@@ -102,8 +102,7 @@ def main(argv=None) -> int:
         ev = run._text_evaluator(examples, seed=1000 + draw)
         written = {name: w for name, (w, _) in zip(PROGRAMS, ev.write(exprs), strict=True)}
         for objective in ("mauve",) if args.quantizations else ("mauve", "human"):
-            scorer = TextScorer(run.judge, [e.input for e in examples],
-                                [e.output for e in examples], objective)
+            scorer = TextScorer.of(run.judge, examples, objective)
             if args.quantizations:
                 quantizations(scorer, written, min(args.halves, 40))
                 continue

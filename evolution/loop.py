@@ -664,8 +664,7 @@ class CoEvolution:
     def _text_evaluator(self, examples: list[Example], seed: int) -> TextEvaluator:
         """Scores from each program's continuations of the examples' prompts, measured
         against their human continuations by the judge (`text_scoring`)."""
-        scorer = TextScorer(self.judge, [e.input for e in examples],
-                            [e.output for e in examples], self.cfg.text.objective)
+        scorer = TextScorer.of(self.judge, examples, self.cfg.text.objective)
         prompts = self._prompts(examples)
         return TextEvaluator(self.model, scorer, prompts, self.tokenizer.decode, seed=seed,
                              **self._decode_options(prompts))
@@ -1099,8 +1098,7 @@ class CoEvolution:
         from .selection import resampled_gap_errors
 
         examples = [e for b in blocks for e in b]
-        scorer = TextScorer(self.judge, [e.input for e in examples],
-                            [e.output for e in examples], self.cfg.text.objective)
+        scorer = TextScorer.of(self.judge, examples, self.cfg.text.objective)
         texts, stopped = [[] for _ in exprs], [[] for _ in exprs]
         for j, block in enumerate(blocks):
             for p, ans in enumerate(self.decode(exprs, block, seed + j)):

@@ -87,6 +87,12 @@ class TextScorer:
         self.reader = judge.reader(self.prompts)  # each prompt read once, for every read
         self.human = self.read(self.references, [False] * len(self.references))
 
+    @classmethod
+    def of(cls, judge: Judge, examples, objective: str = "human") -> TextScorer:
+        """The scorer of continuation examples: their prompts (`input`) against their human
+        continuations (`output`)."""
+        return cls(judge, [e.input for e in examples], [e.output for e in examples], objective)
+
     def read(self, texts: Sequence[str], stopped: Sequence[bool]) -> Written:
         """The judge's reading of continuations of the scorer's prompts."""
         return Written(list(texts), list(stopped), self.reader.score(texts, stopped))
@@ -189,8 +195,7 @@ def text_reward(judge: Judge, objective: str = "human"):
     against the human continuations of the same examples."""
 
     def reward(examples, texts, stopped) -> list[float]:
-        scorer = TextScorer(judge, [e.input for e in examples], [e.output for e in examples],
-                            objective)
+        scorer = TextScorer.of(judge, examples, objective)
         return scorer.rewards(scorer.read(texts, stopped)).tolist()
 
     return reward
