@@ -305,8 +305,9 @@ class CoEvolution:
                 t, works = self.cfg.task, sum(map(len, self.task.works.values()))
                 raise DataError(f"too little text for a {name} split: the file is cut at line "
                                 f"ends into sections of {SECTION_BYTES} bytes or more (it gave "
-                                f"{works}), each hashed into train, valid or test, and a split "
-                                f"needs a section holding a prompt and its continuation "
+                                f"{works}), each hashed into train or held out and a "
+                                f"held-out one into valid or test, and a split needs a "
+                                f"section holding a prompt and its continuation "
                                 f"(task.prompt_bytes + task.continuation_bytes = "
                                 f"{t.prompt_bytes + t.continuation_bytes}); give it more lines",
                                 self.task.name.removeprefix("text:"))

@@ -25,9 +25,15 @@ content hash (sha256 of input and output), so it is the same on every machine an
 seed, and an example never moves between splits when the data set grows.
 
 Text tasks (kind "text", continuation examples) are split by whole works instead: the sha256
-of a work's text decides its split, so valid and test prompts come from works the model never
-trained on. A work is a Shakespeare play or poem (`neural.corpus`), or a section of a user's
-file (whole lines, at least `SECTION_BYTES`). Examples are consecutive, non-overlapping
+of a work's text decides whether it is trained on (`SPLIT_FRACTIONS[0]`) or held out, so valid
+and test prompts come from works the model never trained on. A held-out work is cut into
+sections of whole lines (at least `SECTION_BYTES`), each hashed into valid or test (other bits
+of its sha256, in the proportion of the valid and test fractions): valid and test are disjoint
+passages of the same held-out works, so a choice made on valid prompts is made for the works
+test measures (a split of the held-out works themselves gave valid 3 Shakespeare works and
+test 4 others, and which decoder writes most like people changed between them). A work is a
+Shakespeare play or poem (`neural.corpus`), or a section of a user's file (whole lines, at
+least `SECTION_BYTES`; held out, it stays one section). Examples are consecutive, non-overlapping
 windows of a work: the prompt starts at a word and ends at the end of the last word that fits
 in `prompt_bytes`; the reference is the next `continuation_bytes` bytes (fewer only to end on
 a whole character; no EOS: the text goes on). Each split's examples are in a fixed shuffled
@@ -414,11 +420,19 @@ def continuations(text: str, prompt_bytes: int, continuation_bytes: int) -> list
 
 def split_works(name: str, works: Sequence[str], prompt_bytes: int,
                 continuation_bytes: int) -> Task:
-    """A text task: each work hashed into its split (sha256 of its text), its continuation
-    examples in that split, each split's examples in a fixed shuffled order."""
+    """A text task: each work hashed into train or held out (the first 8 bytes of the sha256
+    of its text), a held-out work's sections (`text_sections`) each hashed into valid or test
+    (the next 8 bytes of theirs); the continuation examples of each split's texts, in a fixed
+    shuffled order."""
+    held_out = (0.0, SPLIT_FRACTIONS[1] / (SPLIT_FRACTIONS[1] + SPLIT_FRACTIONS[2]))
     texts: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
     for text in works:
-        texts[_split_of_digest(hashlib.sha256(text.encode("utf-8")).digest())].append(text)
+        if _split_of_digest(hashlib.sha256(text.encode("utf-8")).digest()) == "train":
+            texts["train"].append(text)
+            continue
+        for section in text_sections(text):
+            digest = hashlib.sha256(section.encode("utf-8")).digest()
+            texts[_split_of_digest(digest[8:], held_out)].append(section)
     parts = {}
     for split, group in texts.items():
         examples = [ex for t in group for ex in continuations(t, prompt_bytes,

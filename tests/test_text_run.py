@@ -70,7 +70,7 @@ def text_file(tmp_path):
     path = tmp_path / "story.txt"
     path.write_text("".join(f"On day {i} the {['red', 'old', 'tall'][i % 3]} ship sailed "
                             f"to the {['north', 'east'][i % 2]} harbour.\n"
-                            for i in range(1500)))
+                            for i in range(3000)))
     return path
 
 

