@@ -6,8 +6,9 @@ on a CPU in about 3 minutes to a validation loss of 1.88 nats per character. Goa
 within 3 minutes on 2 cores, with the shakespeare task's default model and training
 settings (`evolution.settings`: the defaults plus `TEXT_DEFAULTS`; flags override them).
 
-Reports the curve (train loss, held-out loss on the valid works, training seconds, per step)
-and, at the end, the held-out loss on the valid and the test works, beside a baseline taken
+Reports the curve (train loss, held-out loss on the valid split, training seconds, per step)
+and, at the end, the held-out loss on the valid and the test split (disjoint passages of the
+works held out from training, `neural.tasks`), beside a baseline taken
 in the same run: the unigram loss (the train works' byte frequencies, add-one smoothed).
 The machine's load average is printed with the figures (a shared machine slows training).
 
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     met = result["valid_works_loss"] <= GOAL and seconds <= 180
     print(json.dumps(result))
     print(f"shakespeare model: {result['valid_works_loss']:.3f} nats/byte on held-out works "
-          f"(test works {result['test_works_loss']:.3f}; unigram "
+          f"(the valid split; test split {result['test_works_loss']:.3f}; unigram "
           f"{result['unigram_valid_loss']:.3f}) after {train_s:.0f} s ({cpu_s:.0f} CPU s) on "
           f"{args.threads} threads: goal <= {GOAL} within 180 s "
           f"{'met' if met else 'MISSED'}")

@@ -1,7 +1,7 @@
 """Diagnosis: why the shakespeare model sat near 2.5 nats per byte (issue 12, docs/BENCHMARKS.md).
 
 Trains on the shakespeare task's train works, one torch thread, and prints the held-out loss
-on the valid works every `--every` steps: on 300 evenly spaced windows of 64 bytes (the
+on the valid split every `--every` steps: on 300 evenly spaced windows of 64 bytes (the
 model's first 64 positions, comparable across window lengths) and, when the model's
 position table holds 192, on 100 windows of 192 bytes. Two loops over the same data:
 

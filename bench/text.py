@@ -29,7 +29,8 @@ the run's final selection (`CoEvolution.select_champion`: the last front, the se
 and nucleus 0.95 on fresh valid prompts with fresh draws, the one-standard-error rule on
 size, and the race on more prompts) for the champion; as many of Optuna's best trials, with
 nucleus 0.95, through the same rule (`CoEvolution.choose_on_fresh`) for the tuned nucleus.
-Then every decoder continues the same test prompts (works no model or selection saw) with
+Then every decoder continues the same test prompts (passages of works no model trained on,
+that no selection saw) with
 the same draws, and the frozen judge reads the continuations.
 Rows: greedy, pure sampling, top-k 40, nucleus 0.95, typical 0.95, min-p 0.1, the newer
 samplers (top-n-sigma, eta, mirostat, XTC, DRY), the tuned nucleus, the evolved champion

@@ -37,7 +37,7 @@ least `SECTION_BYTES`; held out, it stays one section). Examples are consecutive
 windows of a work: the prompt starts at a word and ends at the end of the last word that fits
 in `prompt_bytes`; the reference is the next `continuation_bytes` bytes (fewer only to end on
 a whole character; no EOS: the text goes on). Each split's examples are in a fixed shuffled
-order, so the first valid prompts spread over the valid works. The model trains on the whole
+order, so the first valid prompts spread over the held-out works. The model trains on the whole
 text of the train works (`TextCorpus`: random windows), not on the examples.
 
 Token layout of one training row: `BOS prompt answer EOS`, then PAD. Training batches are
