@@ -524,7 +524,7 @@ def report(args, table, head, programs_by_seed, chosen, cost, elapsed) -> str:
              f"those within 2 standard errors of the best (at most 4, and nucleus 0.95) on "
              f"{args.race_prompts} more (the one-standard-error rule on the same objective, "
              f"nucleus 0.95 a candidate of both); the table on {args.test_prompts} test "
-             f"prompts (held-out works), the mean "
+             f"prompts (passages of the held-out works valid does not hold), the mean "
              f"over run seeds with a 95% interval over prompts ({args.bootstrap} random halves "
              f"of them, the same for every row; MAUVE the mean over {MAUVE_SEEDS} k-means "
              f"quantizations, on the first {MAUVE_RESAMPLES} halves); the last line's pair on "
