@@ -30,15 +30,14 @@ and test prompts come from works the model never trained on. A held-out work is 
 sections of whole lines (at least `SECTION_BYTES`), each hashed into valid or test (other bits
 of its sha256, in the proportion of the valid and test fractions): valid and test are disjoint
 passages of the same held-out works, so a choice made on valid prompts is made for the works
-test measures (a split of the held-out works themselves gave valid 3 Shakespeare works and
-test 4 others, and which decoder writes most like people changed between them). A work is a
-Shakespeare play or poem (`neural.corpus`), or a section of a user's file (whole lines, at
-least `SECTION_BYTES`; held out, it stays one section). Examples are consecutive, non-overlapping
-windows of a work: the prompt starts at a word and ends at the end of the last word that fits
-in `prompt_bytes`; the reference is the next `continuation_bytes` bytes (fewer only to end on
-a whole character; no EOS: the text goes on). Each split's examples are in a fixed shuffled
-order, so the first valid prompts spread over the held-out works. The model trains on the whole
-text of the train works (`TextCorpus`: random windows), not on the examples.
+test measures. A work is a Shakespeare play or poem (`neural.corpus`), or a section of a
+user's file (whole lines, at least `SECTION_BYTES`; held out, it stays one section).
+Examples are consecutive, non-overlapping windows of a work: the prompt starts at a word and
+ends at the end of the last word that fits in `prompt_bytes`; the reference is the next
+`continuation_bytes` bytes (fewer only to end on a whole character; no EOS: the text goes on).
+Each split's examples are in a fixed shuffled order, so the first valid prompts spread over the
+held-out works. The model trains on the whole text of the train works (`TextCorpus`: random
+windows), not on the examples.
 
 Token layout of one training row: `BOS prompt answer EOS`, then PAD. Training batches are
 right-padded (causal attention never looks at later positions, so no mask is needed);
