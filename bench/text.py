@@ -30,8 +30,7 @@ and nucleus 0.95 on fresh valid prompts with fresh draws, the one-standard-error
 size, and the race on more prompts) for the champion; as many of Optuna's best trials, with
 nucleus 0.95, through the same rule (`CoEvolution.choose_on_fresh`) for the tuned nucleus.
 Then every decoder continues the same test prompts (passages of works no model trained on,
-that no selection saw) with
-the same draws, and the frozen judge reads the continuations.
+that no selection saw) with the same draws, and the frozen judge reads the continuations.
 Rows: greedy, pure sampling, top-k 40, nucleus 0.95, typical 0.95, min-p 0.1, the newer
 samplers (top-n-sigma, eta, mirostat, XTC, DRY), the tuned nucleus, the evolved champion
 without and with co-training, and the human continuations. Columns: judge perplexity
@@ -524,7 +523,7 @@ def report(args, table, head, programs_by_seed, chosen, cost, elapsed) -> str:
              f"those within 2 standard errors of the best (at most 4, and nucleus 0.95) on "
              f"{args.race_prompts} more (the one-standard-error rule on the same objective, "
              f"nucleus 0.95 a candidate of both); the table on {args.test_prompts} test "
-             f"prompts (passages of the held-out works valid does not hold), the mean "
+             f"prompts (passages of the held-out works that no selection saw), the mean "
              f"over run seeds with a 95% interval over prompts ({args.bootstrap} random halves "
              f"of them, the same for every row; MAUVE the mean over {MAUVE_SEEDS} k-means "
              f"quantizations, on the first {MAUVE_RESAMPLES} halves); the last line's pair on "
