@@ -144,6 +144,35 @@ def test_a_damaged_earlier_log_line_is_named(run):
     assert f"{run / 'log.jsonl'}:1: not a log entry" in cli("show", run, check=1).stderr
 
 
+def _edit_log_line(run, k, change):
+    lines = (run / "log.jsonl").read_text().splitlines()
+    entry = json.loads(lines[k])
+    change(entry)
+    lines[k] = json.dumps(entry)
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("change", [lambda e: e.pop("valid"),
+                                    lambda e: e["champion"].update(size="two"),
+                                    lambda e: e.update(front=[{"cost": 1.0}])])
+def test_an_earlier_log_line_without_what_is_read_of_it_is_named(run, change):
+    """A line of JSON that lacks a key show, lineage or the plots read (or has it ill-typed)
+    is as damaged as one that is not JSON: named, not an internal error."""
+    _edit_log_line(run, 0, change)
+    expected = (f"error: {run / 'log.jsonl'}:1: not a log entry (damaged); remove the file's "
+                "lines from here on and resume to write them again")
+    assert cli("show", run, check=1).stderr.strip() == expected
+    assert cli("lineage", run, check=1).stderr.strip() == expected
+
+
+def test_a_last_log_line_without_what_is_read_of_it_is_repaired_on_resume(run):
+    whole = (run / "log.jsonl").read_bytes()
+    _edit_log_line(run, -1, lambda e: e["champion"].pop("id"))
+    assert "2 of 3 generations done" in cli("show", run, check=0).stdout
+    cli("evolve", "--resume", run, check=0)
+    assert (run / "log.jsonl").read_bytes() == whole
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda r: (r / "checkpoint" / "latest.json").write_text('{"checkpoint": "../../x"}'),
      "names '../../x', not a checkpoint of this run"),
