@@ -174,6 +174,7 @@ def _load_model(directory, tokenizer, device="cpu"):
     config_path = os.path.join(directory, MODEL_CONFIG)
     try:
         config = GPTConfig.from_dict(config_d)
+        config.check()
         model = GPT(config)
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
         raise CheckpointError(f"{config_path}: not a model configuration ({e}); the file is "

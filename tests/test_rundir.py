@@ -205,6 +205,14 @@ def test_damaged_checkpoint_files_are_named_on_resume(run, damage, message):
      "do not have the shapes config.json gives"),
     (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(n_head=5)),
      "not a model configuration"),
+    # checked before a model is built: no division by zero, no torch error, no allocation
+    (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(n_head=0)),
+     "config.json: not a model configuration (n_head must be an integer in [1, 256], found "
+     "0); the file is damaged"),
+    (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(dropout=float("nan"))),
+     "(dropout must be a number in [0, 1), found nan)"),
+    (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(block_size=10**11)),
+     "(block_size must be an integer in [1, 65536], found 100000000000)"),
 ])
 def test_a_damaged_model_is_named_by_eval(run, damage, message):
     damage(run)
