@@ -22,6 +22,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -69,11 +70,18 @@ class RunState:
             if not isinstance(data[key], kind) or isinstance(data[key], bool):
                 raise RunError(f"{where}: '{key}' has the wrong type; the checkpoint is damaged")
         rng = data["rng"]
-        if not (len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list)
+        state = None
+        if (len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list)
                 and all(isinstance(x, int) for x in rng[1])
                 and (rng[2] is None or isinstance(rng[2], float))):
+            state = (rng[0], tuple(rng[1]), rng[2])
+            try:  # the right version, 625 words in range: what random.setstate takes
+                random.Random().setstate(state)
+            except (ValueError, TypeError, OverflowError):
+                state = None
+        if state is None:
             raise RunError(f"{where}: 'rng' is not a random state; the checkpoint is damaged")
-        return cls(**{k: data[k] for k in types} | {"rng": (rng[0], tuple(rng[1]), rng[2])})
+        return cls(**{k: data[k] for k in types} | {"rng": state})
 
 
 def _is_log_entry(entry) -> bool:

@@ -40,8 +40,9 @@ def snapshot(run) -> dict:
 states = st.builds(
     RunState, next_generation=st.integers(0, 10**6), log_lines=st.integers(0, 10**6),
     difficulty=st.none() | st.integers(1, 32),
-    rng=st.tuples(st.just(3), st.lists(st.integers(0, 2**32 - 1), min_size=625,
-                                       max_size=625).map(tuple), st.none()),
+    # random.getstate(): 624 words of the Mersenne twister, then its index (0 to 624)
+    rng=st.tuples(st.just(3), st.tuples(*[st.integers(0, 2**32 - 1)] * 624,
+                                        st.integers(0, 624)), st.none()),
     population=st.none() | st.just({"individuals": [], "generation": 1, "serial": 0}),
     champion=st.just("(greedy logits)"),
     log_entry=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5)))
@@ -59,6 +60,17 @@ def test_run_state_missing_or_ill_typed_key_names_it(key):
         RunState.from_json({k: v for k, v in data.items() if k != key}, "s.json")
     with pytest.raises(RunError, match=f"^s.json: '{key}' has the wrong type"):
         RunState.from_json(data | {key: True}, "s.json")
+
+
+@pytest.mark.parametrize("rng", [[3, [1, 2], None], [7, [0] * 625, None],
+                                 [3, [0] * 624 + [625], None], [3, [-1] + [0] * 624, None]])
+def test_a_random_state_random_cannot_take_is_named(rng):
+    """Well-typed but not a state `random.setstate` takes (the wrong length, version, index or
+    a negative word): named at reading, not an internal ValueError when the run resumes."""
+    data = RunState(1, 1, None, (3, (0,) * 625, None), None, "(greedy logits)", {}).to_json()
+    with pytest.raises(RunError, match="^s.json: 'rng' is not a random state; the checkpoint "
+                                       "is damaged$"):
+        RunState.from_json(data | {"rng": rng}, "s.json")
 
 
 # --- resume: extend, refuse, the lock -----------------------------------------------------
