@@ -281,8 +281,10 @@ def load_checkpoint(directory: str, train_examples: Sequence[Example], *,
         raise CheckpointError(f"{directory}: torn checkpoint (trainer.json at step {step}, "
                               f"weights at {model_step}, optimizer at {meta.get('step')})")
     try:
-        trainer = Trainer(model, tokenizer or ByteTokenizer(), train_examples,
-                          TrainConfig.from_dict(state["train_config"]), extra_loss=extra_loss)
+        config = TrainConfig.from_dict(state["train_config"])
+        config.check()
+        trainer = Trainer(model, tokenizer or ByteTokenizer(), train_examples, config,
+                          extra_loss=extra_loss)
         opt_state: dict[int, dict[str, torch.Tensor]] = {}
         for name, t in tensors.items():
             if name.startswith("optim."):
