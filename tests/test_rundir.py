@@ -292,6 +292,19 @@ def test_trace_and_eval_refuse_what_they_cannot_do(tiny_run, tmp_path):
                check=2).returncode == 2
 
 
+def test_trace_takes_every_prompt_a_decode_fits(tiny_run):
+    """The answer's last token is never fed back, so a prompt of block_size - cap + 1 tokens
+    decodes (as the run's own check allows; `report` of a text run with a prompt of
+    task.prompt_bytes, 64 + BOS + 128 = 193 > 192 tokens, was refused); one more is not."""
+    greedy = ROOT / "programs" / "greedy.scm"
+    # tiny.toml: block 32, answer cap 4; BOS + 28 bytes + 4 - 1 = 32
+    out = cli("trace", greedy, "--run", tiny_run[0], "--prompt", "1" * 28, check=0).stdout
+    assert out.splitlines()[-1].startswith("answer: ")
+    proc = cli("trace", greedy, "--run", tiny_run[0], "--prompt", "1" * 29, check=1)
+    assert proc.stderr.strip() == ("error: the prompt (30 tokens) and 4 answer tokens exceed "
+                                   "the model's block size of 32; shorten the prompt")
+
+
 def _truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
