@@ -514,12 +514,23 @@ def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dic
     return cfg
 
 
+# the sections every run's config.toml has held since the first version
+RECORDED_SECTIONS = ("run", "task", "loop", "model", "train", "evolution")
+
+
 def recorded_config(path: str | Path, sets: list[str] = (),
                     overrides: dict | None = None) -> RunConfig:
     """A run's recorded settings (its config.toml at `path`), `sets` and `overrides` on top.
     A run recorded before `model.positions` existed has a learned position table: a [model]
-    table without the key reads as "learned", not as the text tasks' newer "rope"."""
-    model = load_toml(path).get("model")
+    table without the key reads as "learned", not as the text tasks' newer "rope".
+    A run's config.toml holds every section a run has always had: one without them (an
+    emptied or cut-short file) is damaged, not a run of the defaults."""
+    recorded = load_toml(path)
+    for section in RECORDED_SECTIONS:
+        if not isinstance(recorded.get(section), dict):
+            raise ConfigError(f"{path}: no [{section}] table; a run records every section of "
+                              "its settings (the file is damaged or was cut short)")
+    model = recorded.get("model")
     if isinstance(model, dict) and "positions" not in model:
         overrides = merge({"model": {"positions": "learned"}}, overrides or {})
     return resolve(str(path), sets, overrides)

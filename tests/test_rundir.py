@@ -156,6 +156,22 @@ def test_a_damaged_earlier_log_line_is_named(run):
     assert f"{run / 'log.jsonl'}:1: not a log entry" in cli("show", run, check=1).stderr
 
 
+@pytest.mark.parametrize("keep, section", [(0, "run"), (-1, "evolution")])
+def test_an_emptied_or_cut_short_config_is_named_not_read_as_the_defaults(run, keep, section):
+    """An empty config.toml once showed, evaluated and resumed the run as the default
+    settings' (another task, another model size); one cut before [evolution] alike."""
+    lines = (run / "config.toml").read_text().splitlines(keepends=True)
+    cut = lines.index("[evolution]\n") if keep else 0
+    (run / "config.toml").write_text("".join(lines[:cut]))
+    before = snapshot(run)
+    expected = (f"error: {run / 'config.toml'}: no [{section}] table; a run records every "
+                "section of its settings (the file is damaged or was cut short)")
+    assert cli("show", run, check=1).stderr.strip() == expected
+    assert cli("evolve", "--resume", run, "--generations", "3", check=1).stderr.strip() \
+        == expected
+    assert snapshot(run) == before
+
+
 def _edit_log_line(run, k, change):
     lines = (run / "log.jsonl").read_text().splitlines()
     entry = json.loads(lines[k])
