@@ -432,12 +432,20 @@ def _coerce(hint, value, key: str):
 # --- files and --set ------------------------------------------------------------------------
 
 
+MAX_CONFIG_BYTES = 2**20  # a settings file is a few kilobytes
+
+
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # a bound: /dev/zero never ends
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config file is not valid UTF-8") from None
     try:
