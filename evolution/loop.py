@@ -207,8 +207,8 @@ class CoEvolution:
         held by this process), config, seeds, model and pre-training state (generation 0)."""
         run = cls(config, rundir, console)
         run._fresh = True  # until generation 0 is committed: a failure removes the directory
-        try:
-            run._begin(seed_files, model_from, restart=False)
+        try:  # run.model_from of a config file (a run's config.toml re-run) as --model-from
+            run._begin(seed_files, model_from or config.run.model_from or None, restart=False)
         except Exception:
             run._discard_fresh()
             raise

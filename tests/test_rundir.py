@@ -280,6 +280,20 @@ def test_model_from_a_file_or_nothing_is_named_as_such(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_run_model_from_in_a_config_starts_from_that_run_s_model(tiny_run, tmp_path):
+    """`run.model_from` of a config file or --set (a run's own config.toml, re-run) is what
+    --model-from is; it was silently dropped, the run started from a fresh model."""
+    proc = cli("evolve", "--out", tmp_path / "r", "--config", TINY, "--generations", "0",
+               "--set", f"run.model_from='{tiny_run[0]}'", "--set", "model.n_layer=1", check=0)
+    recorded = (tmp_path / "r" / "config.toml").read_text()
+    assert f'model_from = "{tiny_run[0]}"' in recorded, proc.stderr
+    assert "n_layer = 2" in recorded  # the model's own size, as with --model-from
+    proc = cli("evolve", "--out", tmp_path / "s", "--config", TINY, "--set",
+               f"run.model_from='{tmp_path / 'none'}'", check=1)
+    assert proc.stderr.strip() == f"error: --model-from {tmp_path / 'none'}: no such run " \
+                                  "directory"
+
+
 def test_a_program_spec_without_a_file_is_named(tiny_run):
     proc = cli("compare", ":x", ROOT / "programs" / "greedy.scm", "--run", tiny_run[0], check=1)
     assert proc.stderr.strip() == "error: ':x': expected FILE or FILE:NAME, found no FILE " \
