@@ -172,6 +172,28 @@ def test_an_emptied_or_cut_short_config_is_named_not_read_as_the_defaults(run, k
     assert snapshot(run) == before
 
 
+def _retype_generation(text):
+    text = text.replace('attr.name="generation" attr.type="long"',
+                        'attr.name="generation" attr.type="string"')
+    key = text.split('attr.name="generation"')[0].rsplit('id="', 1)[1].split('"')[0]
+    return text.replace(f'<data key="{key}">0</data>', f'<data key="{key}">zero</data>', 1)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_retype_generation, "individual 'g0-0' has generation 'zero', not a number"),
+    (lambda t: t.replace("</graph>", '<edge source="g0-0" target="g0-0" /></graph>'),
+     "an individual is its own ancestor (a cycle)"),
+])
+def test_a_lineage_of_valid_graphml_but_not_a_lineage_is_named(run, damage, message):
+    """GraphML that parses but holds what `record` never writes: an attribute of another type
+    (an internal ValueError) or a cycle (`lineage` an internal error, `report` never ended)."""
+    path = run / "lineage.graphml"
+    path.write_text(damage(path.read_text()))
+    expected = f"error: {path}: {message}; the file is damaged"
+    assert cli("lineage", run, check=1).stderr.strip() == expected
+    assert cli("report", run, check=1).stderr.strip() == expected
+
+
 def _edit_log_line(run, k, change):
     lines = (run / "log.jsonl").read_text().splitlines()
     entry = json.loads(lines[k])
