@@ -4,6 +4,7 @@ damaged files named in one line, nothing finished rewritten."""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -314,6 +315,27 @@ def test_run_model_from_in_a_config_starts_from_that_run_s_model(tiny_run, tmp_p
                f"run.model_from='{tmp_path / 'none'}'", check=1)
     assert proc.stderr.strip() == f"error: --model-from {tmp_path / 'none'}: no such run " \
                                   "directory"
+
+
+def test_a_data_file_cut_short_after_the_run_is_named_by_eval_and_resume(tmp_path):
+    """The run reads its jsonl file again on eval and resume; cut to one example it leaves a
+    split empty, which was an internal 'max() arg is an empty sequence'."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"input": f"{i}+{i}=", "output": str(2 * i)}) + "\n"
+                            for i in range(200)))
+    run = tmp_path / "r"
+    cli("evolve", "--out", run, "--config", TINY, "--task", f"jsonl:{data}", "--generations",
+        "0", check=0)
+    data.write_text('{"input": "1+1=", "output": "2"}\n')
+    before = snapshot(run)
+    # the one example is hashed into one split: another is empty
+    expected = re.compile(rf"error: task 'jsonl:{re.escape(str(data))}' has an empty "
+                          r"(train|valid|test) split; give it more examples")
+    assert expected.fullmatch(cli("eval", ROOT / "programs" / "greedy.scm", "--run", run,
+                                  check=1).stderr.strip())
+    assert expected.fullmatch(cli("evolve", "--resume", run, "--generations", "1",
+                                  check=1).stderr.strip())
+    assert snapshot(run) == before
 
 
 def test_a_program_spec_without_a_file_is_named(tiny_run):
