@@ -62,7 +62,22 @@ class Lineage:
         from .rundir import RunError
 
         try:
-            return cls(nx.DiGraph(nx.read_graphml(path)))
+            graph = nx.DiGraph(nx.read_graphml(path))
         except (OSError, ParseError, nx.NetworkXError, ValueError, KeyError) as e:
             raise RunError(f"{path}: unreadable lineage ({type(e).__name__}); the file is "
                            "missing or damaged") from None
+        # what `record` writes (a parent from outside the run has no attributes): lineage
+        # and the report read these as such, and walk ancestors, which a cycle never ends
+        kinds = {"operator": (str,), "program": (str,), "generation": (int,), "size": (int,),
+                 "score": (int, float), "cost": (int, float)}
+        for n, attrs in graph.nodes(data=True):
+            for key, kind in kinds.items():
+                v = attrs.get(key)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, kind)):
+                    raise RunError(f"{path}: individual {n!r} has {key} {v!r}, not "
+                                   f"{'text' if kind == (str,) else 'a number'}; the file is "
+                                   "damaged")
+        if not nx.is_directed_acyclic_graph(graph):
+            raise RunError(f"{path}: an individual is its own ancestor (a cycle); the file is "
+                           "damaged")
+        return cls(graph)

@@ -207,8 +207,8 @@ class CoEvolution:
         held by this process), config, seeds, model and pre-training state (generation 0)."""
         run = cls(config, rundir, console)
         run._fresh = True  # until generation 0 is committed: a failure removes the directory
-        try:
-            run._begin(seed_files, model_from, restart=False)
+        try:  # run.model_from of a config file (a run's config.toml re-run) as --model-from
+            run._begin(seed_files, model_from or config.run.model_from or None, restart=False)
         except Exception:
             run._discard_fresh()
             raise
@@ -269,6 +269,7 @@ class CoEvolution:
             raise RunError(f"{rundir.path}: no trained model yet (model/ is missing)")
         run._model = load_model(str(rundir.model), tokenizer=run.tokenizer, device=run.device)
         run._model.eval()
+        run._check_task(run._model)  # a data file may have changed since the run was made
         return run
 
     def _note_device(self) -> None:
@@ -297,7 +298,8 @@ class CoEvolution:
         return replace(self.cfg.train, steps=max(total, 1), extra_lambda=0.0,
                        seed=self.cfg.run.seed)
 
-    def _check_task(self, model):
+    def _check_splits(self) -> None:
+        """DataError where a split of the task is empty (its data may have changed since)."""
         for name in ("train", "valid", "test"):
             if self.task.split(name):
                 continue
@@ -313,6 +315,9 @@ class CoEvolution:
                                 self.task.name.removeprefix("text:"))
             raise DataError(f"task {self.task.name!r} has an empty {name} split; "
                             "give it more examples")
+
+    def _check_task(self, model):
+        self._check_splits()
         examples = self.task.train + self.task.valid + self.task.test
         prompt = max(len(self.tokenizer.encode(e.input, bos=True)) for e in examples)
         block = model.config.block_size
@@ -421,6 +426,7 @@ class CoEvolution:
         ckpt, state = latest
         self.difficulty = state.difficulty
         self.task = self._task(self.difficulty)
+        self._check_splits()  # before the trainer takes the train split
         seeds = read_seeds(self._seed_copies(), self.cfg.evolution.limits)
         try:
             champion = engine_dsl.read_expr(state.champion, Type.DECODER)
@@ -432,6 +438,7 @@ class CoEvolution:
                                        extra_loss=self.champion_loss, tokenizer=self.tokenizer,
                                        device=self.device)
         model = self.trainer.model
+        self._check_task(model)  # a data file may have changed since the run was made
         self.seeds = self._fit_seeds(seeds, model, [Path(f) for f in self.cfg.run.seeds])
         self.rng = random.Random()
         self.rng.setstate(state.rng)

@@ -196,7 +196,8 @@ def write_plots(run_dir: str | Path, log: list[dict], writer) -> list[Path]:
            title="Cost per generation")
     for ax in (a1, a2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(loc="best")
+        if evo:  # no generation yet: no lines to name (a legend of nothing warns)
+            ax.legend(loc="best")
     save(fig, "score-cost.png")
 
     # the last Pareto front
@@ -213,7 +214,8 @@ def write_plots(run_dir: str | Path, log: list[dict], writer) -> list[Path]:
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # labels never overlap
     ax.set(xlabel="cost (forward tokens per answer)", ylabel="valid score",
            title=f"Pareto front, generation {gens[-1] if gens else 0} (size: marker)")
-    ax.legend(loc="best")
+    if evo:
+        ax.legend(loc="best")
     save(fig, "pareto-front.png")
 
     # the champion's constants over generations, one line per champion lineage

@@ -22,6 +22,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -69,11 +70,53 @@ class RunState:
             if not isinstance(data[key], kind) or isinstance(data[key], bool):
                 raise RunError(f"{where}: '{key}' has the wrong type; the checkpoint is damaged")
         rng = data["rng"]
-        if not (len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list)
+        state = None
+        if (len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list)
                 and all(isinstance(x, int) for x in rng[1])
                 and (rng[2] is None or isinstance(rng[2], float))):
+            state = (rng[0], tuple(rng[1]), rng[2])
+            try:  # the right version, 625 words in range: what random.setstate takes
+                random.Random().setstate(state)
+            except (ValueError, TypeError, OverflowError):
+                state = None
+        if state is None:
             raise RunError(f"{where}: 'rng' is not a random state; the checkpoint is damaged")
-        return cls(**{k: data[k] for k in types} | {"rng": (rng[0], tuple(rng[1]), rng[2])})
+        return cls(**{k: data[k] for k in types} | {"rng": state})
+
+
+def _is_log_entry(entry) -> bool:
+    """Whether `entry` holds, with their types, what show, lineage and the plots read of a
+    log line (a line that parses as JSON may still lack them: an edited or damaged log)."""
+    if not isinstance(entry, dict) or type(entry.get("generation")) is not int:
+        return False
+    try:
+        for value in (entry["valid"]["champion"], entry["valid"]["greedy"],
+                      entry["champion"]["cost"], entry["population"]["mean_score"],
+                      entry["population"]["mean_cost"]):
+            format(value, ".3f")
+        c = entry["champion"]
+        format(c["size"], "d")
+        if not (isinstance(c["id"], str) and isinstance(c["source"], str)):
+            return False
+        for key, value in c.get("constants", {}).items():
+            key.split(":", 1)[1], format(value, ".3f")  # the constants plot's label and value
+        pop = entry["population"]
+        for key in ("costs", "scores", "sizes"):
+            for value in pop[key]:
+                format(value, ".3f")
+        for f in entry["front"]:
+            format(f["cost"], ".3f"), format(f["score"], ".3f")
+        model = entry.get("model")
+        if model:
+            format(model["loss"], ".4f")
+            if model.get("program_loss") is not None:
+                format(model["program_loss"], ".4f")
+        tuning = entry.get("tuning")
+        if tuning:
+            str(tuning["kept"]), str(tuning["undone"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return False
+    return True
 
 
 class RunDir:
@@ -263,7 +306,7 @@ class RunDir:
                 entry = json.loads(line)
             except ValueError:
                 entry = None
-            if not isinstance(entry, dict) or not isinstance(entry.get("generation"), int):
+            if not _is_log_entry(entry):
                 if k == len(lines) - 1:
                     break
                 raise RunError(f"{self.log}:{k + 1}: not a log entry (damaged); remove the "
@@ -277,7 +320,7 @@ class RunDir:
         lines = self.log_lines()[:n]
         if last is not None and n >= 1:
             try:
-                whole = len(lines) == n and isinstance(json.loads(lines[-1]), dict)
+                whole = len(lines) == n and _is_log_entry(json.loads(lines[-1]))
             except ValueError:
                 whole = False
             if not whole:

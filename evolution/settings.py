@@ -432,12 +432,20 @@ def _coerce(hint, value, key: str):
 # --- files and --set ------------------------------------------------------------------------
 
 
+MAX_CONFIG_BYTES = 2**20  # a settings file is a few kilobytes
+
+
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # a bound: /dev/zero never ends
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config file is not valid UTF-8") from None
     try:
@@ -514,12 +522,23 @@ def resolve(config_file: str | None = None, sets: list[str] = (), overrides: dic
     return cfg
 
 
+# the sections every run's config.toml has held since the first version
+RECORDED_SECTIONS = ("run", "task", "loop", "model", "train", "evolution")
+
+
 def recorded_config(path: str | Path, sets: list[str] = (),
                     overrides: dict | None = None) -> RunConfig:
     """A run's recorded settings (its config.toml at `path`), `sets` and `overrides` on top.
     A run recorded before `model.positions` existed has a learned position table: a [model]
-    table without the key reads as "learned", not as the text tasks' newer "rope"."""
-    model = load_toml(path).get("model")
+    table without the key reads as "learned", not as the text tasks' newer "rope".
+    A run's config.toml holds every section a run has always had: one without them (an
+    emptied or cut-short file) is damaged, not a run of the defaults."""
+    recorded = load_toml(path)
+    for section in RECORDED_SECTIONS:
+        if not isinstance(recorded.get(section), dict):
+            raise ConfigError(f"{path}: no [{section}] table; a run records every section of "
+                              "its settings (the file is damaged or was cut short)")
+    model = recorded.get("model")
     if isinstance(model, dict) and "positions" not in model:
         overrides = merge({"model": {"positions": "learned"}}, overrides or {})
     return resolve(str(path), sets, overrides)

@@ -445,7 +445,9 @@ def trace_decoding(model, tok, d: Definition, prompt: str, *, seed: int, max_new
     nodes = _evaluation_order(p.logits_expr)
     unfused = engine_dsl.compile_expr(p.logits_expr, fuse=False)  # every node's own value
     ids = tok.encode(prompt, bos=True)
-    if len(ids) + max_new_tokens > model.config.block_size:
+    # the answer's last token is never fed back: a decode reads prompt + answer - 1 positions
+    # (the run's own check, `CoEvolution._check_task`, allows as much)
+    if len(ids) + max_new_tokens - 1 > model.config.block_size:
         raise RunError(f"the prompt ({len(ids)} tokens) and {max_new_tokens} answer tokens "
                        f"exceed the model's block size of {model.config.block_size}; shorten "
                        "the prompt")

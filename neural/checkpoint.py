@@ -174,6 +174,7 @@ def _load_model(directory, tokenizer, device="cpu"):
     config_path = os.path.join(directory, MODEL_CONFIG)
     try:
         config = GPTConfig.from_dict(config_d)
+        config.check()
         model = GPT(config)
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
         raise CheckpointError(f"{config_path}: not a model configuration ({e}); the file is "
@@ -280,8 +281,10 @@ def load_checkpoint(directory: str, train_examples: Sequence[Example], *,
         raise CheckpointError(f"{directory}: torn checkpoint (trainer.json at step {step}, "
                               f"weights at {model_step}, optimizer at {meta.get('step')})")
     try:
-        trainer = Trainer(model, tokenizer or ByteTokenizer(), train_examples,
-                          TrainConfig.from_dict(state["train_config"]), extra_loss=extra_loss)
+        config = TrainConfig.from_dict(state["train_config"])
+        config.check()
+        trainer = Trainer(model, tokenizer or ByteTokenizer(), train_examples, config,
+                          extra_loss=extra_loss)
         opt_state: dict[int, dict[str, torch.Tensor]] = {}
         for name, t in tensors.items():
             if name.startswith("optim."):

@@ -38,6 +38,7 @@ weight, or the adapters.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -219,7 +220,9 @@ def fingerprint(directory: str | Path) -> str:
 def _hf_config(directory: Path):
     transformers = _transformers()
     try:
-        return transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        with _quiet(transformers):
+            return transformers.AutoConfig.from_pretrained(str(directory),
+                                                           local_files_only=True)
     except Exception as e:  # transformers' errors have no common public type
         raise HFError(f"hf:{directory}: cannot read config.json ({_first_line(e)})") from None
 
@@ -227,6 +230,18 @@ def _hf_config(directory: Path):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet(transformers):
+    """transformers' warnings and load report (a table of keys) are many lines on stderr;
+    what they say of a directory is raised as one line by the caller instead."""
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
 
 
 # --- the tokenizer -------------------------------------------------------------------------
@@ -263,7 +278,8 @@ class HFTokenizer:
                           f"expected one of {', '.join(TOKENIZER_FILES)})")
         transformers = _transformers()
         try:
-            tok = transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+            with _quiet(transformers):
+                tok = transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True)
         except Exception as e:  # missing or damaged tokenizer files
             raise HFError(f"hf:{directory}: cannot load the tokenizer ({_first_line(e)})") \
                 from None
@@ -481,11 +497,25 @@ class HFModel(nn.Module):
         _hf_config(d)  # a one-line error for an unreadable config.json
         transformers.utils.logging.disable_progress_bar()  # one line per load is noise
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(d), local_files_only=True, use_safetensors=True, dtype=torch.float32)
-        except Exception as e:  # damaged weights, shapes that do not match the config, ...
+            with _quiet(transformers):
+                model, info = transformers.AutoModelForCausalLM.from_pretrained(
+                    str(d), local_files_only=True, use_safetensors=True, dtype=torch.float32,
+                    output_loading_info=True, ignore_mismatched_sizes=True)
+        except Exception as e:  # damaged weights, ...
             raise HFError(f"hf:{directory}: cannot load the model ({_first_line(e)})") \
                 from None
+        # tensors of another shape than config.json gives, places it has with no weights
+        # (they would be random) or weights it has no place for: not one model
+        for key, what in (("mismatched_keys", "{} of the weights have another shape than "
+                                              "config.json gives"),
+                          ("missing_keys", "config.json has {} the weights lack"),
+                          ("unexpected_keys", "the weights have {} config.json has no place "
+                                              "for")):
+            keys = sorted(k if isinstance(k, str) else k[0] for k in info.get(key) or ())
+            if keys:
+                n = f"{len(keys)} tensor{'s' if len(keys) > 1 else ''}"
+                raise HFError(f"hf:{directory}: {what.format(n)} (first: {keys[0]}); they are "
+                              "not one model (the directory is damaged)")
         model.to(device).eval()
         return cls(model, train_mode=train_mode, lora=lora,
                    source={"path": str(directory), "fingerprint": fingerprint(d)})

@@ -130,6 +130,23 @@ class GPTConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def check(self) -> None:
+        """ValueError naming the first field outside its domain (the run settings' domain of
+        `model.*`): a config read from a file is checked before a model of it is built."""
+        for name, hi in (("vocab_size", 2**20), ("block_size", 2**16), ("n_layer", 256),
+                         ("n_head", 256), ("n_embd", 2**14)):
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [1, {hi}], found {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd = {self.n_embd} must be a multiple of n_head = "
+                             f"{self.n_head}")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), found {self.dropout!r}")
+        for name in ("bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, found {getattr(self, name)!r}")
+
 
 @dataclass
 class StepOutput:

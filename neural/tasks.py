@@ -50,8 +50,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import os
 import random
 import re
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -289,7 +291,11 @@ def _read_text(path: str) -> str:
     if not path:
         raise DataError("no file name: give jsonl:PATH or text:PATH")
     try:
-        with open(path, "rb") as f:
+        # non-blocking, so that opening a FIFO does not wait for a writer; a device or FIFO
+        # (/dev/zero, /dev/stdin) is no data file: reading one may never end
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DataError("not a regular file; give a data file", path)
             data = f.read()
     except OSError as e:
         raise DataError(f"cannot read file: {e.strerror}", path) from None

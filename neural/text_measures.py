@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model, save_model
+from .checkpoint import CheckpointError, load_model, save_model
 from .corpus import cache_dir
 from .model import GPT, GPTConfig, KVCache
 from .tasks import Example, TextCorpus
@@ -277,10 +277,15 @@ class Judge:
                       on_step: Callable[[int, dict], None] | None = None,
                       on_train: Callable[[Path], None] | None = None) -> Judge:
         """The judge of `data` under `config`, from `root/judges/KEY/` (safetensors) or
-        trained once and saved there. `on_train(directory)` is called before training."""
+        trained once and saved there. `on_train(directory)` is called before training. A
+        cached judge that cannot be read (its files cut short, one of them missing: a process
+        killed between them) is a cache miss: trained again and saved over it."""
         directory = Path(root or cache_dir()) / "judges" / config.key(data)
         if (directory / "model.safetensors").exists():
-            return cls(load_model(str(directory)))
+            try:
+                return cls(load_model(str(directory)))
+            except CheckpointError:
+                pass
         if on_train is not None:
             on_train(directory)
         judge = cls.train(data, config, on_step)

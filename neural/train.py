@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -56,8 +56,27 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise TypeError(f"a training configuration is a JSON object, found {d!r}")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def check(self) -> None:
+        """ValueError naming the first field of the wrong type or outside its domain (as the
+        run settings' `train.*` bound them): a config read from a checkpoint is checked before
+        a trainer runs it."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool":
+                ok = type(value) is bool
+            elif f.type == "int":
+                ok = type(value) is int and value >= (1 if f.name in ("steps", "batch_size")
+                                                      else 0)
+            else:  # float: finite, >= 0; the decay rates below 1
+                ok = (type(value) in (int, float) and math.isfinite(value) and value >= 0
+                      and (value < 1 or f.name not in ("beta1", "beta2", "grokfast_alpha")))
+            if not ok:
+                raise ValueError(f"{f.name} is outside its domain, found {value!r}")
 
 
 def lr_at(config: TrainConfig, step: int) -> float:

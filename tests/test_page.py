@@ -120,6 +120,20 @@ def test_plots_have_integer_generation_axes(tiny_run):
     assert checked == 4  # score, cost, constants, model loss
 
 
+def test_the_plots_of_a_run_with_no_generation_yet_warn_nothing(tmp_path):
+    """`report DIR` of a run stopped before generation 0 was committed (an empty log) draws
+    empty plots, without matplotlib's 'No artists with labels' warnings on stderr."""
+    import warnings
+
+    from evolution.report import write_plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        made = write_plots(tmp_path, [], lambda path, data: None)
+    assert [p.name for p in made] == ["score-cost.png", "pareto-front.png", "constants.png",
+                                      "model-loss.png"]
+
+
 def test_constants_follow_the_line_of_first_parents():
     import networkx as nx
 

@@ -198,6 +198,10 @@ def test_ctrl_c_exits_cleanly_and_the_run_resumes(tmp_path):
     (["--set", "loop.train_steps=lots"], "loop.train_steps must be an integer"),
     (["--config", "missing.toml"], "missing.toml: cannot read config file"),
     (["--set", "task.answer_regex='(unclosed'"], "task.answer_regex: not a regular expression"),
+    # a device has no end: these once read until memory ran out (20 GB in a minute)
+    (["--task", "text:/dev/zero"], "error: /dev/zero: not a regular file; give a data file"),
+    (["--task", "jsonl:/dev/zero"], "error: /dev/zero: not a regular file; give a data file"),
+    (["--config", "/dev/zero"], "error: /dev/zero: larger than 1048576 bytes; not a config file"),
 ])
 def test_bad_input_is_one_line_exit_1(tmp_path, args, fragment):
     proc = cli("evolve", "--out", tmp_path / "r", *args, check=1)

@@ -4,6 +4,7 @@ damaged files named in one line, nothing finished rewritten."""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -40,8 +41,9 @@ def snapshot(run) -> dict:
 states = st.builds(
     RunState, next_generation=st.integers(0, 10**6), log_lines=st.integers(0, 10**6),
     difficulty=st.none() | st.integers(1, 32),
-    rng=st.tuples(st.just(3), st.lists(st.integers(0, 2**32 - 1), min_size=625,
-                                       max_size=625).map(tuple), st.none()),
+    # random.getstate(): 624 words of the Mersenne twister, then its index (0 to 624)
+    rng=st.tuples(st.just(3), st.tuples(*[st.integers(0, 2**32 - 1)] * 624,
+                                        st.integers(0, 624)), st.none()),
     population=st.none() | st.just({"individuals": [], "generation": 1, "serial": 0}),
     champion=st.just("(greedy logits)"),
     log_entry=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5)))
@@ -59,6 +61,17 @@ def test_run_state_missing_or_ill_typed_key_names_it(key):
         RunState.from_json({k: v for k, v in data.items() if k != key}, "s.json")
     with pytest.raises(RunError, match=f"^s.json: '{key}' has the wrong type"):
         RunState.from_json(data | {key: True}, "s.json")
+
+
+@pytest.mark.parametrize("rng", [[3, [1, 2], None], [7, [0] * 625, None],
+                                 [3, [0] * 624 + [625], None], [3, [-1] + [0] * 624, None]])
+def test_a_random_state_random_cannot_take_is_named(rng):
+    """Well-typed but not a state `random.setstate` takes (the wrong length, version, index or
+    a negative word): named at reading, not an internal ValueError when the run resumes."""
+    data = RunState(1, 1, None, (3, (0,) * 625, None), None, "(greedy logits)", {}).to_json()
+    with pytest.raises(RunError, match="^s.json: 'rng' is not a random state; the checkpoint "
+                                       "is damaged$"):
+        RunState.from_json(data | {"rng": rng}, "s.json")
 
 
 # --- resume: extend, refuse, the lock -----------------------------------------------------
@@ -144,6 +157,73 @@ def test_a_damaged_earlier_log_line_is_named(run):
     assert f"{run / 'log.jsonl'}:1: not a log entry" in cli("show", run, check=1).stderr
 
 
+@pytest.mark.parametrize("keep, section", [(0, "run"), (-1, "evolution")])
+def test_an_emptied_or_cut_short_config_is_named_not_read_as_the_defaults(run, keep, section):
+    """An empty config.toml once showed, evaluated and resumed the run as the default
+    settings' (another task, another model size); one cut before [evolution] alike."""
+    lines = (run / "config.toml").read_text().splitlines(keepends=True)
+    cut = lines.index("[evolution]\n") if keep else 0
+    (run / "config.toml").write_text("".join(lines[:cut]))
+    before = snapshot(run)
+    expected = (f"error: {run / 'config.toml'}: no [{section}] table; a run records every "
+                "section of its settings (the file is damaged or was cut short)")
+    assert cli("show", run, check=1).stderr.strip() == expected
+    assert cli("evolve", "--resume", run, "--generations", "3", check=1).stderr.strip() \
+        == expected
+    assert snapshot(run) == before
+
+
+def _retype_generation(text):
+    text = text.replace('attr.name="generation" attr.type="long"',
+                        'attr.name="generation" attr.type="string"')
+    key = text.split('attr.name="generation"')[0].rsplit('id="', 1)[1].split('"')[0]
+    return text.replace(f'<data key="{key}">0</data>', f'<data key="{key}">zero</data>', 1)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_retype_generation, "individual 'g0-0' has generation 'zero', not a number"),
+    (lambda t: t.replace("</graph>", '<edge source="g0-0" target="g0-0" /></graph>'),
+     "an individual is its own ancestor (a cycle)"),
+])
+def test_a_lineage_of_valid_graphml_but_not_a_lineage_is_named(run, damage, message):
+    """GraphML that parses but holds what `record` never writes: an attribute of another type
+    (an internal ValueError) or a cycle (`lineage` an internal error, `report` never ended)."""
+    path = run / "lineage.graphml"
+    path.write_text(damage(path.read_text()))
+    expected = f"error: {path}: {message}; the file is damaged"
+    assert cli("lineage", run, check=1).stderr.strip() == expected
+    assert cli("report", run, check=1).stderr.strip() == expected
+
+
+def _edit_log_line(run, k, change):
+    lines = (run / "log.jsonl").read_text().splitlines()
+    entry = json.loads(lines[k])
+    change(entry)
+    lines[k] = json.dumps(entry)
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("change", [lambda e: e.pop("valid"),
+                                    lambda e: e["champion"].update(size="two"),
+                                    lambda e: e.update(front=[{"cost": 1.0}])])
+def test_an_earlier_log_line_without_what_is_read_of_it_is_named(run, change):
+    """A line of JSON that lacks a key show, lineage or the plots read (or has it ill-typed)
+    is as damaged as one that is not JSON: named, not an internal error."""
+    _edit_log_line(run, 0, change)
+    expected = (f"error: {run / 'log.jsonl'}:1: not a log entry (damaged); remove the file's "
+                "lines from here on and resume to write them again")
+    assert cli("show", run, check=1).stderr.strip() == expected
+    assert cli("lineage", run, check=1).stderr.strip() == expected
+
+
+def test_a_last_log_line_without_what_is_read_of_it_is_repaired_on_resume(run):
+    whole = (run / "log.jsonl").read_bytes()
+    _edit_log_line(run, -1, lambda e: e["champion"].pop("id"))
+    assert "2 of 3 generations done" in cli("show", run, check=0).stdout
+    cli("evolve", "--resume", run, check=0)
+    assert (run / "log.jsonl").read_bytes() == whole
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda r: (r / "checkpoint" / "latest.json").write_text('{"checkpoint": "../../x"}'),
      "names '../../x', not a checkpoint of this run"),
@@ -176,6 +256,14 @@ def test_damaged_checkpoint_files_are_named_on_resume(run, damage, message):
      "do not have the shapes config.json gives"),
     (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(n_head=5)),
      "not a model configuration"),
+    # checked before a model is built: no division by zero, no torch error, no allocation
+    (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(n_head=0)),
+     "config.json: not a model configuration (n_head must be an integer in [1, 256], found "
+     "0); the file is damaged"),
+    (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(dropout=float("nan"))),
+     "(dropout must be a number in [0, 1), found nan)"),
+    (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(block_size=10**11)),
+     "(block_size must be an integer in [1, 65536], found 100000000000)"),
 ])
 def test_a_damaged_model_is_named_by_eval(run, damage, message):
     damage(run)
@@ -215,6 +303,41 @@ def test_model_from_a_file_or_nothing_is_named_as_such(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_run_model_from_in_a_config_starts_from_that_run_s_model(tiny_run, tmp_path):
+    """`run.model_from` of a config file or --set (a run's own config.toml, re-run) is what
+    --model-from is; it was silently dropped, the run started from a fresh model."""
+    proc = cli("evolve", "--out", tmp_path / "r", "--config", TINY, "--generations", "0",
+               "--set", f"run.model_from='{tiny_run[0]}'", "--set", "model.n_layer=1", check=0)
+    recorded = (tmp_path / "r" / "config.toml").read_text()
+    assert f'model_from = "{tiny_run[0]}"' in recorded, proc.stderr
+    assert "n_layer = 2" in recorded  # the model's own size, as with --model-from
+    proc = cli("evolve", "--out", tmp_path / "s", "--config", TINY, "--set",
+               f"run.model_from='{tmp_path / 'none'}'", check=1)
+    assert proc.stderr.strip() == f"error: --model-from {tmp_path / 'none'}: no such run " \
+                                  "directory"
+
+
+def test_a_data_file_cut_short_after_the_run_is_named_by_eval_and_resume(tmp_path):
+    """The run reads its jsonl file again on eval and resume; cut to one example it leaves a
+    split empty, which was an internal 'max() arg is an empty sequence'."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"input": f"{i}+{i}=", "output": str(2 * i)}) + "\n"
+                            for i in range(200)))
+    run = tmp_path / "r"
+    cli("evolve", "--out", run, "--config", TINY, "--task", f"jsonl:{data}", "--generations",
+        "0", check=0)
+    data.write_text('{"input": "1+1=", "output": "2"}\n')
+    before = snapshot(run)
+    # the one example is hashed into one split: another is empty
+    expected = re.compile(rf"error: task 'jsonl:{re.escape(str(data))}' has an empty "
+                          r"(train|valid|test) split; give it more examples")
+    assert expected.fullmatch(cli("eval", ROOT / "programs" / "greedy.scm", "--run", run,
+                                  check=1).stderr.strip())
+    assert expected.fullmatch(cli("evolve", "--resume", run, "--generations", "1",
+                                  check=1).stderr.strip())
+    assert snapshot(run) == before
+
+
 def test_a_program_spec_without_a_file_is_named(tiny_run):
     proc = cli("compare", ":x", ROOT / "programs" / "greedy.scm", "--run", tiny_run[0], check=1)
     assert proc.stderr.strip() == "error: ':x': expected FILE or FILE:NAME, found no FILE " \
@@ -241,6 +364,19 @@ def test_trace_and_eval_refuse_what_they_cannot_do(tiny_run, tmp_path):
     assert "block size" in long
     assert cli("trace", greedy, "--run", finished, "--prompt", "1", "--top", "-1",
                check=2).returncode == 2
+
+
+def test_trace_takes_every_prompt_a_decode_fits(tiny_run):
+    """The answer's last token is never fed back, so a prompt of block_size - cap + 1 tokens
+    decodes (as the run's own check allows; `report` of a text run with a prompt of
+    task.prompt_bytes, 64 + BOS + 128 = 193 > 192 tokens, was refused); one more is not."""
+    greedy = ROOT / "programs" / "greedy.scm"
+    # tiny.toml: block 32, answer cap 4; BOS + 28 bytes + 4 - 1 = 32
+    out = cli("trace", greedy, "--run", tiny_run[0], "--prompt", "1" * 28, check=0).stdout
+    assert out.splitlines()[-1].startswith("answer: ")
+    proc = cli("trace", greedy, "--run", tiny_run[0], "--prompt", "1" * 29, check=1)
+    assert proc.stderr.strip() == ("error: the prompt (30 tokens) and 4 answer tokens exceed "
+                                   "the model's block size of 32; shorten the prompt")
 
 
 def _truncate(path):

@@ -194,6 +194,31 @@ def test_bad_model_directories_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"n_layer": 3}, "config.json has 12 tensors the weights lack (first: "
+                     "transformer.h.2.attn.c_attn.bias)"),
+    ({"n_layer": 1}, "config.json has no place for (first: transformer.h.1."),
+    ({"n_positions": 4}, "1 tensor of the weights have another shape than config.json gives "
+                         "(first: transformer.wpe.weight)"),
+    ({"model_type": "nosuch"}, "cannot read config.json (ValueError: The checkpoint you are "
+                               "trying to load has model type `nosuch`"),
+])
+def test_a_config_that_does_not_fit_its_weights_is_one_line(tmp_path, change, message):
+    """transformers reports such a directory in a table of keys on stderr, and loaded one
+    with more weights than its config.json places (the rest silently dropped); both are one
+    line now, before a run directory exists. (A subprocess: transformers' log handler holds
+    the stderr it found at import, which capsys does not see.)"""
+    from conftest import cli
+
+    model_dir = tiny.save("gpt2", tmp_path / "m")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(config | change))
+    err = cli("evolve", "--model", f"hf:{model_dir}", "--out", tmp_path / "r", check=1).stderr
+    assert err.startswith(f"error: hf:{model_dir}: ") and message in err, err
+    assert err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     _, err = run_cli(capsys, "evolve", "--device", "cuda", "--out", tmp_path / "r", code=1)

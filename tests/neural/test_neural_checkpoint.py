@@ -105,3 +105,27 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, examples):
     """Loading from an empty directory names the missing file."""
     with pytest.raises(CheckpointError, match="trainer.json: missing"):
         load_checkpoint(str(tmp_path), examples)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(batch_size=0),
+     r"\(ValueError: batch_size is outside its domain, found 0\)"),
+    (lambda c: c.update(learning_rate="x"), r"learning_rate is outside its domain, found 'x'"),
+    (lambda c: c.update(beta2=float("nan")), r"beta2 is outside its domain, found nan"),
+    (lambda c: c.update(answer_only=1), r"answer_only is outside its domain, found 1"),
+])
+def test_a_damaged_training_configuration_is_named_before_training(tmp_path, examples, change,
+                                                                  message):
+    """trainer.json's train_config is checked when read (a batch size of 0 was an internal
+    error at the first step, a list an AttributeError)."""
+    save_checkpoint(make_trainer(examples), str(tmp_path))
+    path = tmp_path / "trainer.json"
+    state = json.loads(path.read_text())
+    change(state["train_config"])
+    path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=f"damaged trainer checkpoint .*{message}"):
+        load_checkpoint(str(tmp_path), examples)
+    state["train_config"] = [1]
+    path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="a training configuration is a JSON object"):
+        load_checkpoint(str(tmp_path), examples)

@@ -205,3 +205,23 @@ def test_judge_is_cached_by_data_and_settings(tmp_path):
     assert not any(p.requires_grad for p in b.model.parameters())
     Judge.load_or_train(examples[:2], cfg, tmp_path, on_train=trained.append)
     assert len(trained) == 2  # other data: another judge
+
+
+@pytest.mark.parametrize("damage", [lambda d: (d / "config.json").unlink(),
+                                    lambda d: (d / "model.safetensors").write_bytes(b"\0" * 9)])
+def test_a_cached_judge_that_cannot_be_read_is_trained_again(tmp_path, damage):
+    """A judge cache killed between its two files (weights written, config.json not) or cut
+    short once stopped every text run on that data with 'config.json: missing'; it is a
+    cache miss: the same judge is trained again and saved over it."""
+    examples = [Example("ab", "cd"), Example("ef", "gh")] * 4
+    cfg = JudgeConfig(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=8),
+                      TrainConfig(steps=3, batch_size=4, warmup_steps=1))
+    trained = []
+    a = Judge.load_or_train(examples, cfg, tmp_path, on_train=trained.append)
+    damage(trained[0])
+    b = Judge.load_or_train(examples, cfg, tmp_path, on_train=trained.append)
+    assert trained == [trained[0]] * 2
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    Judge.load_or_train(examples, cfg, tmp_path, on_train=trained.append)
+    assert len(trained) == 2  # saved whole again: read from the cache
