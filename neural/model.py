@@ -108,6 +108,12 @@ class Block(nn.Module):
         return x, kv
 
 
+# field -> (lowest, highest) of GPTConfig's sizes: the domain of the `model.*` settings and of
+# a model's config.json
+SIZE_DOMAINS = {"vocab_size": (1, 2**20), "block_size": (2, 2**16), "n_layer": (1, 256),
+                "n_head": (1, 256), "n_embd": (1, 2**14)}
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = ByteTokenizer.vocab_size  # 256 bytes + BOS, EOS, PAD
@@ -133,11 +139,10 @@ class GPTConfig:
     def check(self) -> None:
         """ValueError naming the first field outside its domain (the run settings' domain of
         `model.*`): a config read from a file is checked before a model of it is built."""
-        for name, hi in (("vocab_size", 2**20), ("block_size", 2**16), ("n_layer", 256),
-                         ("n_head", 256), ("n_embd", 2**14)):
+        for name, (lo, hi) in SIZE_DOMAINS.items():
             value = getattr(self, name)
-            if type(value) is not int or not 1 <= value <= hi:
-                raise ValueError(f"{name} must be an integer in [1, {hi}], found {value!r}")
+            if type(value) is not int or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], found {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd = {self.n_embd} must be a multiple of n_head = "
                              f"{self.n_head}")

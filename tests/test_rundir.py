@@ -263,7 +263,7 @@ def test_damaged_checkpoint_files_are_named_on_resume(run, damage, message):
     (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(dropout=float("nan"))),
      "(dropout must be a number in [0, 1), found nan)"),
     (lambda r: _edit_json(r / "model" / "config.json", lambda c: c.update(block_size=10**11)),
-     "(block_size must be an integer in [1, 65536], found 100000000000)"),
+     "(block_size must be an integer in [2, 65536], found 100000000000)"),
 ])
 def test_a_damaged_model_is_named_by_eval(run, damage, message):
     damage(run)
