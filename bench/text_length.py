@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
         run.close()
     (out / f"c{args.length}-s{args.seed}" / "result.json").write_text(json.dumps(results) + "\n")
     print(f"`OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} .venv/bin/python "
-          f"bench/text_length.py {' '.join(sys.argv[1:] if argv is None else argv)}`: "
+          f"bench/text_length.py {shlex.join(sys.argv[1:] if argv is None else argv)}`: "
           f"{(time.perf_counter() - started) / 60:.1f} minutes, load average "
           f"{os.getloadavg()[0]:.1f} at the end")
     return 0
