@@ -506,7 +506,7 @@ class HFModel(nn.Module):
                 from None
         # tensors of another shape than config.json gives, places it has with no weights
         # (they would be random) or weights it has no place for: not one model
-        for key, what in (("mismatched_keys", "{} of the weights have another shape than "
+        for key, what in (("mismatched_keys", "{} of the weights {} another shape than "
                                               "config.json gives"),
                           ("missing_keys", "config.json has {} the weights lack"),
                           ("unexpected_keys", "the weights have {} config.json has no place "
@@ -514,7 +514,9 @@ class HFModel(nn.Module):
             keys = sorted(k if isinstance(k, str) else k[0] for k in info.get(key) or ())
             if keys:
                 n = f"{len(keys)} tensor{'s' if len(keys) > 1 else ''}"
-                raise HFError(f"hf:{directory}: {what.format(n)} (first: {keys[0]}); they are "
+                raise HFError(f"hf:{directory}: "
+                              f"{what.format(n, 'has' if len(keys) == 1 else 'have')} "
+                              f"(first: {keys[0]}); they are "
                               "not one model (the directory is damaged)")
         model.to(device).eval()
         return cls(model, train_mode=train_mode, lora=lora,

@@ -198,7 +198,7 @@ def test_bad_model_directories_are_one_line_errors(tmp_path, capsys):
     ({"n_layer": 3}, "config.json has 12 tensors the weights lack (first: "
                      "transformer.h.2.attn.c_attn.bias)"),
     ({"n_layer": 1}, "config.json has no place for (first: transformer.h.1."),
-    ({"n_positions": 4}, "1 tensor of the weights have another shape than config.json gives "
+    ({"n_positions": 4}, "1 tensor of the weights has another shape than config.json gives "
                          "(first: transformer.wpe.weight)"),
     ({"model_type": "nosuch"}, "cannot read config.json (ValueError: The checkpoint you are "
                                "trying to load has model type `nosuch`"),
