@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
@@ -431,6 +432,13 @@ def _read_hy(text: str, filename: str, scan: _Scan) -> list[Datum]:
             return Datum("vector", tuple(convert(x) for x in model), s)
         if isinstance(model, m.Symbol):
             name = str(model)
+            # Hy reads control characters (a NUL) into a symbol; the Scheme grammar, as
+            # every printer, does not
+            bad = next((k for k, ch in enumerate(name) if unicodedata.category(ch) == "Cc"),
+                       None)
+            if bad is not None:
+                raise DslError(f"unexpected character {name[bad]!r}", filename, s.line,
+                               s.col + bad, line_of(text, s.line))
             if name in ("True", "False"):
                 return Datum("bool", name == "True", s)
             return Datum("symbol", name, s)
