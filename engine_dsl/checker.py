@@ -25,7 +25,7 @@ from .nodes import (
     type_of,
 )
 from .reader import Comment, Datum, normalize_newlines, read_datums
-from .registry import PRIMITIVES, SPECIAL_FORMS, Arg, Limits
+from .registry import MAX_COUNT, PRIMITIVES, SPECIAL_FORMS, Arg, Limits
 from .types import Type
 
 DEFINE_FORMS = ("define", "setv")  # Scheme, Hy
@@ -313,6 +313,8 @@ class _Checker:
             self.require(isinstance(v, int), d,
                          f"expected a Count (a positive integer), found {shown}")
             self.require(v >= 1, d, f"a Count must be >= 1, found {shown}")
+            self.require(v <= MAX_COUNT, d, f"a Count must be at most {MAX_COUNT} (engines "
+                                            f"read it as a 32-bit integer), found {shown}")
             cap = slot.arg.cap if slot else None
             if cap:
                 limit, outer = getattr(self.limits, cap), self.products.get(cap, 1)

@@ -43,10 +43,12 @@ SPECIAL_FORMS: dict[str, str] = {
     "fixed": "(fixed 0.7) — a Real constant that tuning must not move",
 }
 
+MAX_COUNT = 2**31 - 1  # the engines a program exports to read a count as a 32-bit integer
+
 # Literal syntax per type, for the docs and the GP terminal set.
 LITERALS: dict[Type, str] = {
     Type.REAL: "a decimal number, e.g. 0.8, 1e-3, .5 (trainable unless wrapped in fixed)",
-    Type.COUNT: "a positive integer, e.g. 40",
+    Type.COUNT: f"a positive integer up to {MAX_COUNT} (2^31 - 1), e.g. 40",
     Type.WEIGHTS: "a vector of reals: Scheme #(0.0 1.5 -2.0), Hy [0.0 1.5 -2.0]",
     Type.BOOL: "Scheme #t / #f, Hy True / False",
 }
