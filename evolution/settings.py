@@ -28,7 +28,7 @@ from engine_dsl.primitives.penalties import BREAKER_MAX_CHARS, DEFAULT_BREAKERS
 from engine_dsl.registry import Limits
 from neural.device import DeviceError, check_device_name
 from neural.hf import TRAIN_MODES
-from neural.model import POSITIONS, SIZE_DOMAINS, GPTConfig
+from neural.model import MODEL_DOMAINS, POSITIONS, GPTConfig
 from neural.tasks import (
     BUILTIN_TASKS,
     DEFAULT_CONTINUATION_BYTES,
@@ -253,8 +253,7 @@ DOMAINS: dict[str, tuple[float, float, bool]] = {
     "hf.lora_rank": (1, 2**16, False),
     "hf.lora_alpha": (0.0, 1e6, False),
     "hf.lora_dropout": (0.0, 1.0, True),
-    **{f"model.{k}": (lo, hi, False) for k, (lo, hi) in SIZE_DOMAINS.items()},
-    "model.dropout": (0.0, 1.0, True),
+    **{f"model.{k}": domain for k, domain in MODEL_DOMAINS.items()},
     "train.steps": (1, BIG, False),
     "train.batch_size": (1, 2**16, False),
     "train.learning_rate": (0.0, 10.0, False),

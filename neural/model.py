@@ -108,10 +108,11 @@ class Block(nn.Module):
         return x, kv
 
 
-# field -> (lowest, highest) of GPTConfig's sizes: the domain of the `model.*` settings and of
-# a model's config.json
-SIZE_DOMAINS = {"vocab_size": (1, 2**20), "block_size": (2, 2**16), "n_layer": (1, 256),
-                "n_head": (1, 256), "n_embd": (1, 2**14)}
+# field -> (lowest, highest, highest excluded) of GPTConfig's numbers: the domain of the
+# `model.*` settings and of a model's config.json (an int bound: an integer field)
+MODEL_DOMAINS = {"vocab_size": (1, 2**20, False), "block_size": (2, 2**16, False),
+                 "n_layer": (1, 256, False), "n_head": (1, 256, False),
+                 "n_embd": (1, 2**14, False), "dropout": (0.0, 1.0, True)}
 
 
 @dataclass
@@ -139,15 +140,16 @@ class GPTConfig:
     def check(self) -> None:
         """ValueError naming the first field outside its domain (the run settings' domain of
         `model.*`): a config read from a file is checked before a model of it is built."""
-        for name, (lo, hi) in SIZE_DOMAINS.items():
-            value = getattr(self, name)
-            if type(value) is not int or not lo <= value <= hi:
-                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], found {value!r}")
+        for name, (lo, hi, open_hi) in MODEL_DOMAINS.items():
+            value, integer = getattr(self, name), isinstance(lo, int)
+            if (type(value) not in ((int,) if integer else (int, float)) or not lo <= value
+                    or not (value < hi if open_hi else value <= hi)):
+                bounds = f"[{lo}, {hi}" if integer else f"[{lo:g}, {hi:g}"
+                raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} in "
+                                 f"{bounds}{')' if open_hi else ']'}, found {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd = {self.n_embd} must be a multiple of n_head = "
                              f"{self.n_head}")
-        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), found {self.dropout!r}")
         for name in ("bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, found {getattr(self, name)!r}")
