@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 import engine_dsl  # noqa: E402
 from engine_dsl import Type  # noqa: E402
+from engine_dsl.printer import expr_to_scheme  # noqa: E402
 from evolution.loop import CoEvolution  # noqa: E402
 from evolution.rundir import RunDir  # noqa: E402
 from evolution.settings import resolve  # noqa: E402
@@ -47,9 +48,10 @@ from evolution.text_scoring import NUCLEUS_95, TextScorer  # noqa: E402
 from neural.tasks import DEFAULT_PROMPT_BYTES  # noqa: E402
 from neural.text_measures import loop_share, perplexity, rep_n  # noqa: E402
 
+BASELINE = expr_to_scheme(engine_dsl.registry.baseline())  # greedy
 DECODERS = {  # the first is the reference of the paired differences
     "nucleus 0.95": NUCLEUS_95,
-    "greedy": "(greedy logits)",
+    "greedy": BASELINE,
     "pure sampling": "(sample logits)",
     "nucleus 0.9": "(sample (top-p logits 0.9))",
     "t 0.9, nucleus 0.95": "(sample (top-p (temperature logits 0.9) 0.95))",
@@ -65,9 +67,10 @@ def trained_run(out: Path, length: int, seed: int, log) -> CoEvolution:
     """A shakespeare run at continuation length `length` after generation 0 (pre-training;
     the judge trained on first use), reused from `out` when there."""
     path = out / f"c{length}-s{seed}" / "run"
-    if RunDir(path).is_run() and RunDir(path).log_entries():
+    rundir = RunDir(path)
+    if rundir.is_run() and rundir.log_entries():
         log(f"L {length}: reusing {path}")
-        return CoEvolution.resume(RunDir(path))
+        return CoEvolution.resume(rundir)
     shutil.rmtree(path, ignore_errors=True)  # none, or one stopped before generation 0 ended
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = resolve(None, ["task.name=shakespeare", f"run.seed={seed}",
@@ -129,7 +132,8 @@ def table(length: int, result: dict, base_width: float | None) -> tuple[list[str
             cell = "-" if d is None else "(reference)"
         else:
             cell = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
-            if name != "greedy":  # greedy's MAUVE is near 0: its interval says little
+            if DECODERS[name] != BASELINE:  # greedy's MAUVE is near 0: its interval says
+                # little
                 widths.append(d[2] - d[1])
         lines.append(f"| {name} | {r['MAUVE']:.3f} | {cell} | {r['rep-4']:.1f} | "
                      f"{r['PPL / human']:.3f} | {r['loops %']:.1f} |")
