@@ -427,6 +427,11 @@ class CoEvolution:
         self.difficulty = state.difficulty
         self.task = self._task(self.difficulty)
         self._check_splits()  # before the trainer takes the train split
+        if state.data is not None and state.data != self.task.digest():
+            raise RunError(f"task {self.task.name!r} now holds other examples than the run was "
+                           "made with (its data, or the code that makes them, changed), so "
+                           "the run cannot continue exactly; restore the data, or start a "
+                           f"new run from this one's results: evolve --model-from {self.dir.path}")
         seeds = read_seeds(self._seed_copies(), self.cfg.evolution.limits)
         try:
             champion = engine_dsl.read_expr(state.champion, Type.DECODER)
@@ -886,7 +891,8 @@ class CoEvolution:
         d.commit(tag, RunState(next_generation=g + 1, log_lines=log_lines,
                                difficulty=self.difficulty, rng=self.rng.getstate(),
                                population=pop.to_dict(),
-                               champion=expr_to_scheme(to_expr(champion)), log_entry=entry))
+                               champion=expr_to_scheme(to_expr(champion)), log_entry=entry,
+                               data=self.task.digest()))
         self.next_generation = g + 1
 
     def _readable(self, defs: list[Definition], g: int) -> list[Definition]:

@@ -52,6 +52,7 @@ class RunState:
     population: dict | None  # evolution.population.Population.to_dict()
     champion: str  # Scheme source of the champion decoder
     log_entry: dict  # the committed generation's log line (repairs a torn log)
+    data: str | None = None  # the task's `digest()` (None: a run made before it was kept)
 
     def to_json(self) -> dict:
         version, internal, gauss = self.rng
@@ -81,7 +82,10 @@ class RunState:
                 state = None
         if state is None:
             raise RunError(f"{where}: 'rng' is not a random state; the checkpoint is damaged")
-        return cls(**{k: data[k] for k in types} | {"rng": state})
+        digest = data.get("data")
+        if digest is not None and not isinstance(digest, str):
+            raise RunError(f"{where}: 'data' has the wrong type; the checkpoint is damaged")
+        return cls(**{k: data[k] for k in types} | {"rng": state, "data": digest})
 
 
 def _is_log_entry(entry) -> bool:

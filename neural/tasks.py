@@ -120,6 +120,17 @@ class Task:
         answer = self.extract(text)
         return answer is not None and answer == self.extract(reference)
 
+    def digest(self) -> str:
+        """sha256 of what the task holds (every split's examples, and its texts): a run
+        records it, and resumes only on the data it was made with."""
+        h = hashlib.sha256()
+        for name in ("train", "valid", "test"):
+            for e in self.split(name):
+                h.update(json.dumps([name, e.input, e.output]).encode())
+            for text in self.works.get(name, ()):
+                h.update(json.dumps([name, text]).encode())
+        return h.hexdigest()
+
     def split(self, name: str) -> list[Example]:
         """The examples of split `name` ("train", "valid" or "test")."""
         if name not in ("train", "valid", "test"):

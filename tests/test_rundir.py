@@ -46,7 +46,8 @@ states = st.builds(
                                         st.integers(0, 624)), st.none()),
     population=st.none() | st.just({"individuals": [], "generation": 1, "serial": 0}),
     champion=st.just("(greedy logits)"),
-    log_entry=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5)))
+    log_entry=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5)),
+    data=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
 
 
 @given(states)
@@ -61,6 +62,17 @@ def test_run_state_missing_or_ill_typed_key_names_it(key):
         RunState.from_json({k: v for k, v in data.items() if k != key}, "s.json")
     with pytest.raises(RunError, match=f"^s.json: '{key}' has the wrong type"):
         RunState.from_json(data | {key: True}, "s.json")
+
+
+def test_run_state_data_digest_is_optional_but_typed():
+    """A run made before the data digest was kept has none (it resumes unchecked); one of the
+    wrong type is a damaged checkpoint."""
+    data = RunState(1, 1, None, (3, (0,) * 625, None), None, "(greedy logits)", {}).to_json()
+    assert RunState.from_json({k: v for k, v in data.items() if k != "data"}, "s.json").data \
+        is None
+    with pytest.raises(RunError, match="^s.json: 'data' has the wrong type; the checkpoint is "
+                                       "damaged$"):
+        RunState.from_json(data | {"data": 5}, "s.json")
 
 
 @pytest.mark.parametrize("rng", [[3, [1, 2], None], [7, [0] * 625, None],
@@ -336,6 +348,29 @@ def test_a_data_file_cut_short_after_the_run_is_named_by_eval_and_resume(tmp_pat
     assert expected.fullmatch(cli("evolve", "--resume", run, "--generations", "1",
                                   check=1).stderr.strip())
     assert snapshot(run) == before
+
+
+def test_a_data_file_edited_after_the_run_is_refused_on_resume(tmp_path):
+    """The run was made on one set of examples; a resume on others (an edited line: every split
+    still full, so nothing else notices) would go on silently on other data than its
+    generations, log and report were made with."""
+    data = tmp_path / "d.jsonl"
+    lines = [json.dumps({"input": f"{i}+{i}=", "output": str(2 * i)}) + "\n" for i in range(200)]
+    data.write_text("".join(lines))
+    run = tmp_path / "r"
+    cli("evolve", "--out", run, "--config", TINY, "--task", f"jsonl:{data}", "--generations",
+        "0", check=0)
+    data.write_text("".join(lines[:-1]) + json.dumps({"input": "1+1=", "output": "3"}) + "\n")
+    before = snapshot(run)
+    proc = cli("evolve", "--resume", run, "--generations", "1", check=1)
+    assert proc.stderr.strip() == (
+        f"error: task 'jsonl:{data}' now holds other examples than the run was made with (its "
+        "data, or the code that makes them, changed), so the run cannot continue exactly; "
+        f"restore the data, or start a new run from this one's results: evolve --model-from "
+        f"{run}")
+    assert snapshot(run) == before
+    data.write_text("".join(lines))  # restored: the run goes on
+    cli("evolve", "--resume", run, "--generations", "1", check=0)
 
 
 def test_a_program_spec_without_a_file_is_named(tiny_run):
