@@ -413,13 +413,20 @@ def _growing(past):
 
 def _copy_past(past):
     """A copy of an HF cache that the next call may update without touching `past`, so one
-    cache can be continued in several ways (HF caches are updated in place; their layers
-    re-bind their tensors rather than write into them)."""
+    cache can be continued in several ways (HF caches are updated in place; their key-value
+    layers re-bind their tensors rather than write into them, so a shallow copy of each
+    serves; a layer that writes into its tensors, as linear attention's convolution and
+    recurrent states are written, is copied whole)."""
     layers = getattr(past, "layers", None)
     if layers is None:
         return copy.deepcopy(past)
+    from transformers import cache_utils
+
+    linear = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
     new = copy.copy(past)
-    new.layers = [copy.copy(layer) for layer in layers]
+    new.layers = [copy.copy(layer) if isinstance(layer, cache_utils.DynamicLayer)
+                  and not isinstance(layer, linear) else copy.deepcopy(layer)
+                  for layer in layers]
     return new
 
 
@@ -582,7 +589,7 @@ class HFModel(nn.Module):
     def select_cache(self, cache: HFCache, index: torch.Tensor) -> HFCache:
         """The cache of rows `index` (a copy; `cache` is left as it was)."""
         past = _copy_past(cache.past)
-        past.batch_select_indices(index.to(cache.mask.device))
+        past.reorder_cache(index.to(cache.mask.device))  # every kind of layer takes it
         return HFCache(past, cache.mask.index_select(0, index.to(cache.mask.device)))
 
     # --- training ----------------------------------------------------------------------------

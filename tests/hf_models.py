@@ -26,6 +26,14 @@ def tokenizer():
                                    eos_token="</s>", unk_token="<unk>")
 
 
+def available(family: str) -> bool:
+    """Whether the installed transformers has `family` (newer families are skipped on older
+    versions)."""
+    from transformers import CONFIG_MAPPING
+
+    return family in CONFIG_MAPPING
+
+
 def config(family: str, **sizes):
     import transformers
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
@@ -38,6 +46,13 @@ def config(family: str, **sizes):
                                         num_attention_heads=4, num_key_value_heads=2,
                                         intermediate_size=64, vocab_size=n,
                                         max_position_embeddings=64, **ids, **sizes)
+    if family == "qwen3_5_text":  # hybrid: a linear-attention layer (Gated DeltaNet), then full
+        return transformers.Qwen3_5TextConfig(
+            num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+            hidden_size=32, head_dim=8, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, linear_key_head_dim=8, linear_value_head_dim=8,
+            linear_num_key_heads=2, linear_num_value_heads=4, vocab_size=n,
+            max_position_embeddings=64, **ids, **sizes)
     if family == "opt":
         return transformers.OPTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                       ffn_dim=64, vocab_size=n, max_position_embeddings=64,
