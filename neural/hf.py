@@ -286,8 +286,12 @@ class HFTokenizer:
         if len(tok) <= len(tok.all_special_ids):
             raise HFError(f"hf:{directory}: cannot load the tokenizer (its vocabulary is "
                           "empty; the tokenizer files are damaged)")
-        vocab = max(len(tok), int(getattr(_hf_config(d), "vocab_size", 0) or 0))
-        return cls(tok, vocab, str(directory))
+        rows = int(getattr(_hf_config(d), "vocab_size", 0) or 0)
+        if rows and len(tok) > rows:  # its last ids have no embedding: an index error mid-run
+            raise HFError(f"hf:{directory}: the tokenizer has {len(tok)} tokens but the model "
+                          f"only {rows} (config.json vocab_size); ids from {rows} on have no "
+                          "embedding (resize the model's embeddings to the tokenizer)")
+        return cls(tok, max(len(tok), rows), str(directory))
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         ids = list(self.tok.encode(text, add_special_tokens=False))

@@ -35,48 +35,36 @@ def available(family: str) -> bool:
 
 
 def config(family: str, **sizes):
+    """A tiny `family` config: 2 blocks, width 32, the vocabulary of `tokenizer()`; `sizes`
+    override any of its settings."""
     import transformers
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
-    n = len(SPECIALS) + len(CHARS)
-    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    # families the adapter has no entry for (found by layout and checked by a probe)
-    if family == "qwen3":
-        return transformers.Qwen3Config(num_hidden_layers=2, hidden_size=32, head_dim=8,
-                                        num_attention_heads=4, num_key_value_heads=2,
-                                        intermediate_size=64, vocab_size=n,
-                                        max_position_embeddings=64, **ids, **sizes)
-    if family == "qwen3_5_text":  # hybrid: a linear-attention layer (Gated DeltaNet), then full
-        return transformers.Qwen3_5TextConfig(
-            num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
-            hidden_size=32, head_dim=8, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=64, linear_key_head_dim=8, linear_value_head_dim=8,
-            linear_num_key_heads=2, linear_num_value_heads=4, vocab_size=n,
-            max_position_embeddings=64, **ids, **sizes)
-    if family == "opt":
-        return transformers.OPTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
-                                      ffn_dim=64, vocab_size=n, max_position_embeddings=64,
-                                      word_embed_proj_dim=32, **ids, **sizes)
-    if family == "falcon":
-        return transformers.FalconConfig(num_hidden_layers=2, hidden_size=32,
-                                         num_attention_heads=4, vocab_size=n, **ids, **sizes)
-    if family == "granite":  # its logits are scaled after the head: refused
-        return transformers.GraniteConfig(num_hidden_layers=2, hidden_size=32,
-                                          num_attention_heads=4, intermediate_size=64,
-                                          vocab_size=n, max_position_embeddings=64,
-                                          logits_scaling=4.0, **ids, **sizes)
-    if family == "gpt2":
-        return GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=n, n_positions=64,
-                          **ids, **sizes)
-    if family == "llama":
-        return LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
-                           num_key_value_heads=2, intermediate_size=64, vocab_size=n,
-                           max_position_embeddings=64, **ids, **sizes)
-    if family == "gpt_neox":
-        return GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
-                             intermediate_size=64, vocab_size=n, max_position_embeddings=64,
-                             **ids, **sizes)
-    raise ValueError(family)
+    ids = dict(vocab_size=len(SPECIALS) + len(CHARS), bos_token_id=1, eos_token_id=2,
+               pad_token_id=0)
+    blocks = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4)
+    llama = blocks | dict(intermediate_size=64, max_position_embeddings=64)
+    gqa = dict(num_key_value_heads=2)
+    families = {
+        "gpt2": ("GPT2Config", dict(n_layer=2, n_embd=32, n_head=2, n_positions=64)),
+        "llama": ("LlamaConfig", llama | gqa),
+        "gpt_neox": ("GPTNeoXConfig", llama),
+        # families the adapter has no entry for (found by layout and checked by a probe)
+        "qwen3": ("Qwen3Config", llama | gqa | dict(head_dim=8)),
+        "opt": ("OPTConfig", blocks | dict(ffn_dim=64, max_position_embeddings=64,
+                                           word_embed_proj_dim=32)),
+        "falcon": ("FalconConfig", blocks),
+        # its logits are scaled after the head: no lens
+        "granite": ("GraniteConfig", llama | dict(logits_scaling=4.0)),
+        # hybrid: a linear-attention layer (Gated DeltaNet), then full attention
+        "qwen3_5_text": ("Qwen3_5TextConfig", llama | gqa | dict(
+            layer_types=["linear_attention", "full_attention"], head_dim=8,
+            linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+            linear_num_value_heads=4)),
+    }
+    if family not in families:
+        raise ValueError(family)
+    name, settings = families[family]
+    return getattr(transformers, name)(**(ids | settings | sizes))
 
 
 def save(family: str, path: Path, seed: int = 0, **sizes) -> Path:

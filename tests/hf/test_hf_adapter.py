@@ -175,3 +175,19 @@ def test_pickle_weights_are_not_loaded(tmp_path):
     with pytest.raises(HFError, match="no \\*.safetensors weights .*pickle files are not "
                                       "loaded"):
         HFModel.from_pretrained(str(tmp_path))
+
+
+def test_padded_embeddings_and_a_tokenizer_larger_than_the_model(tmp_path):
+    """Embeddings padded past the tokenizer (vocab_size in config.json > len(tokenizer), as
+    many models ship) are the model's vocabulary; a tokenizer with more tokens than the model
+    has embeddings is refused in one line (its last ids would fail mid-run)."""
+    n = len(tiny.SPECIALS) + len(tiny.CHARS)
+    padded = tiny.save("llama", tmp_path / "padded", vocab_size=n + 21)
+    assert HFTokenizer.from_pretrained(str(padded)).vocab_size == n + 21
+    assert HFModel.from_pretrained(str(padded)).vocab_size == n + 21
+    small = tiny.save("llama", tmp_path / "small", vocab_size=n - 10)
+    with pytest.raises(HFError) as e:
+        HFTokenizer.from_pretrained(str(small))
+    assert str(e.value) == (f"hf:{small}: the tokenizer has {n} tokens but the model only "
+                            f"{n - 10} (config.json vocab_size); ids from {n - 10} on have no "
+                            "embedding (resize the model's embeddings to the tokenizer)")
