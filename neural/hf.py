@@ -273,6 +273,7 @@ class HFTokenizer:
     @classmethod
     def from_pretrained(cls, directory: str) -> HFTokenizer:
         d = check_directory(directory)
+        config = _hf_config(d)  # AutoTokenizer reads it too: its errors are config.json's
         if not any((d / f).is_file() for f in TOKENIZER_FILES):
             raise HFError(f"hf:{directory}: cannot load the tokenizer (no tokenizer files: "
                           f"expected one of {', '.join(TOKENIZER_FILES)})")
@@ -286,7 +287,7 @@ class HFTokenizer:
         if len(tok) <= len(tok.all_special_ids):
             raise HFError(f"hf:{directory}: cannot load the tokenizer (its vocabulary is "
                           "empty; the tokenizer files are damaged)")
-        rows = int(getattr(_hf_config(d), "vocab_size", 0) or 0)
+        rows = int(getattr(config, "vocab_size", 0) or 0)
         if rows and len(tok) > rows:  # its last ids have no embedding: an index error mid-run
             raise HFError(f"hf:{directory}: the tokenizer has {len(tok)} tokens but the model "
                           f"only {rows} (config.json vocab_size); ids from {rows} on have no "

@@ -191,3 +191,12 @@ def test_padded_embeddings_and_a_tokenizer_larger_than_the_model(tmp_path):
     assert str(e.value) == (f"hf:{small}: the tokenizer has {n} tokens but the model only "
                             f"{n - 10} (config.json vocab_size); ids from {n - 10} on have no "
                             "embedding (resize the model's embeddings to the tokenizer)")
+
+
+def test_a_damaged_config_is_named_before_the_tokenizer(tmp_path):
+    """The run loads the tokenizer first; a config.json that is not JSON is named as such,
+    not as a tokenizer that cannot load (AutoTokenizer reads config.json too)."""
+    tiny.save("gpt2", tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", ')
+    with pytest.raises(HFError, match=f"^hf:{tmp_path}: cannot read config.json "):
+        HFTokenizer.from_pretrained(str(tmp_path))
