@@ -18,7 +18,10 @@ forward when it is loaded. Any other causal LM still decodes from its logits
 (`unavailable_inputs`: where no layout fits, no `layer`, `layer-mix` or `gated`; where the
 logits are soft-capped or scaled after the head, as Gemma 2's and Granite's are, no `layer` or
 `layer-mix`, which could not reproduce that; a program that reads one is an error naming the
-family, and evolution leaves them out):
+family, and evolution leaves them out). Whatever the family, a second probe at load checks
+that a left-padded row of a batch and a step through the cache give the model's plain
+forward's logits; a model whose forward does not take the mask and positions as given is
+refused rather than decoded wrongly:
 
 * residual streams are read by forward hooks on the blocks. HF's own `hidden_states[k]` is
   the stream after block k for k < L, but the last one is taken after the final norm, which
@@ -497,6 +500,39 @@ class HFModel(nn.Module):
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keeps_logits = "logits_to_keep" in params
+        self._check_decoding(f"model family '{family}' ({type(hf_model).__name__})")
+
+    def _check_decoding(self, name: str) -> None:
+        """The logits decoding reads are the model's own: a left-padded row of a batch and
+        a step through the cache give its plain forward's logits on the row alone, checked
+        once on a probe of six tokens (a model that ignored the mask or the positions it is
+        given would otherwise decode wrongly without a word); HFError where they differ."""
+        device = self.head.weight.device if self.head is not None else device_of(self.hf)
+        ids = (torch.arange(6, device=device) * 7 + 3) % self.vocab_size
+        pad = torch.zeros(2, dtype=torch.long, device=device)
+        batch = torch.stack([torch.cat([pad, ids[:3]]), ids[:5]])
+        mask = torch.ones(2, 5, dtype=torch.bool, device=device)
+        mask[0, :2] = False
+        training = self.hf.training
+        self.hf.eval()  # no dropout in the probe
+        try:
+            with torch.no_grad():
+                plain = self.hf(input_ids=ids[None]).logits[0].float()
+                out = self.forward_step(batch, attention_mask=mask)
+                step = self.forward_step(torch.stack([ids[3:4], ids[5:6]]), cache=out.cache,
+                                         attention_mask=F.pad(mask, (0, 1), value=True))
+        except Exception as e:  # a model that cannot run a forward at all
+            raise HFError(f"{name}: a probe forward failed ({_first_line(e)})") from None
+        finally:
+            self.hf.train(training)
+        got = torch.stack([*out.logits[0, 2:].float(), step.logits[0, -1].float(),
+                           *out.logits[1].float(), step.logits[1, -1].float()])
+        want = plain[[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]]
+        gap = float((got - want).abs().max())
+        if not gap <= 1e-3 * max(1.0, float(want.abs().max())):  # NaN fails too
+            raise HFError(f"{name}: its logits in a left-padded batch or through its cache are "
+                          f"not those of its plain forward (by {gap:.3g} on a probe); it "
+                          "cannot be decoded in batches")
 
     @classmethod
     def from_pretrained(cls, directory: str, *, device: str | torch.device = "cpu",

@@ -2,6 +2,7 @@
 temporary directory (nothing downloaded) speak the decoders' protocol. Program sources are
 checked against the model's own `output_hidden_states`, the cache against a full forward."""
 
+import functools
 import warnings
 
 import pytest
@@ -200,3 +201,35 @@ def test_a_damaged_config_is_named_before_the_tokenizer(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2", ')
     with pytest.raises(HFError, match=f"^hf:{tmp_path}: cannot read config.json "):
         HFTokenizer.from_pretrained(str(tmp_path))
+
+
+def test_a_model_whose_logits_decoding_cannot_reproduce_is_refused(tmp_path):
+    """A probe at load: a left-padded row and a cached step must give the model's plain
+    forward's logits. A forward that ignores the mask and positions it is given (as a family
+    transformers wires otherwise might) would decode wrongly without a word: refused."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny.save("gpt2", tmp_path))
+    forward = hf.forward
+
+    @functools.wraps(forward)  # its signature: the cache keyword the version takes
+    def ignoring(*args, attention_mask=None, position_ids=None, **kw):
+        return forward(*args, **kw)
+
+    hf.forward = ignoring
+    with pytest.raises(HFError, match=r"^model family 'gpt2' \(GPT2LMHeadModel\): its logits in "
+                                      r"a left-padded batch or through its cache are not those "
+                                      r"of its plain forward \(by [0-9.e-]+ on a probe\); it "
+                                      "cannot be decoded in batches$"):
+        HFModel(hf)
+
+
+def test_greedy_decoding_is_transformers_generate(model):
+    """`(greedy logits)` decodes the tokens `generate(do_sample=False)` gives, prompts of
+    different lengths in one batch."""
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 12, 13, 14, 15, 16]]
+    answers = decode(model, "(greedy logits)", prompts, max_new_tokens=6)
+    for prompt, answer in zip(prompts, answers, strict=True):
+        ids = torch.tensor([prompt])
+        gen = model.hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=6, min_new_tokens=6, eos_token_id=None,
+                                pad_token_id=0)
+        assert list(answer.tokens) == gen[0, len(prompt):].tolist()
