@@ -90,6 +90,7 @@ LAYOUTS = (
     Layout("transformer.h", "transformer.ln_f", "self_attention.dense"),  # Falcon, BLOOM
 )
 TRAIN_MODES = ("frozen", "full", "lora")
+HEX = frozenset("0123456789ABCDEFabcdef")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
@@ -313,12 +314,32 @@ class HFTokenizer:
                                clean_up_tokenization_spaces=False)
 
     def token_bytes(self, i: int) -> bytes:
-        """The UTF-8 text token `i` stands for (none for special tokens)."""
+        """The bytes token `i` stands for in running text (none for special tokens), as
+        llama.cpp's token pieces: a sentencepiece token's leading space (its '▁', which
+        decoding a token alone drops) kept, a byte-fallback piece `<0xHH>` its byte."""
         if self._bytes is None:  # once, for the whole vocabulary (DRY's breakers ask each)
-            self._bytes = [b"" if t in self._special else
-                           self.tok.decode([t], clean_up_tokenization_spaces=False)
-                           .encode("utf-8") for t in range(len(self.tok))]
+            self._bytes = self._pieces()
         return self._bytes[i] if 0 <= i < len(self._bytes) else b""
+
+    def _pieces(self) -> list[bytes]:
+        n, opts = len(self.tok), {"clean_up_tokenization_spaces": False}
+        anchor = (self.encode("a") or [None])[-1]  # a token read after it is mid-text
+        lead = self.tok.decode([anchor], **opts) if anchor is not None else ""
+        after = (self.tok.batch_decode([[anchor, t] for t in range(n)], **opts)
+                 if lead else [None] * n)
+        pieces = self.tok.convert_ids_to_tokens(list(range(n)))
+        out = []
+        for t, (text, piece) in enumerate(zip(after, pieces, strict=True)):
+            if t in self._special:
+                out.append(b"")
+            elif isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") \
+                    and piece.endswith(">") and all(c in HEX for c in piece[3:5]):
+                out.append(bytes([int(piece[3:5], 16)]))
+            elif text is not None and text.startswith(lead):
+                out.append(text[len(lead):].encode("utf-8"))
+            else:
+                out.append(self.tok.decode([t], **opts).encode("utf-8"))
+        return out
 
     def encode_bytes(self, data: bytes) -> list[int]:
         """Token ids of UTF-8 text given as bytes (a DRY breaker's tail)."""

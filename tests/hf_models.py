@@ -26,6 +26,25 @@ def tokenizer():
                                    eos_token="</s>", unk_token="<unk>")
 
 
+def sentencepiece_tokenizer():
+    """A sentencepiece-like tokenizer (as Llama 2's): BPE over text whose spaces are '▁' (one
+    before the text too), `<0xHH>` byte pieces for characters it lacks."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = (["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁"]
+              + [c for c in CHARS if c != " "] + ["▁t", "▁th", "▁the"])
+    merges = [("▁", "t"), ("▁t", "h"), ("▁th", "e")]
+    tok = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces)}, merges, unk_token="<unk>",
+                               byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
 def available(family: str) -> bool:
     """Whether the installed transformers has `family` (newer families are skipped on older
     versions)."""

@@ -145,6 +145,17 @@ def test_tokenizer_is_the_models_own(tmp_path):
     assert tok.encode_bytes(b"a1 ") == tok.encode("a1 ")  # DRY breakers' tails
 
 
+def test_token_pieces_of_a_sentencepiece_tokenizer():
+    """DRY's breakers read each token's bytes as llama.cpp's pieces: a '▁' token keeps its
+    space (decoding it alone drops it), a byte-fallback piece is its byte."""
+    tok = HFTokenizer(tiny.sentencepiece_tokenizer(), 300, "sp")
+    the, ids = tok.tok.convert_tokens_to_ids("▁the"), tok.encode("a the é")
+    assert tok.tok.convert_ids_to_tokens(ids) == ["▁", "a", "▁the", "▁", "<0xC3>", "<0xA9>"]
+    assert [tok.token_bytes(i) for i in ids] == [b" ", b"a", b" the", b" ", b"\xc3", b"\xa9"]
+    assert tok.decode(ids) == "a the é" and the in ids
+    assert tok.token_bytes(tok.eos_id) == b""
+
+
 def test_fingerprint_follows_the_weights(tmp_path):
     a = tiny.save("gpt2", tmp_path / "a")
     b = tiny.save("gpt2", tmp_path / "b")
