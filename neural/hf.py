@@ -88,6 +88,8 @@ LAYOUTS = (
     Layout("transformer.h", "transformer.ln_f", "attn.c_proj"),  # GPT-BigCode
     Layout("transformer.h", "transformer.ln_f", "attn.out_proj"),  # GPT-J, CodeGen
     Layout("transformer.h", "transformer.ln_f", "self_attention.dense"),  # Falcon, BLOOM
+    # a language model inside a multimodal one: Gemma 3, Mistral 3, Qwen2.5-VL, ...
+    Layout("model.language_model.layers", "model.language_model.norm", "self_attn.o_proj"),
 )
 TRAIN_MODES = ("frozen", "full", "lora")
 HEX = frozenset("0123456789ABCDEFabcdef")
@@ -157,7 +159,7 @@ def _find_layout(hf_model: nn.Module, family: str | None) -> tuple[Layout | None
     hf_model.eval()  # no dropout in the probe
     try:
         with torch.no_grad():
-            ids = torch.arange(3, device=head.weight.device)[None] % hf_model.config.vocab_size
+            ids = torch.arange(3, device=head.weight.device)[None] % head.weight.shape[0]
             logits = hf_model(input_ids=ids).logits
             ok = (len(seen) == 3 and torch.equal(seen["input"], seen["stream"])
                   and torch.allclose(head(seen["output"]), logits, rtol=1e-4, atol=1e-3))
@@ -173,6 +175,21 @@ def _find_layout(hf_model: nn.Module, family: str | None) -> tuple[Layout | None
                       f"last block's stream (a logit scale or soft cap, or a projection after "
                       f"the norm)")
     return layout, ""
+
+
+def _text_config(config):
+    """The config of the language model inside `config` (itself, unless it is multimodal)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def _size(config, *names: str) -> int | None:
+    """The first of `names` that `config` sets to a positive integer."""
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _transformers():
@@ -291,7 +308,7 @@ class HFTokenizer:
         if len(tok) <= len(tok.all_special_ids):
             raise HFError(f"hf:{directory}: cannot load the tokenizer (its vocabulary is "
                           "empty; the tokenizer files are damaged)")
-        rows = int(getattr(config, "vocab_size", 0) or 0)
+        rows = _size(_text_config(config), "vocab_size") or 0
         if rows and len(tok) > rows:  # its last ids have no embedding: an index error mid-run
             raise HFError(f"hf:{directory}: the tokenizer has {len(tok)} tokens but the model "
                           f"only {rows} (config.json vocab_size); ids from {rows} on have no "
@@ -491,15 +508,18 @@ class HFModel(nn.Module):
         object.__setattr__(self, "blocks", list(blocks or ()))
         object.__setattr__(self, "final_norm", norm)
         object.__setattr__(self, "head", head)
-        self.n_layer = len(self.blocks) or int(getattr(config, "num_hidden_layers", None)
-                                               or getattr(config, "n_layer", None) or 1)
-        self.n_head = int(getattr(config, "num_attention_heads", None) or config.n_head)
-        self.vocab_size = int(config.vocab_size)
-        n_embd = int(getattr(config, "hidden_size", None) or config.n_embd)
-        positions = (getattr(config, "max_position_embeddings", None)
-                     or getattr(config, "n_positions", None) or 2**16)
+        text = _text_config(config)  # a multimodal model's sizes are its text model's
+        self.n_layer = len(self.blocks) or _size(text, "num_hidden_layers", "n_layer") or 1
+        self.n_head = _size(text, "num_attention_heads", "n_head") or 1
+        self.vocab_size = (head.weight.shape[0] if head is not None else None) or \
+            _size(text, "vocab_size")
+        n_embd = _size(text, "hidden_size", "n_embd") or 0
+        positions = _size(text, "max_position_embeddings", "n_positions") or 2**16
+        if not self.vocab_size:
+            raise HFError(f"model family '{family}' ({type(hf_model).__name__}): no output "
+                          "embedding and no vocab_size in config.json")
         self.config = HFConfig(family, self.n_layer, self.n_head, n_embd, self.vocab_size,
-                               int(positions))
+                               positions)
         self._streams: list[torch.Tensor] | None = None
         self._gates: torch.Tensor | None = None  # (B|1, L, H) during a gated call
         projections = [_get(b, layout.proj) for b in self.blocks] if layout else []

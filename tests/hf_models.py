@@ -79,11 +79,19 @@ def config(family: str, **sizes):
             layer_types=["linear_attention", "full_attention"], head_dim=8,
             linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
             linear_num_value_heads=4)),
+        # multimodal: a text model (Gemma 3's, with sliding-window layers) inside; no images
+        "gemma3": ("Gemma3Config", dict(
+            text_config=ids | llama | gqa | dict(head_dim=8, sliding_window=16),
+            vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, image_size=28, patch_size=14),
+            mm_tokens_per_image=4, boi_token_index=40, eoi_token_index=41,
+            image_token_index=42)),
     }
     if family not in families:
         raise ValueError(family)
     name, settings = families[family]
-    return getattr(transformers, name)(**(ids | settings | sizes))
+    top = {} if "text_config" in settings else ids
+    return getattr(transformers, name)(**(top | settings | sizes))
 
 
 def save(family: str, path: Path, seed: int = 0, **sizes) -> Path:

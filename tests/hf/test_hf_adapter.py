@@ -17,11 +17,12 @@ import engine_dsl  # noqa: E402
 from engine_dsl.decoders import decode, decode_each  # noqa: E402
 from neural.hf import HFError, HFModel, HFTokenizer, fingerprint  # noqa: E402
 
-# the last 4 by layout; Qwen3.5 mixes linear-attention layers (their states are written in
-# place in the cache) with full attention
-FAMILIES = ["gpt2", "llama", "gpt_neox", "qwen3", "opt", "falcon",
-            pytest.param("qwen3_5_text", marks=pytest.mark.skipif(
-                not tiny.available("qwen3_5_text"), reason="transformers without Qwen3.5"))]
+# the last 5 by layout; Qwen3.5 mixes linear-attention layers (their states are written in
+# place in the cache) with full attention; Gemma 3 (4B and up) is multimodal, its language
+# model inside
+FAMILIES = ["gpt2", "llama", "gpt_neox", "qwen3", "opt", "falcon"] + [
+    pytest.param(f, marks=pytest.mark.skipif(not tiny.available(f), reason=f"no {f} here"))
+    for f in ("qwen3_5_text", "gemma3")]
 ATOL = 1e-5
 
 
