@@ -276,19 +276,22 @@ class HFTokenizer:
     GPT-2's `<|endoftext|>` serves both); answers end with EOS; padding is the PAD token or,
     where there is none, EOS (padding is masked out, never attended to nor a target)."""
 
-    def __init__(self, tokenizer, vocab_size: int, path: str):
+    def __init__(self, tokenizer, vocab_size: int, path: str, eos_id: int | None = None):
+        """`eos_id`: the model's end-of-sequence token (config.json's), used where the
+        tokenizer names none."""
         self.tok = tokenizer
         self.path = path
-        if tokenizer.eos_token_id is None:
-            raise HFError(f"hf:{path}: the tokenizer has no end-of-sequence token (answers "
-                          "need one to stop)")
-        self.eos_id = int(tokenizer.eos_token_id)
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else eos_id
+        if eos is None:
+            raise HFError(f"hf:{path}: neither the tokenizer nor config.json names an "
+                          "end-of-sequence token (answers need one to stop)")
+        self.eos_id = int(eos)
         bos = tokenizer.bos_token_id
         self.bos_id = int(bos) if bos is not None else self.eos_id
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_id
         self.vocab_size = int(vocab_size)
-        self._special = set(tokenizer.all_special_ids)
+        self._special = set(tokenizer.all_special_ids) | {self.eos_id}
         self._bytes: list[bytes] | None = None
 
     @classmethod
@@ -313,7 +316,10 @@ class HFTokenizer:
             raise HFError(f"hf:{directory}: the tokenizer has {len(tok)} tokens but the model "
                           f"only {rows} (config.json vocab_size); ids from {rows} on have no "
                           "embedding (resize the model's embeddings to the tokenizer)")
-        return cls(tok, max(len(tok), rows), str(directory))
+        eos = getattr(_text_config(config), "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+        return cls(tok, max(len(tok), rows), str(directory),
+                   eos if isinstance(eos, int) and 0 <= eos < max(len(tok), rows) else None)
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         ids = list(self.tok.encode(text, add_special_tokens=False))

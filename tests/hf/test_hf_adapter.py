@@ -245,3 +245,24 @@ def test_greedy_decoding_is_transformers_generate(model):
                                 max_new_tokens=6, min_new_tokens=6, eos_token_id=None,
                                 pad_token_id=0)
         assert list(answer.tokens) == gen[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("config_eos", [2, None])
+def test_a_tokenizer_without_eos_takes_the_models(tmp_path, config_eos):
+    """A tokenizer that names no end-of-sequence token takes config.json's (the model's
+    own); where neither names one, one line says so."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = tiny.save("llama", tmp_path, eos_token_id=config_eos)
+    PreTrainedTokenizerFast(tokenizer_object=tiny.tokenizer().backend_tokenizer,
+                            bos_token="<s>", pad_token="<pad>", unk_token="<unk>"
+                            ).save_pretrained(path)
+    if config_eos is None:
+        with pytest.raises(HFError, match=f"^hf:{path}: neither the tokenizer nor config.json "
+                                          "names an end-of-sequence token"):
+            HFTokenizer.from_pretrained(str(path))
+        return
+    tok = HFTokenizer.from_pretrained(str(path))
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
+    assert tok.decode(tok.encode("ab", eos=True) + [5], stop_at_eos=True) == "ab"
+    assert tok.token_bytes(2) == b""
