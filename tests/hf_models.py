@@ -79,6 +79,9 @@ def config(family: str, **sizes):
             layer_types=["linear_attention", "full_attention"], head_dim=8,
             linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
             linear_num_value_heads=4)),
+        # a state-space model: it takes no attention mask, so left padding changes its logits
+        "mamba": ("MambaConfig", dict(num_hidden_layers=2, hidden_size=32, state_size=4,
+                                      expand=2, conv_kernel=4)),
         # multimodal: a text model (Gemma 3's, with sliding-window layers) inside; no images
         "gemma3": ("Gemma3Config", dict(
             text_config=ids | llama | gqa | dict(head_dim=8, sliding_window=16),

@@ -234,6 +234,15 @@ def test_a_model_whose_logits_decoding_cannot_reproduce_is_refused(tmp_path):
         HFModel(hf)
 
 
+def test_a_model_that_ignores_padding_is_refused(tmp_path):
+    """Mamba takes no attention mask: a left-padded row is another sequence there, so the
+    probe refuses it in one line rather than decoding it wrongly."""
+    path = tiny.save("mamba", tmp_path)
+    with pytest.raises(HFError, match=r"^model family 'mamba' \(MambaForCausalLM\): its logits "
+                                      "in a left-padded batch or through its cache are not "):
+        HFModel.from_pretrained(str(path))
+
+
 def test_greedy_decoding_is_transformers_generate(model):
     """`(greedy logits)` decodes the tokens `generate(do_sample=False)` gives, prompts of
     different lengths in one batch."""
