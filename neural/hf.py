@@ -92,7 +92,7 @@ LAYOUTS = (
     Layout("model.language_model.layers", "model.language_model.norm", "self_attn.o_proj"),
 )
 TRAIN_MODES = ("frozen", "full", "lora")
-HEX = frozenset("0123456789ABCDEFabcdef")
+_HEX = frozenset("0123456789ABCDEFabcdef")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
@@ -356,7 +356,7 @@ class HFTokenizer:
             if t in self._special:
                 out.append(b"")
             elif isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") \
-                    and piece.endswith(">") and all(c in HEX for c in piece[3:5]):
+                    and piece.endswith(">") and all(c in _HEX for c in piece[3:5]):
                 out.append(bytes([int(piece[3:5], 16)]))
             elif text is not None and text.startswith(lead):
                 out.append(text[len(lead):].encode("utf-8"))
