@@ -116,7 +116,7 @@ class LoraSettings:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: tuple[str, ...] = ()  # module names; empty: peft's default for the family
+    targets: tuple[str, ...] = ()  # module names; empty: peft's default (or all-linear)
 
 
 def _get(obj, dotted: str):
@@ -765,7 +765,7 @@ def _with_lora(hf_model: nn.Module, settings: LoraSettings):
                       "'echo-forge[lora]' (peft)") from None
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
                         lora_dropout=settings.dropout, task_type="CAUSAL_LM",
-                        target_modules=list(settings.targets) or None)
+                        target_modules=list(settings.targets) or _default_targets(hf_model))
     try:
         with warnings.catch_warnings():  # peft asks transformers a renamed question
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing",
@@ -773,6 +773,17 @@ def _with_lora(hf_model: nn.Module, settings: LoraSettings):
             return get_peft_model(hf_model, config)
     except ValueError as e:  # e.g. target modules not found in the model
         raise HFError(f"hf.lora_targets: {_first_line(e)}") from None
+
+
+def _default_targets(hf_model: nn.Module) -> str | None:
+    """LoRA's target modules where none are given: peft's default for the family (None), or
+    every linear layer but the head (peft's "all-linear") for a family peft has none for."""
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    except ImportError:  # another peft: its own default, or its error naming the setting
+        return None
+    family = getattr(hf_model.config, "model_type", None)
+    return None if family in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING else "all-linear"
 
 
 def load_hf(directory: str, **kwargs) -> HFModel:

@@ -275,3 +275,16 @@ def test_a_tokenizer_without_eos_takes_the_models(tmp_path, config_eos):
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
     assert tok.decode(tok.encode("ab", eos=True) + [5], stop_at_eos=True) == "ab"
     assert tok.token_bytes(2) == b""
+
+
+def test_lora_on_a_family_peft_has_no_default_for(tmp_path):
+    """peft names default LoRA targets for the families it knows; on another (Granite here)
+    the adapters go on every linear layer but the head (peft's all-linear), instead of an
+    error asking for hf.lora_targets."""
+    pytest.importorskip("peft")
+    model = HFModel.from_pretrained(str(tiny.save("granite", tmp_path)), train_mode="lora")
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trained} >= {"q_proj", "o_proj",
+                                                                          "down_proj"}
+    assert not any("lm_head" in n for n in trained)
