@@ -120,7 +120,8 @@ class HFSection:
     lora_rank: int = 8  # rank of the LoRA adapters (train_mode = lora)
     lora_alpha: float = 16.0  # LoRA scaling numerator (the update is scaled by alpha / rank)
     lora_dropout: float = 0.0  # dropout on the adapters' input, in [0, 1)
-    lora_targets: list[str] = field(default_factory=list)  # module names; empty: peft's default
+    # module names; empty: peft's default for the family, or every linear layer where it has none
+    lora_targets: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -18,7 +18,10 @@ forward when it is loaded. Any other causal LM still decodes from its logits
 (`unavailable_inputs`: where no layout fits, no `layer`, `layer-mix` or `gated`; where the
 logits are soft-capped or scaled after the head, as Gemma 2's and Granite's are, no `layer` or
 `layer-mix`, which could not reproduce that; a program that reads one is an error naming the
-family, and evolution leaves them out):
+family, and evolution leaves them out). Whatever the family, a second probe at load checks
+that a left-padded row of a batch and a step through the cache give the model's plain
+forward's logits; a model whose forward does not take the mask and positions as given is
+refused rather than decoded wrongly:
 
 * residual streams are read by forward hooks on the blocks. HF's own `hidden_states[k]` is
   the stream after block k for k < L, but the last one is taken after the final norm, which
@@ -85,8 +88,11 @@ LAYOUTS = (
     Layout("transformer.h", "transformer.ln_f", "attn.c_proj"),  # GPT-BigCode
     Layout("transformer.h", "transformer.ln_f", "attn.out_proj"),  # GPT-J, CodeGen
     Layout("transformer.h", "transformer.ln_f", "self_attention.dense"),  # Falcon, BLOOM
+    # a language model inside a multimodal one: Gemma 3, Mistral 3, Qwen2.5-VL, ...
+    Layout("model.language_model.layers", "model.language_model.norm", "self_attn.o_proj"),
 )
 TRAIN_MODES = ("frozen", "full", "lora")
+_HEX = frozenset("0123456789ABCDEFabcdef")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
@@ -110,7 +116,7 @@ class LoraSettings:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: tuple[str, ...] = ()  # module names; empty: peft's default for the family
+    targets: tuple[str, ...] = ()  # module names; empty: peft's default (or all-linear)
 
 
 def _get(obj, dotted: str):
@@ -153,7 +159,7 @@ def _find_layout(hf_model: nn.Module, family: str | None) -> tuple[Layout | None
     hf_model.eval()  # no dropout in the probe
     try:
         with torch.no_grad():
-            ids = torch.arange(3, device=head.weight.device)[None] % hf_model.config.vocab_size
+            ids = torch.arange(3, device=head.weight.device)[None] % head.weight.shape[0]
             logits = hf_model(input_ids=ids).logits
             ok = (len(seen) == 3 and torch.equal(seen["input"], seen["stream"])
                   and torch.allclose(head(seen["output"]), logits, rtol=1e-4, atol=1e-3))
@@ -169,6 +175,21 @@ def _find_layout(hf_model: nn.Module, family: str | None) -> tuple[Layout | None
                       f"last block's stream (a logit scale or soft cap, or a projection after "
                       f"the norm)")
     return layout, ""
+
+
+def _text_config(config):
+    """The config of the language model inside `config` (itself, unless it is multimodal)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def _size(config, *names: str) -> int | None:
+    """The first of `names` that `config` sets to a positive integer."""
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _transformers():
@@ -255,24 +276,28 @@ class HFTokenizer:
     GPT-2's `<|endoftext|>` serves both); answers end with EOS; padding is the PAD token or,
     where there is none, EOS (padding is masked out, never attended to nor a target)."""
 
-    def __init__(self, tokenizer, vocab_size: int, path: str):
+    def __init__(self, tokenizer, vocab_size: int, path: str, eos_id: int | None = None):
+        """`eos_id`: the model's end-of-sequence token (config.json's), used where the
+        tokenizer names none."""
         self.tok = tokenizer
         self.path = path
-        if tokenizer.eos_token_id is None:
-            raise HFError(f"hf:{path}: the tokenizer has no end-of-sequence token (answers "
-                          "need one to stop)")
-        self.eos_id = int(tokenizer.eos_token_id)
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else eos_id
+        if eos is None:
+            raise HFError(f"hf:{path}: neither the tokenizer nor config.json names an "
+                          "end-of-sequence token (answers need one to stop)")
+        self.eos_id = int(eos)
         bos = tokenizer.bos_token_id
         self.bos_id = int(bos) if bos is not None else self.eos_id
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_id
         self.vocab_size = int(vocab_size)
-        self._special = set(tokenizer.all_special_ids)
+        self._special = set(tokenizer.all_special_ids) | {self.eos_id}
         self._bytes: list[bytes] | None = None
 
     @classmethod
     def from_pretrained(cls, directory: str) -> HFTokenizer:
         d = check_directory(directory)
+        config = _hf_config(d)  # AutoTokenizer reads it too: its errors are config.json's
         if not any((d / f).is_file() for f in TOKENIZER_FILES):
             raise HFError(f"hf:{directory}: cannot load the tokenizer (no tokenizer files: "
                           f"expected one of {', '.join(TOKENIZER_FILES)})")
@@ -286,8 +311,15 @@ class HFTokenizer:
         if len(tok) <= len(tok.all_special_ids):
             raise HFError(f"hf:{directory}: cannot load the tokenizer (its vocabulary is "
                           "empty; the tokenizer files are damaged)")
-        vocab = max(len(tok), int(getattr(_hf_config(d), "vocab_size", 0) or 0))
-        return cls(tok, vocab, str(directory))
+        rows = _size(_text_config(config), "vocab_size") or 0
+        if rows and len(tok) > rows:  # its last ids have no embedding: an index error mid-run
+            raise HFError(f"hf:{directory}: the tokenizer has {len(tok)} tokens but the model "
+                          f"only {rows} (config.json vocab_size); ids from {rows} on have no "
+                          "embedding (resize the model's embeddings to the tokenizer)")
+        eos = getattr(_text_config(config), "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+        return cls(tok, max(len(tok), rows), str(directory),
+                   eos if isinstance(eos, int) and 0 <= eos < max(len(tok), rows) else None)
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         ids = list(self.tok.encode(text, add_special_tokens=False))
@@ -305,12 +337,32 @@ class HFTokenizer:
                                clean_up_tokenization_spaces=False)
 
     def token_bytes(self, i: int) -> bytes:
-        """The UTF-8 text token `i` stands for (none for special tokens)."""
+        """The bytes token `i` stands for in running text (none for special tokens), as
+        llama.cpp's token pieces: a sentencepiece token's leading space (its '▁', which
+        decoding a token alone drops) kept, a byte-fallback piece `<0xHH>` its byte."""
         if self._bytes is None:  # once, for the whole vocabulary (DRY's breakers ask each)
-            self._bytes = [b"" if t in self._special else
-                           self.tok.decode([t], clean_up_tokenization_spaces=False)
-                           .encode("utf-8") for t in range(len(self.tok))]
+            self._bytes = self._pieces()
         return self._bytes[i] if 0 <= i < len(self._bytes) else b""
+
+    def _pieces(self) -> list[bytes]:
+        n, opts = len(self.tok), {"clean_up_tokenization_spaces": False}
+        anchor = (self.encode("a") or [None])[-1]  # a token read after it is mid-text
+        lead = self.tok.decode([anchor], **opts) if anchor is not None else ""
+        after = (self.tok.batch_decode([[anchor, t] for t in range(n)], **opts)
+                 if lead else [None] * n)
+        pieces = self.tok.convert_ids_to_tokens(list(range(n)))
+        out = []
+        for t, (text, piece) in enumerate(zip(after, pieces, strict=True)):
+            if t in self._special:
+                out.append(b"")
+            elif isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") \
+                    and piece.endswith(">") and all(c in _HEX for c in piece[3:5]):
+                out.append(bytes([int(piece[3:5], 16)]))
+            elif text is not None and text.startswith(lead):
+                out.append(text[len(lead):].encode("utf-8"))
+            else:
+                out.append(self.tok.decode([t], **opts).encode("utf-8"))
+        return out
 
     def encode_bytes(self, data: bytes) -> list[int]:
         """Token ids of UTF-8 text given as bytes (a DRY breaker's tail)."""
@@ -413,13 +465,20 @@ def _growing(past):
 
 def _copy_past(past):
     """A copy of an HF cache that the next call may update without touching `past`, so one
-    cache can be continued in several ways (HF caches are updated in place; their layers
-    re-bind their tensors rather than write into them)."""
+    cache can be continued in several ways (HF caches are updated in place; their key-value
+    layers re-bind their tensors rather than write into them, so a shallow copy of each
+    serves; a layer that writes into its tensors, as linear attention's convolution and
+    recurrent states are written, is copied whole)."""
     layers = getattr(past, "layers", None)
     if layers is None:
         return copy.deepcopy(past)
+    from transformers import cache_utils
+
+    linear = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
     new = copy.copy(past)
-    new.layers = [copy.copy(layer) for layer in layers]
+    new.layers = [copy.copy(layer) if isinstance(layer, cache_utils.DynamicLayer)
+                  and not isinstance(layer, linear) else copy.deepcopy(layer)
+                  for layer in layers]
     return new
 
 
@@ -455,15 +514,18 @@ class HFModel(nn.Module):
         object.__setattr__(self, "blocks", list(blocks or ()))
         object.__setattr__(self, "final_norm", norm)
         object.__setattr__(self, "head", head)
-        self.n_layer = len(self.blocks) or int(getattr(config, "num_hidden_layers", None)
-                                               or getattr(config, "n_layer", None) or 1)
-        self.n_head = int(getattr(config, "num_attention_heads", None) or config.n_head)
-        self.vocab_size = int(config.vocab_size)
-        n_embd = int(getattr(config, "hidden_size", None) or config.n_embd)
-        positions = (getattr(config, "max_position_embeddings", None)
-                     or getattr(config, "n_positions", None) or 2**16)
+        text = _text_config(config)  # a multimodal model's sizes are its text model's
+        self.n_layer = len(self.blocks) or _size(text, "num_hidden_layers", "n_layer") or 1
+        self.n_head = _size(text, "num_attention_heads", "n_head") or 1
+        self.vocab_size = (head.weight.shape[0] if head is not None else None) or \
+            _size(text, "vocab_size")
+        n_embd = _size(text, "hidden_size", "n_embd") or 0
+        positions = _size(text, "max_position_embeddings", "n_positions") or 2**16
+        if not self.vocab_size:
+            raise HFError(f"model family '{family}' ({type(hf_model).__name__}): no output "
+                          "embedding and no vocab_size in config.json")
         self.config = HFConfig(family, self.n_layer, self.n_head, n_embd, self.vocab_size,
-                               int(positions))
+                               positions)
         self._streams: list[torch.Tensor] | None = None
         self._gates: torch.Tensor | None = None  # (B|1, L, H) during a gated call
         projections = [_get(b, layout.proj) for b in self.blocks] if layout else []
@@ -485,6 +547,39 @@ class HFModel(nn.Module):
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keeps_logits = "logits_to_keep" in params
+        self._check_decoding(f"model family '{family}' ({type(hf_model).__name__})")
+
+    def _check_decoding(self, name: str) -> None:
+        """The logits decoding reads are the model's own: a left-padded row of a batch and
+        a step through the cache give its plain forward's logits on the row alone, checked
+        once on a probe of six tokens (a model that ignored the mask or the positions it is
+        given would otherwise decode wrongly without a word); HFError where they differ."""
+        device = self.head.weight.device if self.head is not None else device_of(self.hf)
+        ids = (torch.arange(6, device=device) * 7 + 3) % self.vocab_size
+        pad = torch.zeros(2, dtype=torch.long, device=device)
+        batch = torch.stack([torch.cat([pad, ids[:3]]), ids[:5]])
+        mask = torch.ones(2, 5, dtype=torch.bool, device=device)
+        mask[0, :2] = False
+        training = self.hf.training
+        self.hf.eval()  # no dropout in the probe
+        try:
+            with torch.no_grad():
+                plain = self.hf(input_ids=ids[None]).logits[0].float()
+                out = self.forward_step(batch, attention_mask=mask)
+                step = self.forward_step(torch.stack([ids[3:4], ids[5:6]]), cache=out.cache,
+                                         attention_mask=F.pad(mask, (0, 1), value=True))
+        except Exception as e:  # a model that cannot run a forward at all
+            raise HFError(f"{name}: a probe forward failed ({_first_line(e)})") from None
+        finally:
+            self.hf.train(training)
+        got = torch.stack([*out.logits[0, 2:].float(), step.logits[0, -1].float(),
+                           *out.logits[1].float(), step.logits[1, -1].float()])
+        want = plain[[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]]
+        gap = float((got - want).abs().max())
+        if not gap <= 1e-3 * max(1.0, float(want.abs().max())):  # NaN fails too
+            raise HFError(f"{name}: its logits in a left-padded batch or through its cache are "
+                          f"not those of its plain forward (by {gap:.3g} on a probe); it "
+                          "cannot be decoded in batches")
 
     @classmethod
     def from_pretrained(cls, directory: str, *, device: str | torch.device = "cpu",
@@ -582,7 +677,7 @@ class HFModel(nn.Module):
     def select_cache(self, cache: HFCache, index: torch.Tensor) -> HFCache:
         """The cache of rows `index` (a copy; `cache` is left as it was)."""
         past = _copy_past(cache.past)
-        past.batch_select_indices(index.to(cache.mask.device))
+        past.reorder_cache(index.to(cache.mask.device))  # every kind of layer takes it
         return HFCache(past, cache.mask.index_select(0, index.to(cache.mask.device)))
 
     # --- training ----------------------------------------------------------------------------
@@ -670,7 +765,7 @@ def _with_lora(hf_model: nn.Module, settings: LoraSettings):
                       "'echo-forge[lora]' (peft)") from None
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
                         lora_dropout=settings.dropout, task_type="CAUSAL_LM",
-                        target_modules=list(settings.targets) or None)
+                        target_modules=list(settings.targets) or _default_targets(hf_model))
     try:
         with warnings.catch_warnings():  # peft asks transformers a renamed question
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing",
@@ -678,6 +773,17 @@ def _with_lora(hf_model: nn.Module, settings: LoraSettings):
             return get_peft_model(hf_model, config)
     except ValueError as e:  # e.g. target modules not found in the model
         raise HFError(f"hf.lora_targets: {_first_line(e)}") from None
+
+
+def _default_targets(hf_model: nn.Module) -> str | None:
+    """LoRA's target modules where none are given: peft's default for the family (None), or
+    every linear layer but the head (peft's "all-linear") for a family peft has none for."""
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    except ImportError:  # another peft: its own default, or its error naming the setting
+        return None
+    family = getattr(hf_model.config, "model_type", None)
+    return None if family in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING else "all-linear"
 
 
 def load_hf(directory: str, **kwargs) -> HFModel:
