@@ -1,0 +1,2 @@
+;; Epsilon sampling.
+(define epsilon-teacher (sample (epsilon logits 0.02)))

@@ -1,0 +1,2 @@
+;; Eta sampling.
+(define eta-teacher (sample (eta logits 0.005)))

@@ -1,0 +1,2 @@
+;; A frequency penalty.
+(define frequency-penalty-teacher (sample (frequency-penalty logits 0.8)))

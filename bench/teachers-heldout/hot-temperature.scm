@@ -1,0 +1,2 @@
+;; Plain sampling, hotter than the model.
+(define hot-temperature-teacher (sample (temperature logits 1.4)))
